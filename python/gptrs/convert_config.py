@@ -1,0 +1,412 @@
+"""Convert a legacy JSON config to the gptrs YAML schema: ``python -m gptrs.convert_config --input config.json
+--output config.yaml``.
+
+Accepts the flat layout (``{"embed_dim": 256, "batch_size": 16, ...}``), the sectioned one (``{"model": {...},
+"training": {...}}``) and the spellings other projects use for the same things (nanoGPT's ``n_layer``,
+``block_size``, ``max_iters``; Hugging Face's ``num_train_epochs``, ``per_device_train_batch_size``...). A key
+it cannot map, or two keys that map to one setting with different values, stop the conversion with one line
+naming the key; the result is validated like any config before it is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from gptrs.config import (
+    SECTIONS,
+    Config,
+    TokenizerConfig,
+    _build,
+    _check_values,
+    _fields,
+    _name,
+    _one_line,
+    _Problem,
+    _read_text,
+    _show,
+    _suggest,
+    save_config,
+)
+from gptrs.errors import ConfigError, GptrsError
+
+# Legacy spellings of each setting. A name may appear once only (a test checks it).
+ALIASES: dict[str, tuple[str, ...]] = {
+    "data.source": ("source", "data_source"),
+    "data.paths": ("paths", "data_files", "files", "train_files", "data_path", "data_paths"),
+    "data.text_field": ("text_field", "text_column", "text_key"),
+    "data.dataset_name": ("dataset_name", "hf_dataset", "hub_dataset"),
+    "data.dataset_subset": ("dataset_subset", "dataset_config", "dataset_config_name", "subset"),
+    "data.dataset_split": ("dataset_split", "split"),
+    "data.num_training_samples": ("num_training_samples", "num_samples", "max_samples", "max_train_samples"),
+    "data.validation_split": (
+        "validation_split",
+        "val_split",
+        "validation_fraction",
+        "val_fraction",
+        "test_size",
+    ),
+    "data.separator": ("separator",),
+    "data.sampling": ("sampling",),
+    "data.max_eval_tokens": ("max_eval_tokens",),
+    "data.cache_dir": ("cache_dir",),
+    "tokenizer.vocab_size": ("vocab_size", "n_vocab"),
+    "tokenizer.pattern": ("pattern", "split_pattern", "pat_str"),
+    "tokenizer.min_frequency": ("min_frequency", "min_freq"),
+    "tokenizer.special_tokens": ("special_tokens",),
+    "tokenizer.path": ("tokenizer_path", "tokenizer_file"),
+    "model.embed_dim": ("embed_dim", "n_embd", "d_model", "hidden_size", "embedding_dim"),
+    "model.ff_dim": ("ff_dim", "n_inner", "ffn_dim", "d_ff", "intermediate_size"),
+    "model.num_layers": ("num_layers", "n_layer", "n_layers", "num_hidden_layers"),
+    "model.heads": ("heads", "n_head", "n_heads", "num_heads", "num_attention_heads"),
+    "model.max_seq_len": (
+        "max_seq_len",
+        "block_size",
+        "max_block_size",
+        "n_positions",
+        "n_ctx",
+        "context_length",
+        "seq_len",
+        "max_position_embeddings",
+    ),
+    "model.dropout": ("dropout", "dropout_rate", "resid_pdrop", "embd_pdrop", "attn_pdrop"),
+    "model.bias": ("bias", "use_bias"),
+    "model.activation": ("activation", "activation_function"),
+    "model.attention": ("attention", "attn_implementation"),
+    "model.gradient_checkpointing": ("gradient_checkpointing",),
+    "model.compile": ("compile", "torch_compile"),
+    "training.batch_size": (
+        "batch_size",
+        "train_batch_size",
+        "micro_batch_size",
+        "per_device_train_batch_size",
+    ),
+    "training.gradient_accumulation_steps": (
+        "gradient_accumulation_steps",
+        "grad_accum_steps",
+        "accumulation_steps",
+    ),
+    # nanoGPT decays the learning rate over lr_decay_iters; gptrs over max_steps, so they must agree.
+    "training.max_steps": ("max_steps", "max_iters", "num_steps", "total_steps", "lr_decay_iters"),
+    "training.epochs": ("epochs", "num_epochs", "num_train_epochs", "n_epochs"),
+    "training.learning_rate": ("learning_rate", "lr", "max_lr", "peak_lr"),
+    "training.min_lr": ("min_lr", "min_learning_rate"),
+    "training.warmup_steps": ("warmup_steps", "warmup_iters", "num_warmup_steps"),
+    "training.weight_decay": ("weight_decay",),
+    "training.beta1": ("beta1", "adam_beta1"),
+    "training.beta2": ("beta2", "adam_beta2"),
+    "training.max_grad_norm": ("max_grad_norm", "grad_clip", "clip_grad_norm", "gradient_clipping"),
+    "training.mixed_precision": ("mixed_precision", "amp", "use_amp"),
+    "training.eval_interval": ("eval_interval", "eval_steps", "eval_every"),
+    "training.eval_batches": ("eval_batches", "eval_iters"),
+    "training.log_interval": ("log_interval", "logging_steps", "log_every"),
+    "training.save_interval": ("save_interval", "save_steps", "save_every", "checkpoint_interval"),
+    "training.keep_last": ("keep_last", "save_total_limit"),
+    "training.early_stopping_patience": ("early_stopping_patience", "patience"),
+    "training.seed": ("seed", "random_seed"),
+    "training.peak_flops": ("peak_flops",),
+    "training.sample_tokens": ("sample_tokens",),
+    "training.sample_prompt": ("sample_prompt",),
+}
+
+# Keys handled by hand below: they set part of a setting, or several, or depend on their value.
+SPECIAL = ("betas", "fp16", "bf16", "dtype", "decay_lr", "bos_token", "eos_token", "pad_token", "unk_token")
+
+# Keys dropped when their value is what gptrs does anyway; any other value is refused.
+HARMLESS: dict[str, tuple[Any, ...]] = {
+    "decay_lr": (True,),
+    "always_save_checkpoint": (True,),
+    "init_from": ("scratch",),
+    "wandb_log": (False,),
+    "eval_only": (False,),
+    "model_type": ("gpt", "gpt2"),
+}
+
+# Why some common keys have no place in a config file.
+HINTS = {
+    "device": "pass --device to python -m gptrs.train",
+    "out_dir": "pass --out to python -m gptrs.train",
+    "output_dir": "pass --out to python -m gptrs.train",
+    "resume": "pass --resume to python -m gptrs.train",
+    "dataset": "for a Hub dataset use dataset_name, for local files data_files",
+}
+
+SECTION_NAMES = {
+    "data": "data",
+    "dataset": "data",
+    "tokenizer": "tokenizer",
+    "model": "model",
+    "training": "training",
+    "train": "training",
+    "trainer": "training",
+    "optimizer": "training",
+}
+
+_ACTIVATIONS = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_tanh": "gelu_tanh",
+}
+_ATTENTION = {"sdpa": "sdpa", "flash": "sdpa", "eager": "reference", "reference": "reference"}
+_DTYPES = {
+    "bfloat16": "bf16",
+    "bf16": "bf16",
+    "float16": "fp16",
+    "fp16": "fp16",
+    "half": "fp16",
+    "float32": False,
+    "fp32": False,
+    "float": False,
+    "auto": True,
+}
+
+_TARGET = {alias: target for target, aliases in ALIASES.items() for alias in aliases}
+
+
+class _Assignments:
+    """Settings collected from the legacy file, each remembering the key it came from, conflicts refused."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.values: dict[str, Any] = {}
+        self.origin: dict[str, str] = {}
+
+    def set(self, target: str, value: Any, origin: str) -> None:
+        if target in self.values and not _same(self.values[target], value):
+            first = self.origin[target]
+            raise ConfigError(
+                _one_line(
+                    f"{self.source}: {origin}: {_show(value)} conflicts with {first}: {_show(self.values[target])}"
+                    f" (both set {target})"
+                )
+            )
+        self.values.setdefault(target, value)
+        self.origin.setdefault(target, origin)
+
+    def refuse(self, origin: str, message: str) -> ConfigError:
+        return ConfigError(_one_line(f"{self.source}: {origin}: {message}"))
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as settings: 256 and 256.0 are, true and 1 are not."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    return type(a) is type(b) and a == b
+
+
+def _known_names() -> list[str]:
+    return [*_TARGET, *SPECIAL, *HARMLESS, *SECTION_NAMES]
+
+
+def _map_key(
+    out: _Assignments, section: str | None, key: str, value: Any, origin: str, ignore: set[str]
+) -> None:
+    """Record one legacy key (`section` is the schema section it sat in, if any)."""
+    if key in ignore or origin in ignore:
+        return
+    if section is not None and key in _fields(SECTIONS[section]):
+        target = f"{section}.{key}"
+    else:
+        target = _TARGET.get(key, "")
+    if target == "data.paths":
+        if isinstance(value, str):
+            value = [value]
+        elif isinstance(value, Mapping):  # Hugging Face style {"train": [...]}
+            if set(value) != {"train"}:
+                raise out.refuse(
+                    origin, "only a 'train' split can be mapped; gptrs holds out data.validation_split"
+                )
+            value = value["train"] if isinstance(value["train"], list) else [value["train"]]
+    elif target == "model.activation" and isinstance(value, str):
+        value = _ACTIVATIONS.get(value, value)
+    elif target == "model.attention" and isinstance(value, str):
+        value = _ATTENTION.get(value, value)
+    elif target == "tokenizer.special_tokens" and isinstance(value, Mapping):
+        value = {_role(k): v for k, v in value.items()}
+    elif target == "tokenizer.special_tokens":
+        raise out.refuse(origin, "expected a mapping of role (bos, eos, pad, unk) to token string")
+    if target:
+        out.set(target, value, origin)
+        return
+    if key == "betas":
+        if not (isinstance(value, list) and len(value) == 2):
+            raise out.refuse(origin, f"expected [beta1, beta2], got {_show(value)}")
+        out.set("training.beta1", value[0], origin)
+        out.set("training.beta2", value[1], origin)
+    elif key in ("fp16", "bf16"):
+        if not isinstance(value, bool):
+            raise out.refuse(origin, f"expected true or false, got {_show(value)}")
+        if value:
+            out.set("training.mixed_precision", key, origin)
+        else:
+            out.set(f"_off.{key}", False, origin)  # false alone means full precision; see _finish
+    elif key == "dtype":
+        if not isinstance(value, str) or value not in _DTYPES:
+            raise out.refuse(origin, f"cannot map {_show(value)} (known: {', '.join(_DTYPES)})")
+        out.set("training.mixed_precision", _DTYPES[value], origin)
+    elif key == "decay_lr" and value is False:
+        out.set("_constant_lr", True, origin)
+    elif key.endswith("_token") and _role(key) in ("bos", "eos", "pad", "unk"):
+        out.set(f"_special.{_role(key)}", value, origin)
+    elif key in HARMLESS:
+        if not any(_same(value, ok) for ok in HARMLESS[key]):
+            raise out.refuse(origin, f"cannot map {_show(value)} (or --ignore {origin} to drop it)")
+    else:
+        drop = f"--ignore {origin} to drop it"
+        if key in HINTS:
+            raise out.refuse(origin, f"cannot map this key: {HINTS[key]} (or {drop})")
+        guess = _suggest(key, _known_names())
+        if guess:
+            raise out.refuse(origin, f"cannot map this key; did you mean {guess}? (or {drop})")
+        raise out.refuse(origin, f"cannot map this key to the gptrs schema ({drop})")
+
+
+def _role(name: Any) -> Any:
+    return name.lower().removesuffix("_token") if isinstance(name, str) else name
+
+
+def _finish(out: _Assignments) -> dict[str, dict[str, Any]]:
+    """Settings implied by others (source from dataset_name, sampling from epochs...), as nested data."""
+    v = out.values
+    specials = {k.split(".", 1)[1]: val for k, val in v.items() if k.startswith("_special.")}
+    if specials:
+        table = dict(v.get("tokenizer.special_tokens", TokenizerConfig().special_tokens))
+        table.update(specials)
+        v["tokenizer.special_tokens"] = table
+    if any(k.startswith("_off.") for k in v):
+        v.setdefault("training.mixed_precision", False)
+    if v.get("_constant_lr"):  # nanoGPT's decay_lr: false keeps the peak rate: a cosine from lr to lr
+        v["training.min_lr"] = v.get("training.learning_rate", Config().training.learning_rate)
+    if "model.vocab_size" in v and "tokenizer.vocab_size" not in v:  # the seed kept it under model
+        v["tokenizer.vocab_size"] = v.pop("model.vocab_size")
+        out.origin["tokenizer.vocab_size"] = out.origin["model.vocab_size"]
+    if "model.embed_dim" in v and "model.ff_dim" not in v:  # GPT-2 and nanoGPT: 4 x the width
+        embed_dim = v["model.embed_dim"]
+        if isinstance(embed_dim, int) and not isinstance(embed_dim, bool):
+            v["model.ff_dim"] = 4 * embed_dim
+            out.origin["model.ff_dim"] = out.origin["model.embed_dim"]
+    if "data.source" not in v:
+        if "data.dataset_name" in v and "data.paths" in v:
+            raise out.refuse(
+                out.origin["data.paths"], "both files and a Hub dataset given; set source to choose"
+            )
+        if "data.dataset_name" in v:
+            v["data.source"] = "hub"
+        elif "data.paths" in v:
+            v["data.source"] = "files"
+    if "training.epochs" in v and "data.sampling" not in v:
+        v["data.sampling"] = "epochs"
+    nested: dict[str, dict[str, Any]] = {}
+    for target, value in v.items():
+        if not target.startswith("_"):
+            section, key = target.split(".")
+            nested.setdefault(section, {})[key] = value
+    return nested
+
+
+def convert(legacy: Any, source: str = "<json>", ignore: Sequence[str] = ()) -> Config:
+    """Map a legacy config (flat or sectioned plain data) onto the schema and validate it."""
+    if not isinstance(legacy, Mapping):
+        raise ConfigError(f"{source}: expected a JSON object at the top, got {type(legacy).__name__}")
+    out, skip = _Assignments(source), set(ignore)
+    for key, value in legacy.items():
+        if key in skip:
+            continue
+        section = SECTION_NAMES.get(key)
+        if section is not None and isinstance(value, Mapping):
+            for sub, sub_value in value.items():
+                _map_key(out, section, sub, sub_value, f"{key}.{_name(sub)}", skip)
+        elif section is not None and value is None:
+            continue
+        elif key in SECTIONS:
+            raise out.refuse(_name(key), f"expected an object of {section} settings, got {_show(value)}")
+        else:
+            _map_key(out, None, key, value, _name(key), skip)
+    try:
+        cfg = _build(_finish(out))
+        _check_values(cfg)
+    except _Problem as p:
+        target = p.key.split("[")[0]
+        origin = out.origin.get(target)
+        key = p.key if origin is None or origin == target else f"{origin} ({p.key})"
+        raise p.error(source, key) from None
+    return cfg
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+def read_legacy(path: str | os.PathLike[str]) -> Any:
+    """The parsed JSON of a legacy config; any problem is a one-line ConfigError naming the file."""
+    source = os.fspath(path)
+    text = _read_text(path, source)
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates)
+    except json.JSONDecodeError as e:
+        raise ConfigError(
+            _one_line(f"{source}: line {e.lineno}, column {e.colno}: invalid JSON: {e.msg}")
+        ) from None
+    except _DuplicateKey as e:
+        raise ConfigError(_one_line(f"{source}: invalid JSON: duplicate key {_show(e.args[0])}")) from None
+    except RecursionError:
+        raise ConfigError(f"{source}: invalid JSON: nested too deeply") from None
+
+
+def convert_file(
+    input: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    ignore: Sequence[str] = (),
+) -> Config:
+    """Convert the JSON config at `input` and write it as YAML to `output` (atomically)."""
+    cfg = convert(read_legacy(input), os.fspath(input), ignore)
+    if Path(output).exists() and not force:
+        raise ConfigError(f"{os.fspath(output)}: already exists (use --force to overwrite it)")
+    if Path(output).is_dir():
+        raise ConfigError(f"{os.fspath(output)}: is a directory")
+    save_config(cfg, output, comment=f"converted from {Path(input).name} by python -m gptrs.convert_config")
+    return cfg
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m gptrs.convert_config", description="Convert a legacy JSON config to gptrs YAML."
+    )
+    parser.add_argument("--input", required=True, help="legacy config.json (flat or sectioned)")
+    parser.add_argument("--output", required=True, help="YAML file to write")
+    parser.add_argument("--force", action="store_true", help="overwrite --output if it exists")
+    parser.add_argument("--ignore", action="append", default=[], metavar="KEY", help="drop a legacy key")
+    args = parser.parse_args(argv)
+    try:
+        convert_file(args.input, args.output, force=args.force, ignore=args.ignore)
+    except GptrsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(_one_line(f"error: {args.output}: cannot write: {e.strerror or e}"), file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}; check it with: python -m gptrs.config --check {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

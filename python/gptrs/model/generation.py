@@ -1,0 +1,236 @@
+"""Autoregressive generation: sampling (temperature, top-k, top-p), streaming, batched prompts, KV cache.
+
+With the cache (the default) the prompt is run once (prefill) and then one token per step. The model only
+sees its last ``max_seq_len`` tokens: once the context is full, every new token has to see that window
+with positions 0..max_seq_len-1, exactly as a full recompute would, and all cached keys were made with
+other positions, so the window is re-prefilled (each such step costs a full forward, as recompute does).
+Outputs therefore equal the recompute path (``use_cache=False``), which runs the whole window every step.
+
+Batches of prompts of different lengths are LEFT padded with an ``attention_mask`` (1 = token, 0 = pad):
+each row's positions start at 0 at its first real token and padding is never attended to, so a row
+generates what it would generate alone. Each row stops at ``eos_token_id``; after that its slots are
+filled with ``pad_token_id`` (or the EOS id when the model has none). Generation ends early when every row
+has stopped.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from gptrs.model.gpt import GPT
+
+
+def _check_args(
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    eos_token_id: int | None,
+    seed: int | None,
+) -> None:
+    def is_int(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not is_int(max_new_tokens) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature >= 0:
+        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+    if top_k is not None and (not is_int(top_k) or top_k < 1):
+        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+    if top_p is not None and (
+        not isinstance(top_p, (int, float)) or isinstance(top_p, bool) or not 0 < top_p <= 1
+    ):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if eos_token_id is not None and not is_int(eos_token_id):
+        raise ValueError(f"eos_token_id must be an integer, got {eos_token_id!r}")
+    if seed is not None and not is_int(seed):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+
+
+def sample_next_token(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick one token per row from logits (B, vocab). Temperature 0 is greedy (argmax; top-k/p unused).
+
+    top_k keeps the k most likely tokens; top_p keeps the smallest set of most likely tokens whose
+    probability sums to at least p (nucleus sampling). Both may be combined (top-k first).
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = F.softmax(sorted_logits, dim=-1)
+        # Drop a token when the tokens before it already reach top_p; the most likely one always stays.
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+def _prepare(
+    model: GPT, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Validate the prompt batch: (B, T) or (T,) integer ids in range, and a left-padding mask."""
+    if not isinstance(input_ids, torch.Tensor):
+        input_ids = torch.as_tensor(input_ids, dtype=torch.long)
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+    if input_ids.dim() != 2 or input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+        raise ValueError(f"input_ids must be an integer tensor of shape (B, T), got {tuple(input_ids.shape)}")
+    if input_ids.size(0) == 0 or input_ids.size(1) == 0:
+        raise ValueError("input_ids must hold at least one token per row")
+    vocab = model.config.vocab_size
+    assert vocab is not None
+    lo, hi = int(input_ids.min()), int(input_ids.max())
+    if lo < 0 or hi >= vocab:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"input_ids holds token id {bad}, outside the vocabulary (size {vocab})")
+    input_ids = input_ids.long()
+    if attention_mask is None:
+        return input_ids, None
+    if attention_mask.dim() == 1:
+        attention_mask = attention_mask[None]
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
+        )
+    mask = attention_mask.to(device=input_ids.device).bool()
+    if not bool(mask[:, -1].all()) or bool((mask[:, 1:] < mask[:, :-1]).any()):
+        raise ValueError("attention_mask must be left padding: zeros, then ones up to the last column")
+    return input_ids, mask
+
+
+@torch.no_grad()
+def generate_stream(
+    model: GPT,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_token_id: int | None = None,
+    seed: int | None = None,
+    attention_mask: torch.Tensor | None = None,
+    use_cache: bool = True,
+) -> Iterator[torch.Tensor]:
+    """Yield the new tokens of every step as a LongTensor of shape (B,), B = number of prompts (1 for a
+    1-D prompt). Rows that have stopped at EOS yield the fill id (``pad_token_id``, else EOS). Stops after
+    ``max_new_tokens`` steps or when every row has stopped. Arguments as in :func:`generate`."""
+    _check_args(max_new_tokens, temperature, top_k, top_p, eos_token_id, seed)
+    ids, mask = _prepare(model, input_ids, attention_mask)
+    ctx = model.config.max_seq_len
+    B, T0 = ids.shape
+    if T0 > ctx:
+        warnings.warn(
+            f"prompt of {T0} tokens is longer than the context (max_seq_len={ctx}); using its last {ctx} tokens",
+            stacklevel=3,
+        )
+    device = ids.device
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    fill_id = model.pad_token_id if model.pad_token_id is not None else eos_token_id
+    was_training = model.training
+    model.eval()
+    try:
+        # History of every token so far (prompt + generated), preallocated: the window is a view of it.
+        seq = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=device)
+        seq[:, :T0] = ids
+        valid = None
+        if mask is not None and not bool(mask.all()):
+            valid = torch.ones(B, T0 + max_new_tokens, dtype=torch.bool, device=device)
+            valid[:, :T0] = mask
+        finished = torch.zeros(B, dtype=torch.bool, device=device)
+        cache = model.new_kv_cache(B) if use_cache else None
+        next_pos: torch.Tensor | None = None  # per-row position of the next token (cache path)
+        n = T0
+        for _ in range(max_new_tokens):
+            start = max(0, n - ctx)
+            window_mask = valid[:, start:n] if valid is not None else None
+            if cache is None or cache.pos == 0 or cache.pos >= ctx:
+                # Prefill (first step, or the window slid): run the whole window.
+                if cache is not None:
+                    cache.reset()
+                pos_ids = None
+                if window_mask is None:
+                    pos_ids = torch.arange(n - start, device=device)[None]
+                h = model.hidden_states(seq[:, start:n], window_mask, kv_cache=cache, position_ids=pos_ids)
+                if cache is not None:
+                    counts = window_mask.sum(1) if window_mask is not None else torch.full((B,), n - start)
+                    next_pos = counts.to(device)
+            else:
+                assert next_pos is not None
+                h = model.hidden_states(seq[:, n - 1 : n], None, kv_cache=cache, position_ids=next_pos[:, None])
+                next_pos += 1
+            logits = model.lm_head(h[:, -1])
+            token = sample_next_token(logits, temperature, top_k, top_p, generator)
+            if eos_token_id is not None:
+                if fill_id is not None:
+                    token = token.masked_fill(finished, fill_id)
+                finished |= token == eos_token_id
+            seq[:, n] = token
+            n += 1
+            yield token
+            if eos_token_id is not None and bool(finished.all()):
+                break
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def generate(
+    model: GPT,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_token_id: int | None = None,
+    seed: int | None = None,
+    attention_mask: torch.Tensor | None = None,
+    use_cache: bool = True,
+) -> torch.Tensor:
+    """Continue each prompt by up to ``max_new_tokens`` tokens; return (B, T + new) token ids.
+
+    input_ids: (B, T) or (T,) prompt ids, left padded when rows differ in length, with ``attention_mask``
+    (B, T) of 1 for tokens and 0 for padding. The result starts with the prompt as given (uncropped) and
+    has fewer than ``max_new_tokens`` new columns when every row stopped at EOS early.
+    temperature: 0 = greedy; top_k >= 1 and top_p in (0, 1] filter the distribution before sampling;
+    seed makes sampling reproducible (a private generator; the global RNG is left alone).
+    use_cache=False recomputes the whole window each step (slow; the reference the cache is tested on).
+    """
+    ids = input_ids if isinstance(input_ids, torch.Tensor) else torch.as_tensor(input_ids, dtype=torch.long)
+    if ids.dim() == 1:
+        ids = ids[None]
+    new = list(
+        generate_stream(
+            model,
+            ids,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            eos_token_id=eos_token_id,
+            seed=seed,
+            attention_mask=attention_mask,
+            use_cache=use_cache,
+        )
+    )
+    if not new:
+        return ids.long()
+    return torch.cat([ids.long(), torch.stack(new, dim=1)], dim=1)

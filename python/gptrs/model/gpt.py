@@ -1,0 +1,405 @@
+"""The GPT model: a decoder-only transformer in the GPT-2 mould, in one readable file.
+
+    tokens -> token embedding + learned position embedding -> dropout
+           -> num_layers x Block(pre-norm: x + attn(ln_1(x)); x + mlp(ln_2(x)))
+           -> final LayerNorm -> LM head (weights tied to the token embedding) -> logits
+
+Parameter names follow GPT-2 / nanoGPT (``transformer.h.0.attn.c_attn.weight`` ...), so the Hugging Face
+export is a transpose away. Attention lives in ``attention.py``, the KV cache in ``kv_cache.py``, sampling
+in ``generation.py``, the chunked LM-head loss in ``loss.py``, save/load in ``serialization.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from gptrs.config import Config, ModelConfig
+from gptrs.errors import ConfigError
+from gptrs.model.attention import ATTENTION_IMPLS, CausalSelfAttention, build_attention_mask
+from gptrs.model.kv_cache import KVCache
+from gptrs.model.loss import IGNORE_INDEX, lm_head_cross_entropy
+
+ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}  # name -> nn.GELU(approximate=...)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: Linear(d -> ff) -> GELU -> Linear(ff -> d) -> dropout."""
+
+    def __init__(self, embed_dim: int, ff_dim: int, dropout: float, *, bias: bool, activation: str) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(embed_dim, ff_dim, bias=bias)
+        self.gelu = nn.GELU(approximate=ACTIVATIONS[activation])
+        self.c_proj = nn.Linear(ff_dim, embed_dim, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """One pre-norm transformer block: attention then MLP, each added to the residual stream."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.embed_dim, bias=cfg.bias)
+        self.attn = CausalSelfAttention(
+            cfg.embed_dim, cfg.heads, cfg.dropout, bias=cfg.bias, impl=cfg.attention
+        )
+        self.ln_2 = nn.LayerNorm(cfg.embed_dim, bias=cfg.bias)
+        self.mlp = MLP(cfg.embed_dim, cfg.ff_dim, cfg.dropout, bias=cfg.bias, activation=cfg.activation)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        layer_idx: int = 0,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), attn_mask, kv_cache, layer_idx)
+        return x + self.mlp(self.ln_2(x))
+
+
+def _check_model_config(cfg: ModelConfig) -> None:
+    """Reject shapes the model cannot be built with; one line naming the field."""
+    for name in ("vocab_size", "embed_dim", "ff_dim", "num_layers", "heads", "max_seq_len"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
+    if cfg.embed_dim % cfg.heads:
+        raise ConfigError(f"model.heads ({cfg.heads}) must divide model.embed_dim ({cfg.embed_dim})")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ConfigError(f"model.dropout must be in [0, 1), got {cfg.dropout!r}")
+    if cfg.activation not in ACTIVATIONS:
+        raise ConfigError(f"model.activation must be one of {', '.join(ACTIVATIONS)}, got {cfg.activation!r}")
+    if cfg.attention not in ATTENTION_IMPLS:
+        raise ConfigError(f"model.attention must be one of {', '.join(ATTENTION_IMPLS)}, got {cfg.attention!r}")
+
+
+class GPT(nn.Module):
+    """GPT-2 style language model. ``model(input_ids, targets)`` returns ``(logits, loss)`` as in nanoGPT."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embed_dim: int,
+        ff_dim: int,
+        num_layers: int,
+        heads: int,
+        max_seq_len: int,
+        pad_token_id: int | None,
+        dropout: float = 0.0,
+        *,
+        bias: bool = True,
+        activation: str = "gelu",
+        attention: str = "sdpa",
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        cfg = ModelConfig(
+            embed_dim=embed_dim,
+            ff_dim=ff_dim,
+            num_layers=num_layers,
+            heads=heads,
+            max_seq_len=max_seq_len,
+            dropout=dropout,
+            bias=bias,
+            activation=activation,
+            attention=attention,
+            gradient_checkpointing=gradient_checkpointing,
+            vocab_size=vocab_size,
+        )
+        _check_model_config(cfg)
+        if pad_token_id is not None and not 0 <= pad_token_id < vocab_size:
+            raise ConfigError(f"pad_token_id {pad_token_id} is outside the vocabulary (size {vocab_size})")
+        self._cfg = cfg
+        self.pad_token_id = pad_token_id
+        self.gradient_checkpointing = gradient_checkpointing
+        self.loss_chunk_size = 2048  # rows of logits alive at once in the fused LM-head loss
+
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(vocab_size, embed_dim),
+                wpe=nn.Embedding(max_seq_len, embed_dim),
+                drop=nn.Dropout(dropout),
+                h=nn.ModuleList([Block(cfg) for _ in range(num_layers)]),
+                ln_f=nn.LayerNorm(embed_dim, bias=bias),
+            )
+        )
+        self.lm_head = nn.Linear(embed_dim, vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # weight tying (Press & Wolf, 2017)
+
+        # GPT-2 initialisation: N(0, 0.02) everywhere; the projections that write into the residual stream
+        # are scaled by 1/sqrt(2 * num_layers) so its variance does not grow with depth.
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * num_layers))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_config(
+        cls, cfg: Config | ModelConfig, *, vocab_size: int | None = None, pad_token_id: int | None = None
+    ) -> GPT:
+        """Build from a ``Config`` (its ``model`` section) or a ``ModelConfig``.
+
+        The vocabulary size is ``model.vocab_size`` when set (it may exceed the tokenizer's, e.g. rounded up
+        to a multiple of 64 for speed), else ``vocab_size`` (the tokenizer's).
+        """
+        mc = cfg.model if isinstance(cfg, Config) else cfg
+        vocab = mc.vocab_size if mc.vocab_size is not None else vocab_size
+        if vocab is None:
+            raise ConfigError("model.vocab_size is not set and no tokenizer vocabulary size was given")
+        if mc.vocab_size is not None and vocab_size is not None and mc.vocab_size < vocab_size:
+            raise ConfigError(
+                f"model.vocab_size ({mc.vocab_size}) is smaller than the tokenizer's vocabulary ({vocab_size})"
+            )
+        model = cls(
+            vocab,
+            mc.embed_dim,
+            mc.ff_dim,
+            mc.num_layers,
+            mc.heads,
+            mc.max_seq_len,
+            pad_token_id,
+            mc.dropout,
+            bias=mc.bias,
+            activation=mc.activation,
+            attention=mc.attention,
+            gradient_checkpointing=mc.gradient_checkpointing,
+        )
+        model._cfg = dataclasses.replace(model._cfg, compile=mc.compile)
+        return model
+
+    @property
+    def config(self) -> ModelConfig:
+        """The model's configuration with ``vocab_size`` resolved (a copy; editing it changes nothing)."""
+        return dataclasses.replace(self._cfg, gradient_checkpointing=self.gradient_checkpointing)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        return_logits: bool | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Logits (B, T, vocab) and, given targets (B, T), the mean cross-entropy loss.
+
+        Targets equal to -100 or to ``pad_token_id`` are ignored. With targets the loss is computed by the
+        fused chunked LM-head loss and ``logits`` is None, unless ``return_logits=True``. Logits come out in
+        the compute dtype (bf16 under bf16 autocast). ``attention_mask`` (B, T), 1 for tokens and 0 for
+        left padding, hides the padding and makes each row's positions start at 0 at its first token.
+        """
+        x = self.hidden_states(input_ids, attention_mask)
+        if targets is None:
+            return self.lm_head(x), None
+        if self.pad_token_id is not None:
+            targets = targets.masked_fill(targets == self.pad_token_id, IGNORE_INDEX)
+        if return_logits:
+            logits = self.lm_head(x)
+            loss = F.cross_entropy(
+                logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX
+            )
+            return logits, loss
+        loss = lm_head_cross_entropy(
+            x.view(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1), self.loss_chunk_size
+        )
+        return None, loss
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        kv_cache: KVCache | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final-norm hidden states (B, T, embed_dim), the input of the LM head.
+
+        With ``kv_cache``, ``input_ids`` are the tokens after the cached ones; their keys/values are
+        appended to the cache and ``position_ids`` (B, T) must be given. ``attention_mask`` then covers the
+        new tokens only (the cache remembers which earlier positions were padding).
+        """
+        B, T = input_ids.shape
+        past = kv_cache.pos if kv_cache is not None else 0
+        if past + T > self._cfg.max_seq_len:
+            raise ValueError(
+                f"sequence of {past + T} tokens is longer than the context (max_seq_len={self._cfg.max_seq_len})"
+            )
+        attn_mask = None
+        if attention_mask is not None:
+            valid = attention_mask.bool()
+            if position_ids is None:
+                position_ids = (valid.long().cumsum(1) - 1).clamp(min=0)
+            if kv_cache is not None:
+                kv_cache.set_valid(valid)
+                assert kv_cache.key_valid is not None
+                valid = kv_cache.key_valid[:, : past + T]
+            if not bool(valid.all()):
+                attn_mask = build_attention_mask(valid, T)
+        elif kv_cache is not None and kv_cache.key_valid is not None:
+            # No mask for these tokens: they are real, but earlier cached positions may be padding.
+            kv_cache.key_valid[:, past : past + T] = True
+            if past > 0 and not bool(kv_cache.key_valid[:, :past].all()):
+                attn_mask = build_attention_mask(kv_cache.key_valid[:, : past + T], T)
+        if position_ids is None:
+            position_ids = torch.arange(past, past + T, device=input_ids.device)[None]
+
+        x = self.transformer.wte(input_ids) + self.transformer.wpe(position_ids)
+        x = self.transformer.drop(x)
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        for i, block in enumerate(self.transformer.h):
+            if checkpointing:
+                x = checkpoint(block, x, attn_mask, None, i, use_reentrant=False)
+            else:
+                x = block(x, attn_mask, kv_cache, i)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        x = self.transformer.ln_f(x)
+        return x
+
+    def new_kv_cache(self, batch_size: int) -> KVCache:
+        """An empty KV cache for ``batch_size`` rows and the full context."""
+        c = self._cfg
+        return KVCache(c.num_layers, batch_size, c.heads, c.max_seq_len, c.embed_dim // c.heads)
+
+    # ------------------------------------------------------------------ accounting
+
+    def num_parameters(self, non_embedding: bool = False) -> int:
+        """Number of parameters, the tied LM head counted once.
+
+        ``non_embedding=True`` leaves out the token and position embeddings (Kaplan et al.'s N).
+        """
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs per token (forward + backward): 6N + 12 * L * d * T (PaLM appendix B, nanoGPT).
+
+        N follows nanoGPT's ``estimate_mfu``: every parameter except the position embeddings (the tied token
+        embedding is counted, as it is the LM head's matmul weight). 6N covers the matmuls with weights;
+        12*L*d*T the attention scores and weighted sum over a context of T = ``seq_len`` (default
+        max_seq_len) tokens.
+        """
+        T = self._cfg.max_seq_len if seq_len is None else seq_len
+        N = self.num_parameters() - self.transformer.wpe.weight.numel()
+        return 6 * N + 12 * self._cfg.num_layers * self._cfg.embed_dim * T
+
+    def optimizer_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW parameter groups: decay on the 2-D weights of Linear layers only; none on norms, biases
+        and embeddings (the LM head is the token embedding, so it gets none either)."""
+        linear_weights = {
+            id(m.weight) for m in self.modules() if isinstance(m, nn.Linear) and m is not self.lm_head
+        }
+        decay, no_decay = [], []
+        for p in self.parameters():
+            if not p.requires_grad:
+                continue
+            (decay if id(p) in linear_weights and p.dim() == 2 else no_decay).append(p)
+        return [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    # ------------------------------------------------------------------ generation and serialization
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | None = None,
+        seed: int | None = None,
+        attention_mask: torch.Tensor | None = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
+        """Continue each prompt; see :func:`gptrs.model.generation.generate`."""
+        from gptrs.model.generation import generate
+
+        return generate(
+            self,
+            input_ids,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            eos_token_id=eos_token_id,
+            seed=seed,
+            attention_mask=attention_mask,
+            use_cache=use_cache,
+        )
+
+    def generate_stream(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | None = None,
+        seed: int | None = None,
+        attention_mask: torch.Tensor | None = None,
+        use_cache: bool = True,
+    ) -> Iterator[torch.Tensor]:
+        """Yield each step's new tokens as a (B,) LongTensor; see :func:`gptrs.model.generation.generate_stream`."""
+        from gptrs.model.generation import generate_stream
+
+        return generate_stream(
+            self,
+            input_ids,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            eos_token_id=eos_token_id,
+            seed=seed,
+            attention_mask=attention_mask,
+            use_cache=use_cache,
+        )
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
+        """Write ``model.safetensors`` and ``model.json`` into ``directory`` (created if needed)."""
+        from gptrs.model.serialization import save_pretrained
+
+        save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> GPT:
+        """Load a model written by :meth:`save_pretrained` (or a trainer checkpoint directory)."""
+        from gptrs.model.serialization import load_pretrained
+
+        return load_pretrained(directory, map_location=map_location)
+
+
+def maybe_compile(model: GPT, enabled: bool) -> nn.Module:
+    """``torch.compile(model)`` when enabled, else the model itself. The compiled wrapper shares the
+    parameters and forwards attribute access (``generate``, ``save_pretrained`` ...) to the model."""
+    if not enabled:
+        return model
+    return torch.compile(model)  # type: ignore[return-value]

@@ -1,0 +1,349 @@
+"""Crash-safe checkpoints: one directory per checkpoint, written aside, fsync'd, then renamed into place.
+
+Layout of ``<run_dir>/checkpoints/``::
+
+    step_000500/   periodic (the newest ``keep_last`` are kept)
+    best/          lowest validation loss so far
+    last/          end of training, or where a signal stopped it
+      model.safetensors, model.json   weights and architecture (``model.save_pretrained``)
+      config.yaml                     the run's configuration
+      tokenizer.json                  the tokenizer
+      trainer_state.pt                optimizer, scaler, step, RNG and sampler states, metric history
+      COMPLETE                        written last: JSON with the step and every file's size
+
+A checkpoint is written into ``.tmp-<name>-<pid>`` in the same directory, every file and the directory
+are fsync'd, ``COMPLETE`` is written, and only then is it renamed to its name. Replacing ``best`` or
+``last`` renames the old one aside first (``.old-<name>-<pid>``), renames the new one in, then deletes
+the old one. A crash at any moment therefore leaves every checkpoint that carries a matching
+``COMPLETE`` whole; discovery ignores dot-directories and anything without ``COMPLETE``, and
+:func:`recover` finishes (or undoes) a replacement that a crash interrupted.
+
+``trainer_state.pt`` is read with ``torch.load(weights_only=True)``: it holds only tensors and plain
+containers (numpy arrays are stored as lists, see :func:`to_safe`), so loading one never runs code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from gptrs.errors import CheckpointError
+
+CHECKPOINTS_DIR = "checkpoints"
+COMPLETE = "COMPLETE"
+TRAINER_STATE = "trainer_state.pt"
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.yaml"
+TOKENIZER_FILE = "tokenizer.json"
+_STEP_RE = re.compile(r"^step_(\d+)$")
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: Path
+    name: str
+    step: int
+
+
+def step_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def _fsync_path(path: Path) -> None:
+    """fsync a file or a directory (directories cannot be opened on Windows; skip there)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _save_model(model: nn.Module, directory: Path) -> None:
+    save_pretrained = getattr(model, "save_pretrained", None)
+    if callable(save_pretrained):
+        save_pretrained(directory)
+    else:  # any nn.Module (e.g. a user's own model passed to the Trainer)
+        from safetensors.torch import save_model
+
+        save_model(model, str(directory / MODEL_FILE))
+
+
+def save_checkpoint(
+    root: str | os.PathLike[str],
+    name: str,
+    *,
+    step: int,
+    model: nn.Module,
+    trainer_state: dict[str, Any],
+    config: Any = None,
+    tokenizer: Any = None,
+) -> Path:
+    """Write checkpoint ``root/name`` atomically (see the module docstring) and return its path."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / name
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        _save_model(model, tmp)
+        if config is not None:
+            from gptrs.config import save_config
+
+            save_config(config, tmp / CONFIG_FILE)
+        if tokenizer is not None:
+            tokenizer.save(str(tmp / TOKENIZER_FILE))
+        torch.save(trainer_state, tmp / TRAINER_STATE)
+        sizes = {}
+        for f in sorted(tmp.iterdir()):
+            _fsync_path(f)
+            sizes[f.name] = f.stat().st_size
+        # COMPLETE goes last: its presence (with matching sizes) is what makes the directory count.
+        with open(tmp / COMPLETE, "w", encoding="utf-8") as fh:
+            json.dump({"step": step, "files": sizes}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        _fsync_path(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        old = root / f".old-{name}-{os.getpid()}"
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(target, old)
+        os.replace(tmp, target)
+        _fsync_path(root)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+        _fsync_path(root)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Discovery
+
+
+def read_complete(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The ``COMPLETE`` record of a checkpoint directory, or None if it is missing, unreadable or if any
+    file it lists is missing or has another size (a truncated or half-copied checkpoint)."""
+    path = Path(path)
+    try:
+        record = json.loads((path / COMPLETE).read_text(encoding="utf-8"))
+        step = int(record["step"])
+        for fname, size in dict(record["files"]).items():
+            if (path / fname).stat().st_size != int(size):
+                return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {"step": step, "files": record["files"]}
+
+
+def is_complete(path: str | os.PathLike[str]) -> bool:
+    return read_complete(path) is not None
+
+
+def list_checkpoints(root: str | os.PathLike[str]) -> list[CheckpointInfo]:
+    """Complete checkpoints under ``root`` (a ``checkpoints/`` directory), oldest step first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for d in root.iterdir():
+        if d.name.startswith(".") or not d.is_dir():
+            continue
+        record = read_complete(d)
+        if record is not None:
+            found.append(CheckpointInfo(d, d.name, record["step"]))
+    # Among equal steps prefer 'last', then periodic, then 'best' (they hold the same state anyway).
+    order = {"best": 0, "last": 2}
+    return sorted(found, key=lambda c: (c.step, order.get(c.name, 1), c.name))
+
+
+def find_latest(root: str | os.PathLike[str]) -> CheckpointInfo | None:
+    """The complete checkpoint with the highest step under ``root``, or None."""
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def resolve_model_dir(path: str | os.PathLike[str]) -> Path:
+    """A directory to load a model from: a checkpoint itself, or a run directory (then its ``best``
+    checkpoint, else ``last``, else the newest complete one). Raises CheckpointError otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a directory (expected a checkpoint or run directory)")
+    if (path / MODEL_FILE).exists():
+        return path
+    for root in (path / CHECKPOINTS_DIR, path):
+        for name in ("best", "last"):
+            if is_complete(root / name):
+                return root / name
+        latest = find_latest(root)
+        if latest is not None:
+            return latest.path
+    raise CheckpointError(
+        f"{path}: not a checkpoint (no {MODEL_FILE}) and no complete checkpoint under {path / CHECKPOINTS_DIR}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Housekeeping (only the process that holds the run lock calls these)
+
+
+def recover(root: str | os.PathLike[str]) -> list[str]:
+    """Finish replacements a crash interrupted and delete leftover temporary directories.
+
+    If ``best``/``last`` is missing, a complete ``.tmp-<name>-*`` (the newer one) is renamed in, else a
+    complete ``.old-<name>-*`` is renamed back. Returns a line per action, for the log.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    actions = []
+    leftovers = sorted(d for d in root.iterdir() if d.is_dir() and re.match(r"^\.(tmp|old)-", d.name))
+    for prefix in (".tmp-", ".old-"):
+        for d in leftovers:
+            if not d.name.startswith(prefix) or not d.exists():
+                continue
+            name = d.name[len(prefix) :].rsplit("-", 1)[0]
+            target = root / name
+            if not target.exists() and is_complete(d):
+                os.replace(d, target)
+                actions.append(f"restored {target.name} from {d.name}")
+    for d in leftovers:
+        if d.exists():
+            shutil.rmtree(d, ignore_errors=True)
+            actions.append(f"removed incomplete {d.name}")
+    if actions:
+        _fsync_path(root)
+    return actions
+
+
+def prune(root: str | os.PathLike[str], keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` periodic ``step_*`` checkpoints; return what was deleted."""
+    root = Path(root)
+    periodic = sorted(
+        (int(m.group(1)), d)
+        for d in (root.iterdir() if root.is_dir() else [])
+        if (m := _STEP_RE.match(d.name)) and d.is_dir()
+    )
+    doomed = [d for _, d in periodic[: max(0, len(periodic) - keep_last)]]
+    for d in doomed:
+        # Rename first so a crash mid-delete never leaves a step_ dir with COMPLETE but missing files.
+        trash = root / f".old-{d.name}-{os.getpid()}"
+        os.replace(d, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    return doomed
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+def load_trainer_state(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read ``trainer_state.pt`` of a checkpoint directory with ``weights_only=True``."""
+    f = Path(path) / TRAINER_STATE
+    if not f.is_file():
+        raise CheckpointError(f"{f}: missing (not a training checkpoint)")
+    try:
+        state = torch.load(f, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError) as e:
+        raise CheckpointError(f"{f}: not a valid trainer state: {_first_line(e)}") from e
+    if not isinstance(state, dict) or "step" not in state:
+        raise CheckpointError(f"{f}: not a valid trainer state: no 'step' entry")
+    return state
+
+
+def load_model_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Load a checkpoint's ``model.safetensors`` into ``model`` in place (exact: same dtype, no rounding)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    f = Path(path) / MODEL_FILE
+    if not f.is_file():
+        raise CheckpointError(f"{f}: missing")
+    try:
+        missing, unexpected = load_model(model, str(f), strict=False)
+    except (SafetensorError, RuntimeError, OSError, ValueError) as e:
+        raise CheckpointError(f"{f}: cannot load weights: {_first_line(e)}") from e
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{f}: weights do not match the model (missing: {sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]})"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# weights_only-safe state: numpy arrays become tagged lists; RNG states
+
+
+def to_safe(obj: Any) -> Any:
+    """Convert numpy arrays/scalars inside ``obj`` to plain Python so ``torch.load(weights_only=True)``
+    accepts it; :func:`from_safe` undoes it."""
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": obj.ravel().tolist(), "dtype": str(obj.dtype), "shape": list(obj.shape)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: to_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_safe(v) for v in obj)
+    return obj
+
+
+def from_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if "__ndarray__" in obj:
+            return np.asarray(obj["__ndarray__"], dtype=obj["dtype"]).reshape(obj["shape"])
+        return {k: from_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(from_safe(v) for v in obj)
+    return obj
+
+
+def capture_rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": to_safe(np.random.get_state()),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(tuple(from_safe(state["numpy"])))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state["cuda"]))

@@ -1,0 +1,52 @@
+"""Learning-rate schedule: linear warmup to the peak, then cosine decay to a floor.
+
+The rate is a pure function of the optimizer step, so a resumed run needs nothing but the step
+to continue the schedule exactly (no scheduler object to save beyond the step count).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+def lr_at(step: int, *, max_lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> float:
+    """Learning rate for optimizer step ``step`` (0-based: the step about to be taken).
+
+    Steps ``0 .. warmup_steps-1`` ramp linearly up to ``max_lr`` (the first step already gets
+    ``max_lr / warmup_steps``, never 0, so no step is wasted); then a half cosine goes from
+    ``max_lr`` down to ``min_lr``, reached at ``max_steps``; past ``max_steps`` the rate stays at
+    ``min_lr``.
+    """
+    if step < warmup_steps:
+        return max_lr * (step + 1) / warmup_steps
+    decay_steps = max(1, max_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
+
+
+@dataclass(frozen=True)
+class WarmupCosine:
+    """The schedule bound to its settings; ``schedule(step)`` gives the rate for that step."""
+
+    max_lr: float
+    min_lr: float
+    warmup_steps: int
+    max_steps: int
+
+    def __call__(self, step: int) -> float:
+        return lr_at(
+            step,
+            max_lr=self.max_lr,
+            min_lr=self.min_lr,
+            warmup_steps=self.warmup_steps,
+            max_steps=self.max_steps,
+        )
+
+    def state_dict(self) -> dict[str, float | int]:
+        return {
+            "max_lr": self.max_lr,
+            "min_lr": self.min_lr,
+            "warmup_steps": self.warmup_steps,
+            "max_steps": self.max_steps,
+        }

@@ -1,0 +1,189 @@
+"""Training metrics: the device's peak FLOP/s (for MFU), memory in use, and the sinks metrics go to.
+
+Sinks: ``metrics.jsonl`` in the run directory (one JSON object per line, the structured log),
+TensorBoard event files when ``tensorboard`` is installed, and at the end a PNG of the train and
+validation loss curves when ``matplotlib`` is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import resource
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger("gptrs.train")
+
+METRICS_FILE = "metrics.jsonl"
+LOSS_PLOT_FILE = "loss.png"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def measure_peak_flops(device: torch.device | str, dtype: torch.dtype, *, max_n: int | None = None) -> float:
+    """FLOP/s of a large square matmul in ``dtype`` on ``device``: the practical peak MFU is measured
+    against. Grows the size until one matmul takes ~20 ms, then takes the best of a few timings.
+    Uses no random numbers, so the global RNG (and thus a run's reproducibility) is untouched."""
+    device = torch.device(device)
+    max_n = max_n or (8192 if device.type == "cuda" else 4096)
+    n = 512
+    best = 0.0
+    while True:
+        a = torch.full((n, n), 0.5, dtype=dtype, device=device)
+        b = torch.full((n, n), 0.25, dtype=dtype, device=device)
+        a @ b  # warm-up (kernel selection, allocator)
+        _sync(device)
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            a @ b
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+        dt = min(times)
+        best = max(best, 2 * n**3 / max(dt, 1e-9))
+        if dt > 0.02 or n >= max_n:
+            return best
+        n *= 2
+
+
+def memory_bytes(device: torch.device | str) -> int:
+    """Peak allocated memory on CUDA, allocated on MPS, else the process's resident set size."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    if device.type == "mps":
+        return int(torch.mps.current_allocated_memory())
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return v
+
+
+class MetricsLogger:
+    """Appends records to ``<run_dir>/metrics.jsonl`` and mirrors numeric fields to TensorBoard.
+
+    A record is a flat dict with at least ``step`` and ``kind`` ('train', 'eval', ...). Disabled (all
+    methods no-ops) when ``run_dir`` is None or on non-zero ranks.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str] | None, *, enabled: bool = True) -> None:
+        self.enabled = enabled and run_dir is not None
+        self.path = Path(run_dir) / METRICS_FILE if run_dir is not None else None
+        self._file = None
+        self._tb: Any = None
+        if not self.enabled or self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.debug("tensorboard is not installed; metrics go to %s only", self.path)
+        else:
+            self._tb = SummaryWriter(log_dir=str(self.path.parent / "tensorboard"))
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        if self._file is None:
+            return
+        self._file.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            step = int(record["step"])
+            kind = record.get("kind", "train")
+            for k, v in record.items():
+                if k not in ("step", "kind") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(f"{kind}/{k}", v, step)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Records of a metrics.jsonl file; a torn last line (a crash mid-write) is skipped."""
+    records: list[dict[str, Any]] = []
+    p = Path(path)
+    if not p.exists():
+        return records
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def truncate_metrics(path: str | os.PathLike[str], max_step: int) -> None:
+    """Keep only records up to ``max_step``: a resumed run re-does (and re-logs) the steps after its
+    checkpoint, so the log reads as if the run had never stopped. Rewritten atomically."""
+    p = Path(path)
+    if not p.exists():
+        return
+    kept = [r for r in read_metrics(p) if int(r.get("step", 0)) <= max_step]
+    tmp = p.with_name(p.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in kept:
+            f.write(json.dumps(r) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, p)
+
+
+def plot_loss_curves(history: Iterable[Mapping[str, Any]], path: str | os.PathLike[str]) -> bool:
+    """Write a PNG of train and validation loss against step. Returns False (and logs one line) when
+    matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.info("matplotlib is not installed; skipping the loss plot (pip install matplotlib)")
+        return False
+    history = list(history)
+    train = [
+        (r["step"], r["loss"]) for r in history if r.get("kind") == "train" and r.get("loss") is not None
+    ]
+    val = [
+        (r["step"], r["val_loss"])
+        for r in history
+        if r.get("kind") == "eval" and r.get("val_loss") is not None
+    ]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train", linewidth=1.2)
+    if val:
+        ax.plot(*zip(*val, strict=True), label="validation", marker="o", linewidth=1.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title("gptrs training loss")
+    ax.grid(alpha=0.3)
+    if train or val:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
