@@ -69,12 +69,12 @@ def bench_cache(quick: bool) -> dict:
     tok = BPETokenizer(
         vocab_size=tok_cfg.vocab_size, special_tokens=dict(tok_cfg.special_tokens), pattern="gpt4"
     )
-    # The tokenizer is trained beforehand (not timed): on the first ~8 MB, enough for realistic merges.
+    # The tokenizer is trained beforehand (not timed) on the first few MB: enough for realistic merges.
     sample, size = [], 0
     for d in docs:
         sample.append(d)
         size += len(d)
-        if size > 8_000_000:
+        if size > (3_000_000 if quick else 8_000_000):
             break
     t0 = time.perf_counter()
     tok.train(sample)
@@ -124,7 +124,7 @@ def bench_batches(quick: bool) -> dict:
     b, t = config.training.batch_size, config.model.max_seq_len
     tokens = np.random.default_rng(0).integers(0, vocab, 4_000_000).astype(np.uint16)
     batches = RandomBatches(tokens, b, t, seed=0)
-    n = 200 if quick else 1000
+    n = 200 if quick else 2000
     for _ in range(10):
         next(batches)
     t0 = time.perf_counter()
@@ -141,8 +141,8 @@ def bench_batches(quick: bool) -> dict:
         loss.backward()
         model.zero_grad(set_to_none=True)
 
-    step()
-    steps = [_best(step, 1) for _ in range(3 if quick else 8)]
+    step()  # warm-up
+    steps = [_best(step, 1) for _ in range(2 if quick else 8)]
     step_s = statistics.median(steps)
     return {
         "batch": [b, t],

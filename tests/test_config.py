@@ -448,6 +448,19 @@ def test_override_errors(overrides: list[str], expected: str) -> None:
     assert str(info.value) == expected
 
 
+def test_overrides_on_a_bad_python_config_and_hostile_values() -> None:
+    cfg = Config()
+    cfg.model.heads = "4"  # type: ignore[assignment]
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(cfg, ["model.num_layers=2"])
+    assert str(info.value) == "--set: model.heads: expected an integer, got the string '4'"
+    with pytest.raises(ConfigError, match=r"^--set data\.paths=\[\[\[.*: data\.paths: cannot read value"):
+        apply_overrides(Config(), ["data.paths=" + "[" * 50_000])
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(Config(), ["model.heads=!!python/object/apply:os.system [echo]"])
+    assert "could not determine a constructor" in str(info.value)
+
+
 # ----------------------------------------------------------------------------------------------- round trips
 
 
@@ -485,7 +498,7 @@ def test_save_keeps_old_file_when_write_fails(tmp_path: Path, monkeypatch: pytes
     assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
 
 
-_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12)
+_TEXT = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=12)
 _ROLES = ("bos", "eos", "pad", "unk")
 
 
@@ -503,6 +516,8 @@ def valid_configs(draw: st.DrawFn) -> Config:
     max_steps = draw(st.integers(1, 10**6))
     lr = draw(st.floats(1e-7, 1.0))
     optional_int = st.none() | st.integers(1, 10**6)
+    precision = draw(st.sampled_from([False, True, "bf16", "fp16"]))
+    assert isinstance(precision, (bool, str))
     return Config(
         data=DataConfig(
             source=source,
@@ -550,7 +565,7 @@ def valid_configs(draw: st.DrawFn) -> Config:
             beta1=draw(st.floats(0.0, 1.0, exclude_max=True)),
             beta2=draw(st.floats(0.0, 1.0, exclude_max=True)),
             max_grad_norm=draw(st.floats(0.0, 100.0)),
-            mixed_precision=draw(st.sampled_from([False, True, "bf16", "fp16"])),
+            mixed_precision=precision,
             eval_interval=draw(st.integers(1, 10**5)),
             eval_batches=draw(optional_int),
             log_interval=draw(st.integers(1, 1000)),

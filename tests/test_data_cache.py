@@ -197,10 +197,13 @@ def test_prepare_data_trains_tokenizer_builds_then_reuses(tmp_path: Path) -> Non
 def test_changed_tokenizer_or_touched_file_rebuilds(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     corpus.mkdir()
+    rng = np.random.default_rng(0)
+    words = [
+        "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), int(rng.integers(2, 9)))) for _ in range(400)
+    ]
     for i in range(12):
-        (corpus / f"{i:02d}.txt").write_text(
-            f"file {i}\n" + "some words here and there\n" * (20 + i), encoding="utf-8"
-        )
+        text = " ".join(rng.choice(words, 300)) + "\n"
+        (corpus / f"{i:02d}.txt").write_text(text, encoding="utf-8")
     cfg = _config(DataConfig(source="files", paths=[str(corpus / "*.txt")], validation_split=0.2), seq_len=16)
     run = tmp_path / "run"
     assert prepare_data(cfg, run, progress=False).stats["cache_reused"] is False
@@ -210,6 +213,7 @@ def test_changed_tokenizer_or_touched_file_rebuilds(tmp_path: Path) -> None:
     other = prepare_data(
         replace(cfg, tokenizer=TokenizerConfig(vocab_size=320)), tmp_path / "run2", progress=False
     )
+    assert other.tokenizer.fingerprint() != prepare_data(cfg, run, progress=False).tokenizer.fingerprint()
     bundle = prepare_data(cfg, run, other.tokenizer, progress=False)
     assert bundle.stats["cache_reused"] is False
     assert bundle.tokenizer.get_vocab_size() == 320
@@ -262,7 +266,7 @@ def test_too_small_and_empty_corpus_errors(tmp_path: Path) -> None:
         (small / f"{i}.txt").write_text(f"tiny document {i}", encoding="utf-8")
     cfg = _config(DataConfig(source="files", paths=[str(small / "*.txt")]), seq_len=64)
     with pytest.raises(
-        DataError, match=r"corpus too small: 2 training documents .* max_seq_len \+ 1 = 65 tokens"
+        DataError, match=r"corpus too small: 2 training documents .*model\.max_seq_len \+ 1 = 65 tokens"
     ):
         prepare_data(cfg, tmp_path / "run", progress=False)
 
@@ -284,3 +288,13 @@ def test_epochs_sampling_and_missing_tokenizer_path(tmp_path: Path) -> None:
     cfg.tokenizer.path = str(tmp_path / "nope.json")
     with pytest.raises(DataError, match=r"tokenizer file not found: .*nope\.json"):
         prepare_data(cfg, tmp_path / "other", progress=False)
+
+
+def test_source_errors_surface_through_tokenizer_training(tmp_path: Path) -> None:
+    good = "".join(f'{{"text": "document number {i} with some text"}}\n' for i in range(50))
+    (tmp_path / "a.jsonl").write_text(good, encoding="utf-8")
+    (tmp_path / "b.jsonl").write_text('{"body": "no text here"}\n' * 5, encoding="utf-8")
+    cfg = _config(DataConfig(source="files", paths=[str(tmp_path / "*.jsonl")]))
+    with pytest.raises(DataError, match=r"b\.jsonl: no field 'text'"):
+        prepare_data(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "tokenizer.json").exists()

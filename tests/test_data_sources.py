@@ -83,6 +83,13 @@ def test_jsonl_json_and_parquet_with_text_field(tmp_path: Path) -> None:
     # The order of data.paths is kept; None and empty texts are skipped.
     assert _files(paths, text_field="content") == ["zeta", "alpha", "béta\n", "gamma", "delta", "epsilon"]
     assert _files([tmp_path / "c.parquet"], text_field="content", num_training_samples=1) == ["delta"]
+    with pytest.raises(
+        DataError, match=r"c\.parquet: no column 'text' \(columns: content, n\); set data\.text_field"
+    ):
+        _files([tmp_path / "c.parquet"])
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match=r"cannot read .*bad\.parquet: "):
+        _files([tmp_path / "bad.parquet"])
 
 
 @pytest.mark.parametrize(
@@ -148,6 +155,21 @@ def test_hub_offline_fails_at_once_saying_how_to_use_files(monkeypatch: pytest.M
         sources.source_fingerprint(cfg)
 
 
+def test_prepare_data_offline_hub_fails_before_any_work(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from gptrs.config import Config
+    from gptrs.data import prepare_data
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    cfg = Config(data=DataConfig(source="hub", dataset_name="HuggingFaceFW/fineweb"))
+    with pytest.raises(
+        DataError, match=r"cannot stream Hub dataset 'HuggingFaceFW/fineweb': HF_DATASETS_OFFLINE"
+    ):
+        prepare_data(cfg, tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []  # no tokenizer trained, no cache started
+
+
 def test_hub_unreachable_is_a_data_error(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
@@ -162,6 +184,47 @@ def test_hub_unreachable_is_a_data_error(monkeypatch: pytest.MonkeyPatch) -> Non
         list(iter_documents(DataConfig(source="hub", dataset_name="org/data")))
     with pytest.raises(DataError, match=r"data\.dataset_name is not set"):
         list(iter_documents(DataConfig(source="hub")))
+
+
+def test_hub_streams_at_the_pinned_revision_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(sources, "_hub_revision_cached", lambda name: "0123abcd")
+    calls: list[tuple] = []
+    rows = {"content": [f"web page {i}" for i in range(5000)], "url": ["u"] * 5000}
+
+    def fake_load_dataset(*args, **kwargs):
+        calls.append((args, kwargs))
+        return datasets.Dataset.from_dict(rows).to_iterable_dataset()
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    cfg = DataConfig(
+        source="hub",
+        dataset_name="org/web",
+        dataset_subset="sample",
+        dataset_split="train",
+        text_field="content",
+        num_training_samples=1500,
+    )
+    assert list(iter_documents(cfg)) == rows["content"][:1500]
+    assert calls == [(("org/web", "sample"), {"split": "train", "streaming": True, "revision": "0123abcd"})]
+    fp = sources.source_fingerprint(cfg)
+    assert fp["revision"] == "0123abcd" and fp["num_training_samples"] == 1500
+
+    def dropped_connection(*args, **kwargs):
+        def gen():
+            yield {"content": "first"}
+            raise ConnectionError("connection reset by peer")
+
+        return datasets.IterableDataset.from_generator(gen)
+
+    monkeypatch.setattr(datasets, "load_dataset", dropped_connection)
+    with pytest.raises(
+        DataError, match=r"cannot stream Hub dataset 'org/web' \(sample\): ConnectionError: connection reset"
+    ):
+        list(iter_documents(cfg))
 
 
 # ------------------------------------------------------------------------------------------------------ split

@@ -92,7 +92,7 @@ def test_cache_equals_recompute(monkeypatch: pytest.MonkeyPatch, prompt_len: int
     assert torch.equal(cached, recomputed)
     assert torch.equal(cached[:, :prompt_len], x)
     assert len(cached_logits) == len(seen) == new
-    for a, b in zip(cached_logits, seen):
+    for a, b in zip(cached_logits, seen, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     # Greedy means argmax of the recompute logits.
     assert torch.equal(torch.stack([s.argmax(-1) for s in seen], dim=1), recomputed[:, prompt_len:])
@@ -210,7 +210,10 @@ def test_top_k_top_p_sample_inside_the_allowed_set(k: int, p: float, seed: int) 
         (dict(seed="7"), "seed must be an integer, got '7'"),
         (dict(max_new_tokens=-1), "max_new_tokens must be an integer >= 0, got -1"),
         (dict(input_ids=torch.tensor([[1, V]])), r"token id 48, outside the vocabulary \(size 48\)"),
-        (dict(input_ids=torch.zeros(1, 0, dtype=torch.long)), "input_ids must hold at least one token per row"),
+        (
+            dict(input_ids=torch.zeros(1, 0, dtype=torch.long)),
+            "input_ids must hold at least one token per row",
+        ),
         (dict(input_ids=torch.rand(1, 3)), r"input_ids must be an integer tensor of shape \(B, T\)"),
         (dict(attention_mask=torch.tensor([[1, 1, 0]])), "attention_mask must be left padding"),
         (dict(attention_mask=torch.ones(1, 2)), r"attention_mask shape \(1, 2\) != input_ids shape \(1, 3\)"),
@@ -221,3 +224,13 @@ def test_bad_arguments(kw: dict, message: str) -> None:
     args.update(kw)
     with pytest.raises(ValueError, match=message):
         tiny().generate(**args)
+
+
+def test_cache_equals_recompute_under_bf16_autocast() -> None:
+    m = tiny()
+    for seed in range(3):
+        x = prompts(2, 4, seed=seed)
+        with torch.autocast("cpu", torch.bfloat16):
+            cached = m.generate(x, 16, temperature=0)
+            recomputed = m.generate(x, 16, temperature=0, use_cache=False)
+        assert torch.equal(cached, recomputed)

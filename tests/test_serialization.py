@@ -53,7 +53,7 @@ def test_files_are_safetensors_and_json_with_the_tied_weight_once(tmp_path: Path
     assert meta["config"]["embed_dim"] == 32
 
 
-def test_from_config_compile_flag_and_overwrite(tmp_path: Path) -> None:
+def test_saving_over_a_model_replaces_it(tmp_path: Path) -> None:
     m = tiny()
     m.save_pretrained(tmp_path)
     m2 = tiny(num_layers=1)
@@ -108,7 +108,11 @@ BAD = [
         _edit_json(lambda m: m.update(format_version=99)),
         r"format_version 99 is not supported \(this gptrs reads up to 1\)",
     ),
-    ("unknown key", _edit_json(lambda m: m["config"].update(foo=1)), r"model\.json: unknown config keys: foo"),
+    (
+        "unknown key",
+        _edit_json(lambda m: m["config"].update(foo=1)),
+        r"model\.json: unknown config keys: foo",
+    ),
     (
         "bad shape config",
         _edit_json(lambda m: m["config"].update(heads=3)),
@@ -117,7 +121,11 @@ BAD = [
     ("no vocab", _edit_json(lambda m: m["config"].update(vocab_size=None)), r"config\.vocab_size is missing"),
     ("bad pad", _edit_json(lambda m: m.update(pad_token_id="x")), r"pad_token_id must be an integer or null"),
     ("no weights", lambda d: (d / "model.safetensors").unlink(), r"model\.safetensors: missing"),
-    ("garbage", _write("model.safetensors", b"\x00garbage" * 4), r"model\.safetensors: not a readable safetensors"),
+    (
+        "garbage",
+        _write("model.safetensors", b"\x00garbage" * 4),
+        r"model\.safetensors: not a readable safetensors",
+    ),
     ("empty", _write("model.safetensors", b""), r"model\.safetensors: not a readable safetensors file"),
     ("truncated", _truncate, r"model\.safetensors: not a readable safetensors file"),
     ("huge header", _huge_header, r"model\.safetensors: not a readable safetensors file"),

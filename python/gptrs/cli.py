@@ -11,8 +11,9 @@ import argparse
 import logging
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import torch
 from tqdm import tqdm
@@ -62,6 +63,14 @@ def setup_logging(level: str = "INFO") -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
     logger.addHandler(handler)
     logger.propagate = False
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(
+    message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
+    """Python warnings (e.g. a prompt cropped to the context) as one log line, not two with source."""
+    logging.getLogger("gptrs").warning("%s", " ".join(str(message).split()))
 
 
 def one_line(e: BaseException) -> str:

@@ -287,7 +287,9 @@ def _coerce(value: Any, hint: Any) -> Any:
         return value
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         # Ints past float range become inf, which the finiteness check then reports.
-        return float(value) if abs(value) < 2**1023 else (math.inf if value > 0 else -math.inf)
+        if isinstance(value, int) and abs(value) >= 2**1023:
+            return math.inf if value > 0 else -math.inf
+        return float(value)
     if hint is str and isinstance(value, str):
         return value
     if origin is list and isinstance(value, list):
@@ -608,11 +610,16 @@ class _Loader(yaml.SafeLoader):
     """SafeLoader that reads 3e-4 as a float (YAML 1.1 wants 3.0e-4) and refuses duplicate keys."""
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that quotes the strings _Loader would read as floats ('1e5')."""
+
+
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -640,9 +647,8 @@ def _parse_yaml(text: str, source: str) -> Any:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = e.problem or e.context
-        if (
-            e.problem and e.problem.startswith("but ") and e.context
-        ):  # "expected a single document ... but ..."
+        # Some problems only make sense after their context: "expected a single document ... but found another"
+        if e.problem and e.problem.startswith("but ") and e.context:
             problem = f"{e.context} {e.problem}"
         raise ConfigError(_one_line(f"{source}: {where}invalid YAML: {problem}")) from None
     except yaml.reader.ReaderError as e:  # a control character; the reader reports a character offset
@@ -694,6 +700,13 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     return config_from_dict(data, source)
 
 
+def _dump_yaml(data: dict[str, Any]) -> str:
+    text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1000)
+    if yaml.load(text, Loader=_Loader) != data:  # PyYAML mangles a few characters (NEL, U+0085) unescaped
+        text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=False, width=1000)
+    return text
+
+
 def save_config(config: Config, path: str | os.PathLike[str], comment: str | None = None) -> None:
     """Validate and write `config` as YAML, atomically (temp file, fsync, os.replace): never half-written."""
     path = Path(path)
@@ -701,7 +714,7 @@ def save_config(config: Config, path: str | os.PathLike[str], comment: str | Non
     header = "# gptrs configuration; `python -m gptrs.config --describe` explains every key.\n"
     if comment:
         header += "".join(f"# {line}\n" for line in comment.splitlines())
-    body = yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True, width=1000)
+    body = _dump_yaml(config_to_dict(config))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -743,7 +756,7 @@ def apply_overrides(config: Config, overrides: Sequence[str], source: str = "--s
     data = config_to_dict(config)
     keys: list[tuple[str, str]] = []  # (key path, the override as typed), to blame the right one at the end
     for item in overrides:
-        where = f"{source} {item}"
+        where = f"{source} {_clip(item, 80)}"
         key, sep, raw = item.partition("=")
         key = key.strip()
         parts = key.split(".")
@@ -762,7 +775,7 @@ def apply_overrides(config: Config, overrides: Sequence[str], source: str = "--s
             target_hint = typing.get_args(hint)[1] | None if len(parts) == 3 else hint
             try:
                 value = _parse_override_value(raw, target_hint)
-            except yaml.YAMLError as e:
+            except (yaml.YAMLError, RecursionError) as e:
                 problem = getattr(e, "problem", None) or str(e)
                 raise _Problem(key, f"cannot read value {_show(raw)} as YAML: {problem}") from None
             if len(parts) == 3:
@@ -778,6 +791,7 @@ def apply_overrides(config: Config, overrides: Sequence[str], source: str = "--s
         keys.append((key, item))
     cfg = Config(**{s: SECTIONS[s](**data[s]) for s in SECTIONS})
     try:
+        _check_types(cfg)  # the base config may have been built (wrongly) in Python
         _check_values(cfg)
     except _Problem as p:
         # Blame the last override that set the key at fault (or one it involves); else the whole --set.
@@ -790,19 +804,22 @@ def apply_overrides(config: Config, overrides: Sequence[str], source: str = "--s
             ),
             None,
         )
-        raise p.error(f"{source} {culprit}" if culprit else source) from None
+        raise p.error(f"{source} {_clip(culprit, 80)}" if culprit else source) from None
     return cfg
 
 
 def count_parameters(config: Config, vocab_size: int | None = None) -> int:
     """Parameters of our GPT for `config`, counted analytically; the LM head is tied to the token embedding.
 
+    Embedding rows as GPT.from_config picks them: model.vocab_size when set, else `vocab_size` (the loaded
+    tokenizer's, if given), else tokenizer.vocab_size. The count:
+
     token embedding V*d + learned positions T*d
     + per block: 2 LayerNorms, qkv (3d^2 + 3d), attention out (d^2 + d), fc (d*ff + ff), fc out (ff*d + d)
     + final LayerNorm. Without biases the LayerNorms have weights only and the Linear layers no bias terms.
     """
     m = config.model
-    vocab = vocab_size or m.vocab_size or config.tokenizer.vocab_size
+    vocab = m.vocab_size or vocab_size or config.tokenizer.vocab_size
     d, ff, b = m.embed_dim, m.ff_dim, int(m.bias)
     norm = d + b * d
     block = 2 * norm + (3 * d * d + b * 3 * d) + (d * d + b * d) + (d * ff + b * ff) + (ff * d + b * d)
@@ -919,9 +936,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             status = 2
             continue
         if args.show:
-            sys.stdout.write(
-                yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True, width=1000)
-            )
+            sys.stdout.write(_dump_yaml(config_to_dict(cfg)))
         else:
             print(f"{path}: ok ({count_parameters(cfg):,} parameters)")
     return status

@@ -78,7 +78,9 @@ def hf_gpt2_state_dict(model: GPT) -> dict[str, torch.Tensor]:
         if isinstance(module, (torch.nn.Linear, torch.nn.LayerNorm)) and module_name != "lm_head":
             key = f"{module_name}.bias"
             if key not in out:
-                width = module.out_features if isinstance(module, torch.nn.Linear) else module.normalized_shape[0]
+                width = (
+                    module.out_features if isinstance(module, torch.nn.Linear) else module.normalized_shape[0]
+                )
                 out[key] = torch.zeros(width)
     return out
 
@@ -94,7 +96,9 @@ def _save_tokenizer(path: Path, out: Path, explicit: bool) -> tuple[int | None, 
         raise
     except Exception as e:
         if explicit:
-            raise ExportError(f"{path}: cannot export tokenizer ({str(e).splitlines()[0] if str(e) else e!r})") from None
+            raise ExportError(
+                f"{path}: cannot export tokenizer ({str(e).splitlines()[0] if str(e) else e!r})"
+            ) from None
         warnings.warn(f"{path}: tokenizer not exported ({e!r})", stacklevel=2)
         return None, None
     ids = []
@@ -125,10 +129,16 @@ def export_hf(model_path: str | Path, out: str | Path, tokenizer: str | Path | N
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gptrs.export", description=__doc__.splitlines()[0])
-    parser.add_argument("--model-path", required=True, help="model directory (model.json + model.safetensors)")
-    parser.add_argument("--format", choices=["hf"], default="hf", help="output format: hf (transformers GPT-2)")
+    parser.add_argument(
+        "--model-path", required=True, help="model directory (model.json + model.safetensors)"
+    )
+    parser.add_argument(
+        "--format", choices=["hf"], default="hf", help="output format: hf (transformers GPT-2)"
+    )
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--tokenizer", help="tokenizer file to export (default: tokenizer.json in --model-path)")
+    parser.add_argument(
+        "--tokenizer", help="tokenizer file to export (default: tokenizer.json in --model-path)"
+    )
     parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
     args = parser.parse_args(argv)
     try:

@@ -29,7 +29,9 @@ class Tokenizer(_core.Tokenizer):
         try:
             import tiktoken
         except ImportError as e:
-            raise ImportError("to_tiktoken() needs the optional package tiktoken: pip install tiktoken") from e
+            raise ImportError(
+                "to_tiktoken() needs the optional package tiktoken: pip install tiktoken"
+            ) from e
         return tiktoken.Encoding(
             name=name,
             pat_str=self.pattern,

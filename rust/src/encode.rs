@@ -5,10 +5,12 @@
 //! `pair_rank[(left id, right id)]` = rank of the token spelled by the two parts for every way of
 //! splitting every token in two, so merging works on ids and never hashes byte strings.
 //!
-//! Fast paths, and why: most pieces are whole tokens (one hash lookup); frequent short non-token pieces
-//! hit a per-call cache; short pieces use tiktoken's simple O(n^2) scan (fastest for small n); long
-//! pieces (a 10 MB run of letters) use a heap so the worst case stays O(n log n).
+//! Fast paths, and why: most pieces are whole tokens (one hash lookup on a packed integer key, see
+//! `packed`); frequent short non-token pieces hit a per-call cache; short pieces use tiktoken's simple
+//! O(n^2) scan (fastest for small n); long pieces (a 10 MB run of letters) use a heap so the worst
+//! case stays O(n log n).
 
+use crate::packed::{pack, pack_at, PACK_MAX};
 use crate::pretok::Pretokenizer;
 use crate::vocab::Vocab;
 use crate::{invalid, Error, Result};
@@ -19,8 +21,7 @@ use std::collections::BinaryHeap;
 const NO_RANK: u32 = u32::MAX;
 /// Pieces longer than this use the heap merge.
 const SCAN_MAX_LEN: usize = 128;
-/// Only pieces up to this length are cached, and at most this many of them per call.
-const CACHE_MAX_LEN: usize = 48;
+/// At most this many short non-token pieces are cached per call.
 const CACHE_MAX_ENTRIES: usize = 1 << 16;
 
 /// Which special tokens `encode` recognises, with tiktoken's meaning.
@@ -38,7 +39,9 @@ pub struct Specials {
 
 pub struct Encoder {
     pair_rank: AHashMap<u64, u32>,
-    piece_id: AHashMap<Box<[u8]>, u32>,
+    /// Ranked tokens of at most `PACK_MAX` bytes, by packed bytes.
+    short_id: AHashMap<u128, u32>,
+    long_id: AHashMap<Box<[u8]>, u32>,
 }
 
 #[inline]
@@ -46,32 +49,43 @@ fn key(a: u32, b: u32) -> u64 {
     ((a as u64) << 32) | b as u64
 }
 
-/// Scratch buffers and the piece cache for one encode call (borrows the text being encoded).
+/// Scratch buffers and the piece cache (packed piece -> span of `cached`) for one encode call.
 #[derive(Default)]
-struct State<'t> {
+struct State {
     parts: Vec<u32>,
     ranks: Vec<u32>,
-    cache: AHashMap<&'t [u8], (u32, u32)>,
+    cache: AHashMap<u128, (u32, u32)>,
     cached: Vec<u32>,
 }
 
 impl Encoder {
     pub fn new(vocab: &Vocab) -> Self {
         let n = vocab.n_ranked();
-        let mut piece_id: AHashMap<Box<[u8]>, u32> = AHashMap::with_capacity(n);
+        let mut by_bytes: AHashMap<&[u8], u32> = AHashMap::with_capacity(n);
+        let (mut short_id, mut long_id) = (AHashMap::with_capacity(n), AHashMap::new());
         for id in 0..n as u32 {
-            piece_id.insert(vocab.token_bytes(id).unwrap_or_default().into(), id);
+            let t = vocab.token_bytes(id).unwrap_or_default();
+            by_bytes.insert(t, id);
+            if t.len() <= PACK_MAX {
+                short_id.insert(pack(t), id);
+            } else {
+                long_id.insert(Box::<[u8]>::from(t), id);
+            }
         }
         let mut pair_rank = AHashMap::with_capacity(2 * n);
         for id in 256..n as u32 {
             let t = vocab.token_bytes(id).unwrap_or_default();
             for cut in 1..t.len() {
-                if let (Some(&l), Some(&r)) = (piece_id.get(&t[..cut]), piece_id.get(&t[cut..])) {
+                if let (Some(&l), Some(&r)) = (by_bytes.get(&t[..cut]), by_bytes.get(&t[cut..])) {
                     pair_rank.insert(key(l, r), id);
                 }
             }
         }
-        Encoder { pair_rank, piece_id }
+        Encoder {
+            pair_rank,
+            short_id,
+            long_id,
+        }
     }
 
     #[inline]
@@ -80,30 +94,60 @@ impl Encoder {
     }
 
     /// Encode `text` as ordinary text (specials are not recognised), appending to `out`.
-    pub fn encode_ordinary_into(&self, pretok: &Pretokenizer, text: &str, out: &mut Vec<u32>) -> Result<()> {
+    pub fn encode_ordinary_into(
+        &self,
+        pretok: &Pretokenizer,
+        text: &str,
+        out: &mut Vec<u32>,
+    ) -> Result<()> {
         let mut st = State::default();
-        pretok.for_each_piece(text, |p| self.encode_piece(p.as_bytes(), out, &mut st)).map_err(Error::Invalid)
+        let base = text.as_ptr() as usize;
+        pretok
+            .for_each_piece(text, |p| {
+                self.encode_piece(
+                    text.as_bytes(),
+                    p.as_ptr() as usize - base,
+                    p.as_bytes(),
+                    out,
+                    &mut st,
+                )
+            })
+            .map_err(Error::Invalid)
     }
 
+    /// Encode `piece`, found at byte `off` of `text`.
     #[inline]
-    fn encode_piece<'t>(&self, piece: &'t [u8], out: &mut Vec<u32>, st: &mut State<'t>) {
-        if let Some(&id) = self.piece_id.get(piece) {
-            out.push(id);
-        } else if piece.len() <= CACHE_MAX_LEN {
-            if let Some(&(s, n)) = st.cache.get(piece) {
-                out.extend_from_slice(&st.cached[s as usize..(s + n) as usize]);
-                return;
+    fn encode_piece(
+        &self,
+        text: &[u8],
+        off: usize,
+        piece: &[u8],
+        out: &mut Vec<u32>,
+        st: &mut State,
+    ) {
+        if piece.len() > PACK_MAX {
+            if let Some(&id) = self.long_id.get(piece) {
+                out.push(id);
+            } else if piece.len() <= SCAN_MAX_LEN {
+                self.merge_scan(piece, out, st);
+            } else {
+                self.merge_heap(piece, out);
             }
+            return;
+        }
+        let k = pack_at(text, off, piece.len());
+        if let Some(&id) = self.short_id.get(&k) {
+            out.push(id);
+        } else if let Some(&(s, n)) = st.cache.get(&k) {
+            out.extend_from_slice(&st.cached[s as usize..(s + n) as usize]);
+        } else {
             let before = out.len();
             self.merge_scan(piece, out, st);
             if st.cache.len() < CACHE_MAX_ENTRIES {
-                st.cache.insert(piece, (st.cached.len() as u32, (out.len() - before) as u32));
+                st.cache
+                    .insert(k, (st.cached.len() as u32, (out.len() - before) as u32));
                 st.cached.extend_from_slice(&out[before..]);
             }
-        } else if piece.len() <= SCAN_MAX_LEN {
-            self.merge_scan(piece, out, st);
-        } else {
-            self.merge_heap(piece, out);
         }
     }
 
@@ -186,16 +230,37 @@ impl Encoder {
 
     /// tiktoken's `encode`: error on a disallowed special in the text; allowed specials become their id;
     /// the text between them is encoded as its own slice (so `$` in the pattern matches at its end).
-    pub fn encode(&self, pretok: &Pretokenizer, vocab: &Vocab, text: &str, specials: &Specials) -> Result<Vec<u32>> {
+    pub fn encode(
+        &self,
+        pretok: &Pretokenizer,
+        vocab: &Vocab,
+        text: &str,
+        specials: &Specials,
+    ) -> Result<Vec<u32>> {
         let allowed: Vec<(&str, u32)> = match &specials.allowed {
             SpecialSet::All => vocab.specials().collect(),
-            SpecialSet::Set(set) => vocab.specials().filter(|(s, _)| set.iter().any(|a| a == s)).collect(),
+            SpecialSet::Set(set) => vocab
+                .specials()
+                .filter(|(s, _)| set.iter().any(|a| a == s))
+                .collect(),
         };
         let disallowed: Vec<&str> = match &specials.disallowed {
-            SpecialSet::All => vocab.specials().map(|(s, _)| s).filter(|s| !allowed.iter().any(|(a, _)| a == s)).collect(),
-            SpecialSet::Set(set) => set.iter().map(String::as_str).filter(|s| !s.is_empty()).collect(),
+            SpecialSet::All => vocab
+                .specials()
+                .map(|(s, _)| s)
+                .filter(|s| !allowed.iter().any(|(a, _)| a == s))
+                .collect(),
+            SpecialSet::Set(set) => set
+                .iter()
+                .map(String::as_str)
+                .filter(|s| !s.is_empty())
+                .collect(),
         };
-        if let Some((at, s)) = disallowed.iter().filter_map(|s| text.find(s).map(|at| (at, *s))).min() {
+        if let Some((at, s)) = disallowed
+            .iter()
+            .filter_map(|s| text.find(s).map(|at| (at, *s)))
+            .min()
+        {
             return invalid(format!(
                 "the text contains the disallowed special token {s:?} (at byte {at}); pass it in allowed_special \
                  to encode it as a special token, or disallowed_special=() to encode it as ordinary text"
@@ -238,7 +303,11 @@ mod tests {
 
     fn vocab() -> Vocab {
         // 256 "ab", 257 "bc", 258 "abc" (via ab + c), 259 "aa", 260 "aaaa"
-        Vocab::new(vec![(97, 98), (98, 99), (256, 99), (97, 97), (259, 259)], vec!["<|x|>".into()]).unwrap()
+        Vocab::new(
+            vec![(97, 98), (98, 99), (256, 99), (97, 97), (259, 259)],
+            vec!["<|x|>".into()],
+        )
+        .unwrap()
     }
 
     #[test]
@@ -270,12 +339,21 @@ mod tests {
         let v = vocab();
         let e = Encoder::new(&v);
         let pt = Pretokenizer::new("gpt4").unwrap();
-        let all = Specials { allowed: SpecialSet::All, disallowed: SpecialSet::All };
+        let all = Specials {
+            allowed: SpecialSet::All,
+            disallowed: SpecialSet::All,
+        };
         let ids = e.encode(&pt, &v, "ab<|x|>c", &all).unwrap();
         assert_eq!(ids, vec![256, 261, 99]);
-        let none = Specials { allowed: SpecialSet::Set(vec![]), disallowed: SpecialSet::All };
+        let none = Specials {
+            allowed: SpecialSet::Set(vec![]),
+            disallowed: SpecialSet::All,
+        };
         assert!(e.encode(&pt, &v, "ab<|x|>c", &none).is_err());
-        let plain = Specials { allowed: SpecialSet::Set(vec![]), disallowed: SpecialSet::Set(vec![]) };
+        let plain = Specials {
+            allowed: SpecialSet::Set(vec![]),
+            disallowed: SpecialSet::Set(vec![]),
+        };
         assert!(e.encode(&pt, &v, "ab<|x|>c", &plain).unwrap().len() > 3);
     }
 }

@@ -48,7 +48,14 @@ fn byte_to_char() -> [char; 256] {
 /// rank, and `ignore_merges` makes a piece that is a whole token map to it directly, as in tiktoken.
 pub fn hf_json(pattern: &str, vocab: &Vocab) -> Value {
     let table = byte_to_char();
-    let spell = |id: u32| -> String { vocab.token_bytes(id).unwrap_or_default().iter().map(|&b| table[b as usize]).collect() };
+    let spell = |id: u32| -> String {
+        vocab
+            .token_bytes(id)
+            .unwrap_or_default()
+            .iter()
+            .map(|&b| table[b as usize])
+            .collect()
+    };
     let n = vocab.n_ranked() as u32;
     let mut by_bytes: AHashMap<&[u8], u32> = AHashMap::with_capacity(n as usize);
     let mut model_vocab = Map::with_capacity(n as usize);
@@ -82,7 +89,7 @@ pub fn hf_json(pattern: &str, vocab: &Vocab) -> Value {
         "added_tokens": added,
         "normalizer": null,
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false},
+            {"type": "Split", "pattern": {"Regex": onig_pattern(pattern)}, "behavior": "Isolated", "invert": false},
             {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
         ]},
         "post_processor": null,
@@ -93,8 +100,62 @@ pub fn hf_json(pattern: &str, vocab: &Vocab) -> Value {
     })
 }
 
+/// HF matches with Oniguruma, where `X{n,m}+` is *not* possessive (it means `(?:X{n,m})+`, so
+/// cl100k's `\p{N}{1,3}+` would take any number of digits). Rewrite it as the atomic group
+/// `(?>X{n,m})`, which is what possessive means, for atoms `\p{..}`, `\x`, `[...]` and single chars.
+fn onig_pattern(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len() + 16);
+    let (mut copied, mut from) = (0, 0);
+    while let Some(rel) = pattern[from..].find('{') {
+        let open = from + rel;
+        from = open + 1;
+        let Some(close) = pattern[open..].find('}').map(|c| open + c) else {
+            break;
+        };
+        let counted = close > open + 1
+            && pattern[open + 1..close]
+                .chars()
+                .all(|c| c.is_ascii_digit() || c == ',');
+        if !counted || !pattern[close + 1..].starts_with('+') {
+            continue;
+        }
+        if let Some(at) = atom_start(&pattern[copied..open]).map(|a| copied + a) {
+            out.push_str(&pattern[copied..at]);
+            out.push_str("(?>");
+            out.push_str(&pattern[at..=close]);
+            out.push(')');
+            copied = close + 2;
+            from = copied;
+        }
+    }
+    out.push_str(&pattern[copied..]);
+    out
+}
+
+/// Byte offset where the atom ending `head` starts, for the simple atoms `onig_pattern` handles.
+fn atom_start(head: &str) -> Option<usize> {
+    if head.ends_with('}') {
+        let at = head.rfind('\\')?;
+        return matches!(&head[at..at + 2], "\\p" | "\\P").then_some(at);
+    }
+    if head.ends_with(']') {
+        let b = head.as_bytes();
+        return (0..head.len())
+            .rev()
+            .find(|&i| b[i] == b'[' && (i == 0 || b[i - 1] != b'\\'));
+    }
+    let (last, c) = head.char_indices().last()?;
+    let escaped = last > 0 && head[..last].ends_with('\\') && !head[..last].ends_with("\\\\");
+    match (escaped, c) {
+        (true, _) => Some(last - 1),
+        (false, '(' | ')' | '|' | '*' | '+' | '?') => None,
+        (false, _) => Some(last),
+    }
+}
+
 pub fn save_hf(path: &Path, pattern: &str, vocab: &Vocab) -> Result<()> {
-    let json = serde_json::to_vec(&hf_json(pattern, vocab)).map_err(|e| Error::Invalid(format!("cannot serialize: {e}")))?;
+    let json = serde_json::to_vec(&hf_json(pattern, vocab))
+        .map_err(|e| Error::Invalid(format!("cannot serialize: {e}")))?;
     write_atomic(path, &json)
 }
 
@@ -109,6 +170,13 @@ mod tests {
         assert_eq!(set.len(), 256);
         assert_eq!(t[b' ' as usize], 'Ġ');
         assert_eq!(t[b'\n' as usize], 'Ċ');
+    }
+
+    #[test]
+    fn possessive_counted_repeats_become_atomic_groups() {
+        assert_eq!(onig_pattern(r"a|\p{N}{1,3}+|b"), r"a|(?>\p{N}{1,3})|b");
+        assert_eq!(onig_pattern(r"[a-z]{2}+x{1,}+"), r"(?>[a-z]{2})(?>x{1,})");
+        assert_eq!(onig_pattern(r"\d{3}|\p{L}++"), r"\d{3}|\p{L}++");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod count;
 pub mod encode;
 pub mod export;
+pub mod packed;
 pub mod pretok;
 pub mod train;
 pub mod vocab;
@@ -28,7 +29,10 @@ pub enum Error {
     /// Bad input: bad argument, corrupt file, disallowed special token... (Python: ValueError).
     Invalid(String),
     /// The file system failed us (Python: OSError / FileNotFoundError).
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A progress callback asked to stop (Python re-raises the callback's own exception).
     Cancelled,
 }
@@ -47,7 +51,10 @@ impl std::error::Error for Error {}
 
 impl Error {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        Error::Io { path: path.to_path_buf(), source }
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -71,7 +78,11 @@ impl Tokenizer {
     pub fn new(pattern: &str, vocab: Vocab) -> Result<Self> {
         let pretok = Pretokenizer::new(pattern).map_err(Error::Invalid)?;
         let encoder = Encoder::new(&vocab);
-        Ok(Tokenizer { pretok, vocab, encoder })
+        Ok(Tokenizer {
+            pretok,
+            vocab,
+            encoder,
+        })
     }
 
     /// Train on counted pieces (see `count::PieceCounter`).
@@ -102,13 +113,15 @@ impl Tokenizer {
     /// Encode ignoring special tokens entirely (they are ordinary text).
     pub fn encode_ordinary(&self, text: &str) -> Result<Vec<u32>> {
         let mut out = Vec::with_capacity(text.len() / 3);
-        self.encoder.encode_ordinary_into(&self.pretok, text, &mut out)?;
+        self.encoder
+            .encode_ordinary_into(&self.pretok, text, &mut out)?;
         Ok(out)
     }
 
     /// Encode with tiktoken's semantics for `allowed` / `disallowed` special tokens.
     pub fn encode(&self, text: &str, specials: &Specials) -> Result<Vec<u32>> {
-        self.encoder.encode(&self.pretok, &self.vocab, text, specials)
+        self.encoder
+            .encode(&self.pretok, &self.vocab, text, specials)
     }
 
     /// Concatenated bytes of `ids`; an unknown id is an error.
@@ -117,7 +130,12 @@ impl Tokenizer {
         for &id in ids {
             match self.vocab.token_bytes(id) {
                 Some(b) => out.extend_from_slice(b),
-                None => return invalid(format!("token id {id} is out of range (n_vocab = {})", self.n_vocab())),
+                None => {
+                    return invalid(format!(
+                        "token id {id} is out of range (n_vocab = {})",
+                        self.n_vocab()
+                    ))
+                }
             }
         }
         Ok(out)

@@ -74,7 +74,11 @@ impl Pretokenizer {
 
     /// Calls `f` for each piece, in order. With a built-in pattern the pieces concatenate back to `text`.
     /// Errs only when a custom regex fails at run time (e.g. its backtracking limit).
-    pub fn for_each_piece<'a, F: FnMut(&'a str)>(&self, text: &'a str, mut f: F) -> Result<(), String> {
+    pub fn for_each_piece<'a, F: FnMut(&'a str)>(
+        &self,
+        text: &'a str,
+        mut f: F,
+    ) -> Result<(), String> {
         match self {
             Pretokenizer::Gpt4 => {
                 scan(text, Tables::get(), gpt4_piece_end, f);
@@ -86,7 +90,8 @@ impl Pretokenizer {
             }
             Pretokenizer::Custom { regex, pattern } => {
                 for m in regex.find_iter(text) {
-                    let m = m.map_err(|e| format!("pattern {pattern:?} failed on the input: {e}"))?;
+                    let m =
+                        m.map_err(|e| format!("pattern {pattern:?} failed on the input: {e}"))?;
                     if !m.as_str().is_empty() {
                         f(m.as_str());
                     }
@@ -240,6 +245,29 @@ impl Tables {
         i
     }
 
+    /// End of the run of `\p{L}` from byte `i`. Words are most of any text, so ASCII letters are
+    /// classified eight at a time (SWAR); the first other byte hands over to the per-character loop.
+    #[inline(always)]
+    fn letters_end(&self, b: &[u8], mut i: usize) -> usize {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        while let Some(chunk) = b.get(i..i + 8) {
+            let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+            // Fold case (| 0x20), then a byte is a letter iff 0x61 <= it <= 0x7A; the adds cannot carry
+            // across bytes because each byte is first cut to 7 bits. Non-ASCII bytes never count.
+            let lower = (w | (0x20 * ONES)) & !HIGH;
+            let ge_a = lower + (0x80 - 0x61) * ONES;
+            let gt_z = lower + (0x80 - 0x7B) * ONES;
+            let not_letter = !(ge_a & !gt_z & !w) & HIGH;
+            if not_letter != 0 {
+                i += (not_letter.trailing_zeros() / 8) as usize;
+                break;
+            }
+            i += 8;
+        }
+        self.run_end(b, i, |c| c & L != 0)
+    }
+
     /// The lowercase contraction letter that `(?i)` folds the character at byte `i` onto, if any.
     fn fold_at(&self, b: &[u8], i: usize) -> Option<(u8, usize)> {
         if i >= b.len() {
@@ -284,7 +312,7 @@ fn decode(b: &[u8], i: usize) -> (u32, usize) {
 fn scan<'a, F: FnMut(&'a str)>(
     text: &'a str,
     t: &Tables,
-    piece_end: fn(&Tables, &[u8], usize) -> usize,
+    piece_end: impl Fn(&Tables, &[u8], usize) -> usize,
     mut f: F,
 ) {
     let b = text.as_bytes();
@@ -334,7 +362,7 @@ fn gpt4_piece_end(t: &Tables, b: &[u8], i: usize) -> usize {
     let j = i + len;
     // `[^\r\n\p{L}\p{N}]?+\p{L}++` with the optional character absent.
     if c & L != 0 {
-        return t.run_end(b, j, |c| c & L != 0);
+        return t.letters_end(b, j);
     }
     // `\p{N}{1,3}+`.
     if c & N != 0 {
@@ -369,7 +397,7 @@ fn gpt4_piece_end(t: &Tables, b: &[u8], i: usize) -> usize {
         // `[^\r\n\p{L}\p{N}]?+\p{L}++` with the optional character present (any non-newline whitespace
         // or punctuation before a word).
         if c & NL == 0 && c2 & L != 0 {
-            return t.run_end(b, j + len2, |c| c & L != 0);
+            return t.letters_end(b, j + len2);
         }
         // ` ?[^\s\p{L}\p{N}]++[\r\n]*+` with the space present.
         if c & SP != 0 && c2 & LNS == 0 {
@@ -392,7 +420,7 @@ fn gpt2_piece_end(t: &Tables, b: &[u8], i: usize) -> usize {
     let (c, len) = t.at(b, i);
     let j = i + len;
     if c & L != 0 {
-        return t.run_end(b, j, |c| c & L != 0);
+        return t.letters_end(b, j);
     }
     if c & N != 0 {
         return t.run_end(b, j, |c| c & N != 0);
@@ -413,7 +441,7 @@ fn gpt2_piece_end(t: &Tables, b: &[u8], i: usize) -> usize {
     if c & SP != 0 && j < n {
         let (c2, len2) = t.at(b, j);
         if c2 & L != 0 {
-            return t.run_end(b, j + len2, |c| c & L != 0);
+            return t.letters_end(b, j + len2);
         }
         if c2 & N != 0 {
             return t.run_end(b, j + len2, |c| c & N != 0);

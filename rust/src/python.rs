@@ -7,7 +7,10 @@ use crate::count::PieceCounter;
 use crate::encode::{SpecialSet, Specials};
 use crate::{pretok, Error, Pretokenizer, Tokenizer, TrainOptions, Vocab};
 use numpy::{PyArray1, PyReadonlyArray1};
-use pyo3::exceptions::{PyFileNotFoundError, PyKeyboardInterrupt, PyOSError, PyPermissionError, PyTypeError, PyValueError};
+use pyo3::exceptions::{
+    PyFileNotFoundError, PyKeyboardInterrupt, PyOSError, PyPermissionError, PyTypeError,
+    PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyType};
 use std::borrow::Cow;
@@ -43,21 +46,32 @@ fn text_of<'a>(obj: &'a Bound<'_, PyAny>, what: &str) -> PyResult<Cow<'a, str>> 
     if let Ok(t) = s.to_str() {
         return Ok(Cow::Borrowed(t));
     }
-    let fixed = s.call_method1("encode", ("utf-16", "surrogatepass"))?.call_method1("decode", ("utf-16", "replace"))?;
+    let fixed = s
+        .call_method1("encode", ("utf-16", "surrogatepass"))?
+        .call_method1("decode", ("utf-16", "replace"))?;
     Ok(Cow::Owned(fixed.cast::<PyString>()?.to_str()?.to_owned()))
 }
 
 fn type_name(obj: &Bound<'_, PyAny>) -> String {
-    obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
 }
 
 /// `"all"` or a collection of strings (tiktoken's allowed_special / disallowed_special).
-fn special_set(obj: Option<&Bound<'_, PyAny>>, default: SpecialSet, what: &str) -> PyResult<SpecialSet> {
+fn special_set(
+    obj: Option<&Bound<'_, PyAny>>,
+    default: SpecialSet,
+    what: &str,
+) -> PyResult<SpecialSet> {
     let Some(obj) = obj else { return Ok(default) };
     if let Ok(s) = obj.cast::<PyString>() {
         return match s.to_str()? {
             "all" => Ok(SpecialSet::All),
-            other => Err(PyValueError::new_err(format!("{what} must be \"all\" or a set of str, not {other:?}"))),
+            other => Err(PyValueError::new_err(format!(
+                "{what} must be \"all\" or a set of str, not {other:?}"
+            ))),
         };
     }
     let mut set = Vec::new();
@@ -67,7 +81,10 @@ fn special_set(obj: Option<&Bound<'_, PyAny>>, default: SpecialSet, what: &str) 
     Ok(SpecialSet::Set(set))
 }
 
-fn specials_of(allowed: Option<&Bound<'_, PyAny>>, disallowed: Option<&Bound<'_, PyAny>>) -> PyResult<Specials> {
+fn specials_of(
+    allowed: Option<&Bound<'_, PyAny>>,
+    disallowed: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Specials> {
     Ok(Specials {
         allowed: special_set(allowed, SpecialSet::Set(Vec::new()), "allowed_special")?,
         disallowed: special_set(disallowed, SpecialSet::All, "disallowed_special")?,
@@ -78,7 +95,9 @@ fn specials_of(allowed: Option<&Bound<'_, PyAny>>, disallowed: Option<&Bound<'_,
 fn ids_of(obj: &Bound<'_, PyAny>, n_vocab: usize) -> PyResult<Vec<u32>> {
     let check = |id: i64| -> PyResult<u32> {
         if id < 0 || id as u64 >= n_vocab as u64 {
-            Err(PyValueError::new_err(format!("token id {id} is out of range (n_vocab = {n_vocab})")))
+            Err(PyValueError::new_err(format!(
+                "token id {id} is out of range (n_vocab = {n_vocab})"
+            )))
         } else {
             Ok(id as u32)
         }
@@ -95,7 +114,9 @@ fn ids_of(obj: &Bound<'_, PyAny>, n_vocab: usize) -> PyResult<Vec<u32>> {
     try_numpy!(i32);
     try_numpy!(i64);
     if obj.is_instance_of::<PyString>() {
-        return Err(PyTypeError::new_err("ids must be a sequence of int, not str"));
+        return Err(PyTypeError::new_err(
+            "ids must be a sequence of int, not str",
+        ));
     }
     let ids: Vec<i64> = obj.extract()?;
     ids.into_iter().map(check).collect()
@@ -157,7 +178,11 @@ impl PyTokenizer {
         Ok(obj)
     }
 
-    fn train_options(vocab_size: i64, special_tokens: Vec<String>, min_frequency: i64) -> PyResult<TrainOptions> {
+    fn train_options(
+        vocab_size: i64,
+        special_tokens: Vec<String>,
+        min_frequency: i64,
+    ) -> PyResult<TrainOptions> {
         Ok(TrainOptions {
             vocab_size: checked_usize(vocab_size, "vocab_size")?,
             min_frequency: checked_usize(min_frequency, "min_frequency")? as u64,
@@ -173,7 +198,9 @@ impl PyTokenizer {
     #[pyo3(signature = (pattern = "gpt4"))]
     fn new(pattern: &str) -> PyResult<Self> {
         let tok = Tokenizer::new(pattern, Vocab::bytes_only()).map_err(to_py)?;
-        Ok(PyTokenizer { inner: Arc::new(tok) })
+        Ok(PyTokenizer {
+            inner: Arc::new(tok),
+        })
     }
 
     #[classmethod]
@@ -192,7 +219,9 @@ impl PyTokenizer {
         let opts = Self::train_options(vocab_size, special_tokens, min_frequency)?;
         opts.n_merges().map_err(to_py)?;
         if texts.is_instance_of::<PyString>() {
-            return Err(PyTypeError::new_err("texts must be an iterable of str, not a single str"));
+            return Err(PyTypeError::new_err(
+                "texts must be an iterable of str, not a single str",
+            ));
         }
         let pretok = Pretokenizer::new(pattern).map_err(PyValueError::new_err)?;
         let mut counter = PieceCounter::new(&pretok);
@@ -316,16 +345,23 @@ impl PyTokenizer {
         disallowed_special: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
         if texts.is_instance_of::<PyString>() {
-            return Err(PyTypeError::new_err("texts must be a sequence of str, not a single str"));
+            return Err(PyTypeError::new_err(
+                "texts must be a sequence of str, not a single str",
+            ));
         }
         let specials = specials_of(allowed_special, disallowed_special)?;
         let objs: Vec<Bound<'py, PyAny>> = texts.try_iter()?.collect::<PyResult<_>>()?;
-        let strs: Vec<Cow<str>> = objs.iter().map(|o| text_of(o, "each text")).collect::<PyResult<_>>()?;
+        let strs: Vec<Cow<str>> = objs
+            .iter()
+            .map(|o| text_of(o, "each text"))
+            .collect::<PyResult<_>>()?;
         let tok = &self.inner;
         let encoded = py.detach(|| {
             with_pool(num_threads, || {
                 use rayon::prelude::*;
-                strs.par_iter().map(|t| tok.encode(t, &specials)).collect::<crate::Result<Vec<Vec<u32>>>>()
+                strs.par_iter()
+                    .map(|t| tok.encode(t, &specials))
+                    .collect::<crate::Result<Vec<Vec<u32>>>>()
             })
         })?;
         let encoded = encoded.map_err(to_py)?;
@@ -335,7 +371,10 @@ impl PyTokenizer {
             .map(|ids| -> PyResult<Bound<'py, PyAny>> {
                 Ok(match (as_numpy, small) {
                     (false, _) => ids.into_pyobject(py)?.into_any(),
-                    (true, true) => PyArray1::from_vec(py, ids.into_iter().map(|i| i as u16).collect()).into_any(),
+                    (true, true) => {
+                        PyArray1::from_vec(py, ids.into_iter().map(|i| i as u16).collect())
+                            .into_any()
+                    }
                     (true, false) => PyArray1::from_vec(py, ids).into_any(),
                 })
             })
@@ -349,9 +388,16 @@ impl PyTokenizer {
         self.inner.decode(&ids).map_err(to_py)
     }
 
-    fn decode_bytes<'py>(&self, py: Python<'py>, ids: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+    fn decode_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        ids: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let ids = ids_of(ids, self.inner.n_vocab())?;
-        Ok(PyBytes::new(py, &self.inner.decode_bytes(&ids).map_err(to_py)?))
+        Ok(PyBytes::new(
+            py,
+            &self.inner.decode_bytes(&ids).map_err(to_py)?,
+        ))
     }
 
     fn decode_batch(&self, batch: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
@@ -360,7 +406,9 @@ impl PyTokenizer {
 
     fn token_bytes<'py>(&self, py: Python<'py>, id: i64) -> PyResult<Bound<'py, PyBytes>> {
         let ids = [id];
-        let bytes = u32::try_from(id).ok().and_then(|i| self.inner.vocab().token_bytes(i));
+        let bytes = u32::try_from(id)
+            .ok()
+            .and_then(|i| self.inner.vocab().token_bytes(i));
         match bytes {
             Some(b) => Ok(PyBytes::new(py, b)),
             None => Err(PyValueError::new_err(format!(
@@ -381,7 +429,10 @@ impl PyTokenizer {
         let d = PyDict::new(py);
         let vocab = self.inner.vocab();
         for id in 0..vocab.n_ranked() as u32 {
-            d.set_item(PyBytes::new(py, vocab.token_bytes(id).unwrap_or_default()), id)?;
+            d.set_item(
+                PyBytes::new(py, vocab.token_bytes(id).unwrap_or_default()),
+                id,
+            )?;
         }
         Ok(d)
     }
@@ -411,7 +462,10 @@ impl PyTokenizer {
             None => format!("{:?}", self.inner.pattern()),
         };
         let specials: Vec<&str> = self.inner.vocab().specials().map(|(s, _)| s).collect();
-        format!("Tokenizer(n_vocab={}, pattern={pattern}, special_tokens={specials:?})", self.inner.n_vocab())
+        format!(
+            "Tokenizer(n_vocab={}, pattern={pattern}, special_tokens={specials:?})",
+            self.inner.n_vocab()
+        )
     }
 }
 

@@ -57,17 +57,23 @@ struct Words {
 impl Words {
     fn from_counts(counts: PieceCounts) -> Self {
         // Pieces of one byte hold no pair; dropping them saves memory and time.
-        let mut w = Words { syms: Vec::new(), start: Vec::new(), len: Vec::new(), count: Vec::new() };
-        let total: usize = counts.keys().filter(|k| k.len() > 1).map(|k| k.len()).sum();
-        w.syms.reserve_exact(total);
-        for (piece, n) in counts {
+        let mut w = Words {
+            syms: Vec::new(),
+            start: Vec::new(),
+            len: Vec::new(),
+            count: Vec::new(),
+        };
+        w.start.reserve_exact(counts.len());
+        w.len.reserve_exact(counts.len());
+        w.count.reserve_exact(counts.len());
+        counts.drain(|piece, n| {
             if piece.len() > 1 {
                 w.start.push(w.syms.len());
                 w.len.push(piece.len() as u32);
                 w.count.push(n);
                 w.syms.extend(piece.iter().map(|&b| b as u32));
             }
-        }
+        });
         w
     }
 
@@ -134,7 +140,11 @@ impl Pairs {
 }
 
 /// Learn the merges from piece counts.
-pub fn train(counts: PieceCounts, opts: &TrainOptions, progress: Progress) -> Result<Vec<(u32, u32)>> {
+pub fn train(
+    counts: PieceCounts,
+    opts: &TrainOptions,
+    progress: Progress,
+) -> Result<Vec<(u32, u32)>> {
     let n_merges = opts.n_merges()?;
     let min_frequency = opts.min_frequency.max(1);
     let mut words = Words::from_counts(counts);
@@ -156,7 +166,9 @@ pub fn train(counts: PieceCounts, opts: &TrainOptions, progress: Progress) -> Re
     let report_every = (n_merges / 100).max(1);
     let mut new_pairs: Vec<u64> = Vec::new();
     while merges.len() < n_merges {
-        let Some((c, Reverse(k))) = heap.pop() else { break };
+        let Some((c, Reverse(k))) = heap.pop() else {
+            break;
+        };
         let idx = pairs.index[&k] as usize;
         let cur = pairs.count[idx];
         if cur as u64 != c {
@@ -186,7 +198,16 @@ pub fn train(counts: PieceCounts, opts: &TrainOptions, progress: Progress) -> Re
         let affected = std::mem::take(&mut pairs.words[idx]);
         new_pairs.clear();
         for &w in &affected {
-            merge_word(&mut words, w as usize, a, b, new_id, k, &mut pairs, &mut new_pairs);
+            merge_word(
+                &mut words,
+                w as usize,
+                a,
+                b,
+                new_id,
+                k,
+                &mut pairs,
+                &mut new_pairs,
+            );
         }
         pairs.count[idx] = 0;
         new_pairs.sort_unstable();
@@ -197,9 +218,17 @@ pub fn train(counts: PieceCounts, opts: &TrainOptions, progress: Progress) -> Re
                 heap.push((n as u64, Reverse(nk)));
             }
         }
-        if merges.len() % report_every == 0 && !progress("merge", merges.len() as u64, n_merges as u64) {
+        if merges.len().is_multiple_of(report_every)
+            && !progress("merge", merges.len() as u64, n_merges as u64)
+        {
             return Err(Error::Cancelled);
         }
+    }
+    // Always end with a final report so a progress bar reaches its end.
+    if !merges.len().is_multiple_of(report_every)
+        && !progress("merge", merges.len() as u64, n_merges as u64)
+    {
+        return Err(Error::Cancelled);
     }
     Ok(merges)
 }
@@ -208,8 +237,10 @@ fn initial_pairs(words: &Words) -> Pairs {
     let n = words.len.len();
     let chunks = rayon::current_num_threads().max(1);
     let step = n.div_ceil(chunks).max(1);
-    let parts: Vec<Pairs> =
-        (0..n.div_ceil(step)).into_par_iter().map(|c| Pairs::count_range(words, c * step..n.min((c + 1) * step))).collect();
+    let parts: Vec<Pairs> = (0..n.div_ceil(step))
+        .into_par_iter()
+        .map(|c| Pairs::count_range(words, c * step..n.min((c + 1) * step)))
+        .collect();
     let mut iter = parts.into_iter();
     let mut all = iter.next().unwrap_or_default();
     for p in iter {
@@ -282,17 +313,26 @@ mod tests {
     use super::*;
 
     fn counts(items: &[(&str, u64)]) -> PieceCounts {
-        items.iter().map(|(s, n)| (s.as_bytes().into(), *n)).collect()
+        items
+            .iter()
+            .map(|(s, n)| (s.as_bytes().into(), *n))
+            .collect()
     }
 
     fn opts(vocab_size: usize) -> TrainOptions {
-        TrainOptions { vocab_size, min_frequency: 1, special_tokens: vec![] }
+        TrainOptions {
+            vocab_size,
+            min_frequency: 1,
+            special_tokens: vec![],
+        }
     }
 
     /// Straightforward reference: recount every pair from scratch before each merge.
     fn naive(items: &[(&str, u64)], n: usize) -> Vec<(u32, u32)> {
-        let mut ws: Vec<(Vec<u32>, u64)> =
-            items.iter().map(|(s, c)| (s.bytes().map(|b| b as u32).collect(), *c)).collect();
+        let mut ws: Vec<(Vec<u32>, u64)> = items
+            .iter()
+            .map(|(s, c)| (s.bytes().map(|b| b as u32).collect(), *c))
+            .collect();
         let mut merges = vec![];
         while merges.len() < n {
             let mut pc: std::collections::BTreeMap<(u32, u32), u64> = Default::default();
@@ -301,7 +341,9 @@ mod tests {
                     *pc.entry((p[0], p[1])).or_default() += c;
                 }
             }
-            let Some((&best, _)) = pc.iter().max_by_key(|(p, c)| (**c, Reverse(**p))) else { break };
+            let Some((&best, _)) = pc.iter().max_by_key(|(p, c)| (**c, Reverse(**p))) else {
+                break;
+            };
             let id = 256 + merges.len() as u32;
             merges.push(best);
             for (w, _) in ws.iter_mut() {
@@ -324,14 +366,27 @@ mod tests {
 
     #[test]
     fn matches_naive_on_repetitive_words() {
-        let items = [("aaaaa", 3), ("abab", 5), ("ababab", 2), ("ba", 7), ("aaab", 4), ("bbbb", 1), ("abc", 9)];
+        let items = [
+            ("aaaaa", 3),
+            ("abab", 5),
+            ("ababab", 2),
+            ("ba", 7),
+            ("aaab", 4),
+            ("bbbb", 1),
+            ("abc", 9),
+        ];
         let got = train(counts(&items), &opts(256 + 12), &mut |_, _, _| true).unwrap();
         assert_eq!(got, naive(&items, 12));
     }
 
     #[test]
     fn tie_goes_to_smallest_pair() {
-        let got = train(counts(&[("zy", 2), ("ba", 2)]), &opts(257), &mut |_, _, _| true).unwrap();
+        let got = train(
+            counts(&[("zy", 2), ("ba", 2)]),
+            &opts(257),
+            &mut |_, _, _| true,
+        )
+        .unwrap();
         assert_eq!(got, vec![(b'b' as u32, b'a' as u32)]);
     }
 
@@ -340,14 +395,26 @@ mod tests {
         let items = [("ab", 3), ("cd", 1)];
         let mut o = opts(300);
         o.min_frequency = 2;
-        assert_eq!(train(counts(&items), &o, &mut |_, _, _| true).unwrap(), vec![(97, 98)]);
+        assert_eq!(
+            train(counts(&items), &o, &mut |_, _, _| true).unwrap(),
+            vec![(97, 98)]
+        );
         o.min_frequency = 1;
-        assert_eq!(train(counts(&items), &o, &mut |_, _, _| true).unwrap().len(), 2);
+        assert_eq!(
+            train(counts(&items), &o, &mut |_, _, _| true)
+                .unwrap()
+                .len(),
+            2
+        );
     }
 
     #[test]
     fn vocab_size_too_small() {
-        let o = TrainOptions { vocab_size: 256, min_frequency: 1, special_tokens: vec!["<s>".into()] };
+        let o = TrainOptions {
+            vocab_size: 256,
+            min_frequency: 1,
+            special_tokens: vec!["<s>".into()],
+        };
         assert!(train(counts(&[("ab", 1)]), &o, &mut |_, _, _| true).is_err());
     }
 

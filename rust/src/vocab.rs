@@ -44,18 +44,25 @@ impl Vocab {
         for (k, &(a, b)) in merges.iter().enumerate() {
             let id = 256 + k;
             if a as usize >= id || b as usize >= id {
-                return invalid(format!("merge {k} ({a}, {b}) uses an id that is not defined before it (< {id})"));
+                return invalid(format!(
+                    "merge {k} ({a}, {b}) uses an id that is not defined before it (< {id})"
+                ));
             }
             if let Some(prev) = pairs.insert((a, b), k) {
                 return invalid(format!("merge {k} ({a}, {b}) repeats merge {prev}"));
             }
             let start = bytes.len();
-            let (la, lb) = ((offsets[a as usize], offsets[a as usize + 1]), (offsets[b as usize], offsets[b as usize + 1]));
+            let (la, lb) = (
+                (offsets[a as usize], offsets[a as usize + 1]),
+                (offsets[b as usize], offsets[b as usize + 1]),
+            );
             bytes.extend_from_within(la.0..la.1);
             bytes.extend_from_within(lb.0..lb.1);
             let token = bytes[start..].to_vec();
             if let Some(other) = seen.insert(token, id as u32) {
-                return invalid(format!("merge {k} ({a}, {b}) makes the same bytes as token {other}"));
+                return invalid(format!(
+                    "merge {k} ({a}, {b}) makes the same bytes as token {other}"
+                ));
             }
             offsets.push(bytes.len());
         }
@@ -70,7 +77,12 @@ impl Vocab {
             bytes.extend_from_slice(s.as_bytes());
             offsets.push(bytes.len());
         }
-        Ok(Vocab { merges, specials, bytes, offsets })
+        Ok(Vocab {
+            merges,
+            specials,
+            bytes,
+            offsets,
+        })
     }
 
     /// Bytes only, no merges: a valid (if useless) tokenizer.
@@ -95,7 +107,10 @@ impl Vocab {
     /// `(string, id)` of each special token, in id order.
     pub fn specials(&self) -> impl Iterator<Item = (&str, u32)> {
         let base = self.n_ranked() as u32;
-        self.specials.iter().enumerate().map(move |(i, s)| (s.as_str(), base + i as u32))
+        self.specials
+            .iter()
+            .enumerate()
+            .map(move |(i, s)| (s.as_str(), base + i as u32))
     }
     pub fn special_id(&self, s: &str) -> Option<u32> {
         self.specials().find(|(t, _)| *t == s).map(|(_, id)| id)
@@ -118,9 +133,13 @@ pub fn save_json(path: &Path, pattern: &str, vocab: &Vocab) -> Result<()> {
         version: VERSION,
         pattern: pattern.to_string(),
         merges: vocab.merges.clone(),
-        special_tokens: vocab.specials().map(|(s, id)| (s.to_string(), id)).collect(),
+        special_tokens: vocab
+            .specials()
+            .map(|(s, id)| (s.to_string(), id))
+            .collect(),
     };
-    let json = serde_json::to_vec(&file).map_err(|e| Error::Invalid(format!("cannot serialize: {e}")))?;
+    let json =
+        serde_json::to_vec(&file).map_err(|e| Error::Invalid(format!("cannot serialize: {e}")))?;
     write_atomic(path, &json)
 }
 
@@ -150,31 +169,43 @@ pub fn load_json(path: &Path) -> Result<(String, Vocab)> {
         )));
     }
     let data = fs::read(path).map_err(|e| Error::io(path, e))?;
-    let value: serde_json::Value = serde_json::from_slice(&data)
-        .map_err(|e| bad(format!("not a gptrs_tok tokenizer file (invalid or truncated JSON: {e})")))?;
+    let value: serde_json::Value = serde_json::from_slice(&data).map_err(|e| {
+        bad(format!(
+            "not a gptrs_tok tokenizer file (invalid or truncated JSON: {e})"
+        ))
+    })?;
     // Check format and version first so an old or foreign file gets the message that matters.
     if value.get("format").and_then(|v| v.as_str()) != Some(FORMAT) {
-        return Err(bad(format!("not a gptrs_tok tokenizer file (missing \"format\": \"{FORMAT}\")")));
+        return Err(bad(format!(
+            "not a gptrs_tok tokenizer file (missing \"format\": \"{FORMAT}\")"
+        )));
     }
     match value.get("version").and_then(|v| v.as_u64()) {
         Some(VERSION) => {}
-        Some(v) => return Err(bad(format!("unsupported version {v} (this gptrs_tok reads version {VERSION})"))),
+        Some(v) => {
+            return Err(bad(format!(
+                "unsupported version {v} (this gptrs_tok reads version {VERSION})"
+            )))
+        }
         None => return Err(bad("missing or non-integer \"version\"".to_string())),
     }
-    let file: VocabFile = serde_json::from_value(value).map_err(|e| bad(format!("bad tokenizer file: {e}")))?;
-    let n_ranked = 256 + file.merges.len() as u64;
-    let mut specials: Vec<(u32, String)> = file.special_tokens.into_iter().map(|(s, id)| (id, s)).collect();
+    let file: VocabFile =
+        serde_json::from_value(value).map_err(|e| bad(format!("bad tokenizer file: {e}")))?;
+    let mut specials: Vec<(u32, String)> = file
+        .special_tokens
+        .into_iter()
+        .map(|(s, id)| (id, s))
+        .collect();
     specials.sort();
-    for (i, (id, s)) in specials.iter().enumerate() {
-        if *id as u64 != n_ranked + i as u64 {
-            return Err(bad(format!(
-                "special token {s:?} has id {id}; special ids must be {n_ranked}..{} (right after the merges)",
-                n_ranked + specials.len() as u64
-            )));
+    let ids: Vec<u32> = specials.iter().map(|(id, _)| *id).collect();
+    let vocab = Vocab::new(file.merges, specials.into_iter().map(|(_, s)| s).collect())
+        .map_err(|e| bad(e.to_string()))?;
+    for ((s, want), got) in vocab.specials().zip(ids) {
+        if got != want {
+            let (lo, hi) = (vocab.n_ranked(), vocab.n_vocab());
+            return Err(bad(format!("special token {s:?} has id {got}; special ids must be {lo}..{hi} (right after the merges)")));
         }
     }
-    let specials = specials.into_iter().map(|(_, s)| s).collect();
-    let vocab = Vocab::new(file.merges, specials).map_err(|e| bad(e.to_string()))?;
     Ok((file.pattern, vocab))
 }
 
@@ -215,10 +246,19 @@ mod tests {
         let data = fs::read(&path).unwrap();
         fs::write(&path, &data[..data.len() / 2]).unwrap();
         let msg = load_json(&path).err().unwrap().to_string();
-        assert!(msg.contains("tok.json") && msg.contains("truncated"), "{msg}");
-        let text = String::from_utf8(data).unwrap().replace("\"version\":1", "\"version\":2");
+        assert!(
+            msg.contains("tok.json") && msg.contains("truncated"),
+            "{msg}"
+        );
+        let text = String::from_utf8(data)
+            .unwrap()
+            .replace("\"version\":1", "\"version\":2");
         fs::write(&path, text).unwrap();
-        assert!(load_json(&path).err().unwrap().to_string().contains("unsupported version 2"));
+        assert!(load_json(&path)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("unsupported version 2"));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -19,10 +19,11 @@ baseline loss the trainer prints next to its validation loss.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +42,7 @@ from gptrs.data.sources import (
     stdlib_paths,
 )
 from gptrs.data.token_cache import CACHE_FORMAT, TokenCache, build_cache, file_lock, load_cache
-from gptrs.errors import DataError
+from gptrs.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from gptrs.config import Config
@@ -65,6 +66,12 @@ _logger = logging.getLogger(__name__)
 
 @dataclass
 class DataBundle:
+    """What ``prepare_data`` returns. ``stats`` holds: ``docs``/``train_docs``/``val_docs``, ``train_tokens``/
+    ``val_tokens`` (separators included), ``bytes``/``train_bytes``/``val_bytes`` (UTF-8 text), ``eval_tokens``
+    (targets in the fixed validation windows), ``val_bytes_per_token`` over those targets (bits per byte =
+    loss / ln 2 / bytes per token), ``unigram_loss`` (nats, same targets: the add-one-smoothed unigram model of
+    the training tokens, the baseline to beat), ``cache_dir`` and ``cache_reused``."""
+
     tokenizer: BPETokenizer
     train: RandomBatches | EpochBatches
     val: EvalBatches
@@ -81,31 +88,19 @@ def _as_log(log: Log | logging.Logger | None) -> Log:
     return log
 
 
-def _counting(docs: Iterable[str], bar: tqdm) -> Iterator[str]:
-    for doc in docs:
-        bar.update(len(doc))
-        yield doc
-
-
 def _train_tokenizer(config: Config, log: Log, progress: bool) -> BPETokenizer:
     from gptrs.tokenizer import BPETokenizer
 
     tc, dc = config.tokenizer, config.data
-    docs = (
-        d
-        for d, is_val in split_documents(iter_documents(dc), dc.validation_split, config.training.seed)
-        if not is_val
-    )
-    first = next(docs, None)
-    if first is None:
-        raise DataError(f"data source {dc.source!r} produced no documents")
-    log(f"training a {tc.vocab_size}-token BPE tokenizer on the training split of the {dc.source!r} source")
-    tok = BPETokenizer(
-        vocab_size=tc.vocab_size,
-        special_tokens=dict(tc.special_tokens),
-        pattern=tc.pattern,
-        min_frequency=tc.min_frequency,
-    )
+    try:
+        tok = BPETokenizer(
+            vocab_size=tc.vocab_size,
+            special_tokens=dict(tc.special_tokens),
+            pattern=tc.pattern,
+            min_frequency=tc.min_frequency,
+        )
+    except ValueError as e:
+        raise ConfigError(f"tokenizer: {e}") from e
     bar = tqdm(
         total=source_bytes(dc),
         unit="B",
@@ -116,14 +111,30 @@ def _train_tokenizer(config: Config, log: Log, progress: bool) -> BPETokenizer:
         disable=not progress,
         dynamic_ncols=True,
     )
+
+    def training_split() -> Iterator[str]:
+        for doc, is_val in split_documents(iter_documents(dc), dc.validation_split, config.training.seed):
+            bar.update(len(doc))  # validation documents are read too, so the bar reaches 100%
+            if not is_val:
+                yield doc
+
     with bar:
-        tok.train(_counting(_chain(first, docs), bar))
+        docs = training_split()
+        first = next(docs, None)  # an empty source is a clear error, not a tokenizer with no merges
+        if first is None:
+            raise DataError(f"data source {dc.source!r} produced no documents")
+        log(
+            f"training a {tc.vocab_size}-token BPE tokenizer on the training split of the {dc.source!r} source"
+        )
+        try:
+            tok.train(itertools.chain([first], docs))
+        except DataError:  # raised by the source while the tokenizer was reading it
+            raise
+        except ValueError as e:
+            raise DataError(
+                f"cannot train a tokenizer on the {dc.source!r} source: {e}".splitlines()[0]
+            ) from e
     return tok
-
-
-def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
-    yield first
-    yield from rest
 
 
 def _resolve_tokenizer(
@@ -140,7 +151,10 @@ def _resolve_tokenizer(
         if not Path(path).expanduser().is_file():
             raise DataError(f"tokenizer file not found: {path}")
         log(f"tokenizer: {path}")
-        return BPETokenizer.load(str(Path(path).expanduser()))
+        try:
+            return BPETokenizer.load(str(Path(path).expanduser()))
+        except (OSError, ValueError) as e:  # corrupt, truncated or wrong version: the message names the file
+            raise DataError(f"cannot load tokenizer {path}: {e}".splitlines()[0]) from e
     tok = _train_tokenizer(config, log, progress)
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = run_dir / (TOKENIZER_FILE + ".tmp")
@@ -249,17 +263,20 @@ def prepare_data(
                 except ValueError as e:  # e.g. a lone surrogate the tokenizer refuses
                     raise DataError(f"cannot tokenize the {dc.source!r} source: {e}") from e
 
-            cache = build_cache(
-                cache_dir,
-                key,
-                docs,
-                encode,
-                vocab_size=tok.get_vocab_size(),
-                separator=dc.separator,
-                separator_id=separator_id,
-                progress=progress,
-                total_bytes=source_bytes(dc),
-            )
+            try:
+                cache = build_cache(
+                    cache_dir,
+                    key,
+                    docs,
+                    encode,
+                    vocab_size=tok.get_vocab_size(),
+                    separator=dc.separator,
+                    separator_id=separator_id,
+                    progress=progress,
+                    total_bytes=source_bytes(dc),
+                )
+            except OSError as e:  # a full disk, a read-only cache_dir, a file that vanished mid-read
+                raise DataError(f"building the token cache in {cache_dir} failed: {e}") from e
 
     n_train, n_val = len(cache.train.tokens), len(cache.val.tokens)
     if cache.train.documents + cache.val.documents == 0:

@@ -72,7 +72,7 @@ class RandomBatches:
         return self
 
     def __next__(self) -> Batch:
-        rng = np.random.default_rng([self.seed, self.rank, self.batches])
+        rng = np.random.default_rng([self.seed % 2**64, self.rank, self.batches])  # seeds must be >= 0
         starts = rng.integers(0, len(self._windows), size=self.batch_size)
         self.batches += 1
         return _to_device(self._windows[starts], self.device)
@@ -147,7 +147,7 @@ class EpochBatches:
         return self.total_batches
 
     def _rank_order(self, epoch: int) -> np.ndarray:
-        perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_windows)
+        perm = np.random.default_rng([self.seed % 2**64, epoch]).permutation(self.num_windows)
         pad = self.windows_per_rank * self.world_size - self.num_windows
         if pad:
             perm = np.concatenate([perm, np.resize(perm, pad)])

@@ -120,8 +120,8 @@ def resolve_paths(patterns: Iterable[str]) -> list[Path]:
     return out
 
 
-def _loader_for(path: Path, n_files: int) -> tuple[str, dict[str, Any]]:
-    """The ``datasets`` builder and options for one file."""
+def _loader_for(path: Path, n_files: int, field: str) -> tuple[str, dict[str, Any]]:
+    """The ``datasets`` builder and its options for one file."""
     name = path.name
     if name.endswith(TEXT_SUFFIXES):
         # One document per file, except a huge file (or a lone file, which could not otherwise give a
@@ -130,7 +130,15 @@ def _loader_for(path: Path, n_files: int) -> tuple[str, dict[str, Any]]:
         return "text", {"sample_by": "paragraph" if split else "document"}
     if name.endswith(JSON_SUFFIXES):
         return "json", {}
-    return "parquet", {}
+    import pyarrow.parquet as pq  # a dependency of datasets
+
+    try:
+        columns = pq.read_schema(path).names
+    except Exception as e:  # not a parquet file, truncated footer, ...
+        raise DataError(f"cannot read {path}: {type(e).__name__}: {e}".splitlines()[0]) from e
+    if field not in columns:
+        raise DataError(f"{path}: no column {field!r} (columns: {', '.join(columns)}); set data.text_field")
+    return "parquet", {"columns": [field]}  # read only the text column of a wide table
 
 
 def _texts_from_batch(batch: dict[str, list[Any]], field: str, where: str) -> Iterator[str]:
@@ -177,13 +185,13 @@ def _stream_group(files: list[Path], builder: str, kwargs: dict[str, Any], field
 
 def _file_documents(cfg: DataConfig) -> Iterator[str]:
     paths = resolve_paths(cfg.paths)
-    # Consecutive files that share a loader go through one load_dataset call (one call per file would cost
-    # tens of milliseconds each); order is preserved.
+    # Consecutive .txt files that share a loader go through one load_dataset call (a call costs tens of
+    # milliseconds); .jsonl/.json/.parquet files get a call each, so each file has its own schema.
     group: list[Path] = []
     group_loader: tuple[str, dict[str, Any]] | None = None
     for path in paths:
-        loader = _loader_for(path, len(paths))
-        if group and loader != group_loader:
+        loader = _loader_for(path, len(paths), cfg.text_field)
+        if group and (loader != group_loader or loader[0] != "text"):
             assert group_loader is not None
             yield from _stream_group(group, group_loader[0], group_loader[1], cfg.text_field)
             group = []
@@ -201,8 +209,9 @@ def _truthy_env(name: str) -> bool:
     return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
-def _hub_hint(cfg: DataConfig) -> str:
-    return "to train on local files instead, set data.source: files and data.paths: [your *.txt/*.jsonl/*.parquet]"
+_HUB_HINT = (
+    "to train on local files instead, set data.source: files and data.paths: [your .txt/.jsonl/.parquet]"
+)
 
 
 @lru_cache(maxsize=16)
@@ -221,12 +230,12 @@ def hub_revision(cfg: DataConfig) -> str:
         raise DataError("data.source is 'hub' but data.dataset_name is not set")
     for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
         if _truthy_env(var):
-            raise DataError(f"cannot stream Hub dataset {name!r}: {var} is set (offline); {_hub_hint(cfg)}")
+            raise DataError(f"cannot stream Hub dataset {name!r}: {var} is set (offline); {_HUB_HINT}")
     try:
         return _hub_revision_cached(name)
     except Exception as e:  # no network, DNS failure, 404, gated repo: all mean "cannot use it now"
         reason = f"{type(e).__name__}: {e}".splitlines()[0]
-        raise DataError(f"cannot reach Hub dataset {name!r} ({reason}); {_hub_hint(cfg)}") from e
+        raise DataError(f"cannot reach Hub dataset {name!r} ({reason}); {_HUB_HINT}") from e
 
 
 def _hub_documents(cfg: DataConfig) -> Iterator[str]:
@@ -243,9 +252,9 @@ def _hub_documents(cfg: DataConfig) -> Iterator[str]:
             yield from _texts_from_batch(batch, cfg.text_field, where)
     except DataError:
         raise
-    except (ConnectionError, OSError, ValueError) as e:  # includes datasets' "Couldn't reach" and bad splits
+    except (ConnectionError, OSError, ValueError, datasets.exceptions.DatasetsError) as e:  # e.g. a bad split
         reason = f"{type(e).__name__}: {e}".splitlines()[0]
-        raise DataError(f"cannot stream {where}: {reason}; {_hub_hint(cfg)}") from e
+        raise DataError(f"cannot stream {where}: {reason}; {_HUB_HINT}") from e
 
 
 # ------------------------------------------------------------------------------------------------- public API
@@ -354,7 +363,7 @@ def split_documents(docs: Iterable[str], validation_split: float, seed: int) -> 
         k = int(end * validation_split + 0.5) - int(start * validation_split + 0.5)
         if last and n_val + k == 0 and end >= 2:
             k = 1
-        rng = np.random.default_rng([seed, block_index])
+        rng = np.random.default_rng([seed % 2**64, block_index])  # seeds must be >= 0
         chosen = set(rng.choice(len(block), size=k, replace=False).tolist()) if k else set()
         out = [(doc, i in chosen) for i, doc in enumerate(block)]
         n_val += k

@@ -267,12 +267,7 @@ def build_cache(
     tmp = {name: directory / f"{name}.bin.tmp" for name in SPLITS}
     tmp_npy = {name: directory / f"{name}.offsets.npy.tmp" for name in SPLITS}
     tmp_counts = directory / "train.counts.npy.tmp"
-    writers = {
-        name: _SplitWriter(
-            tmp[name], dtype, separator_id, separator == "bos", vocab_size if name == "train" else None
-        )
-        for name in SPLITS
-    }
+    writers: dict[str, _SplitWriter] = {}
     bar = tqdm(
         total=total_bytes,
         unit="B",
@@ -284,6 +279,9 @@ def build_cache(
         dynamic_ncols=True,
     )
     try:
+        for name in SPLITS:
+            counts_size = vocab_size if name == "train" else None
+            writers[name] = _SplitWriter(tmp[name], dtype, separator_id, separator == "bos", counts_size)
         for texts, flags, sizes in _prefetch(_chunks(documents)):
             encoded = encode(texts)
             for name, want_val in (("train", False), ("val", True)):

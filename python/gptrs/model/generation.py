@@ -174,7 +174,9 @@ def generate_stream(
                     next_pos = counts.to(device)
             else:
                 assert next_pos is not None
-                h = model.hidden_states(seq[:, n - 1 : n], None, kv_cache=cache, position_ids=next_pos[:, None])
+                h = model.hidden_states(
+                    seq[:, n - 1 : n], None, kv_cache=cache, position_ids=next_pos[:, None]
+                )
                 next_pos += 1
             logits = model.lm_head(h[:, -1])
             token = sample_next_token(logits, temperature, top_k, top_p, generator)

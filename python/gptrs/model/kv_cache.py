@@ -48,7 +48,9 @@ class KVCache:
     def set_valid(self, valid: torch.Tensor) -> None:
         """Record which of the next ``valid.size(1)`` positions are real tokens (True) or padding."""
         if self.key_valid is None or self.key_valid.device != valid.device:
-            self.key_valid = torch.ones(self.shape[1], self.max_seq_len, dtype=torch.bool, device=valid.device)
+            self.key_valid = torch.ones(
+                self.shape[1], self.max_seq_len, dtype=torch.bool, device=valid.device
+            )
         self.key_valid[:, self.pos : self.pos + valid.size(1)] = valid
 
     def advance(self, num_tokens: int) -> None:

@@ -78,7 +78,7 @@ def read_model_json(directory: str | os.PathLike[str]) -> tuple[ModelConfig, int
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a {FORMAT} file (no \"format\": \"{FORMAT}\")")
+        raise CheckpointError(f'{path}: not a {FORMAT} file (no "format": "{FORMAT}")')
     version = meta.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(
@@ -86,7 +86,7 @@ def read_model_json(directory: str | os.PathLike[str]) -> tuple[ModelConfig, int
         )
     fields = meta.get("config")
     if not isinstance(fields, dict):
-        raise CheckpointError(f"{path}: \"config\" must be an object of model settings")
+        raise CheckpointError(f'{path}: "config" must be an object of model settings')
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = sorted(set(fields) - known)
     if unknown:

@@ -264,9 +264,10 @@ def prune(root: str | os.PathLike[str], keep_last: int) -> list[Path]:
 # Loading
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's message as one line (torch spreads load_state_dict errors over several)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load_trainer_state(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ write files. Without those variables everything here degrades to a single proces
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -84,6 +85,8 @@ def setup_distributed(device: str | torch.device = "auto") -> tuple[DistInfo, to
             torch.cuda.set_device(dev)
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    if info.is_distributed and not info.is_main:
+        logging.getLogger("gptrs").setLevel(logging.WARNING)  # rank 0 alone reports progress
     return info, dev
 
 

@@ -187,10 +187,11 @@ class Trainer:
         run_dir: str | os.PathLike[str] | None = None,
         log_level: str | None = None,
     ) -> None:
-        if log_level is not None:
+        if log_level is not None or not (logging.getLogger("gptrs").handlers or logging.getLogger().handlers):
+            # Nobody configured logging: show progress at INFO, as the CLI does.
             from gptrs.cli import setup_logging
 
-            setup_logging(log_level)
+            setup_logging(log_level or "INFO")
         self.config = config if config is not None else Config()
         from gptrs import config as config_mod
 
@@ -254,7 +255,8 @@ class Trainer:
             model = DDP(model, device_ids=ids)
         if self.config.model.compile:
             model = torch.compile(model)  # type: ignore[assignment]
-            self._eval_model = torch.compile(self.model)  # type: ignore[assignment]
+            if not self.dist.is_distributed:  # evaluation runs unwrapped: reuse the compiled model there
+                self._eval_model = model
         return model
 
     def _build_data(self) -> tuple[Iterable[Any], Iterable[Any]]:
@@ -377,6 +379,7 @@ class Trainer:
                 log.info("no checkpoint in %s yet; starting from scratch", root)
                 return False
             path = latest.path
+        self._check_same_model(path)
         state = ckpt.load_trainer_state(path)
         if int(state.get("version", 0)) > STATE_VERSION:
             raise CheckpointError(
@@ -410,6 +413,24 @@ class Trainer:
             self._seed_everything(self.config.training.seed + 1000 * c.step)
         log.info("resumed from %s at step %d", path, c.step)
         return True
+
+    def _check_same_model(self, path: Path) -> None:
+        """A checkpoint of another architecture is a user error worth naming precisely."""
+        saved = path / ckpt.CONFIG_FILE
+        if not saved.is_file():
+            return
+        from gptrs.config import config_to_dict, load_config
+
+        theirs = config_to_dict(load_config(saved))["model"]
+        ours = config_to_dict(self.config)["model"]
+        ignored = {"compile", "gradient_checkpointing", "dropout", "attention"}  # same weights either way
+        diff = [
+            f"model.{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here"
+            for k in ours
+            if k not in ignored and theirs.get(k) != ours.get(k)
+        ]
+        if diff:
+            raise CheckpointError(f"{path} was trained with another model config ({'; '.join(diff)})")
 
     def _seed_everything(self, seed: int) -> None:
         seed = seed + self.dist.rank  # each rank its own dropout masks
@@ -555,14 +576,17 @@ class Trainer:
         params = [p for g in optimizer.param_groups for p in g["params"]]
         if self.is_main:
             log.info(
-                "training %s parameters on %s (%s, %d process%s), %d steps of %d x %d sequences, peak %.2f TFLOP/s%s",
+                "training %s parameters on %s (%s, %d process%s): %d steps of %d sequences "
+                "(%d micro-batch%s of %d per process), peak %.2f TFLOP/s%s",
                 f"{n_params:,}",
                 self.device,
                 self.precision.name,
                 self.dist.world_size,
                 "es" if self.dist.world_size > 1 else "",
                 max_steps,
-                accum * self.dist.world_size,
+                accum * self.dist.world_size * tc.batch_size,
+                accum,
+                "es" if accum > 1 else "",
                 tc.batch_size,
                 peak / 1e12,
                 "" if tc.peak_flops else " (measured)",

@@ -1,0 +1,226 @@
+"""Train a GPT from the command line: ``python -m gptrs.train`` (console script ``gptrs-train``).
+
+With no arguments it trains the small preset on the built-in corpus (the standard library's ``.py``
+files) into ``runs/small``, then prints the validation loss next to the unigram baseline and a sample.
+
+    python -m gptrs.train --config configs/small.yaml --out runs/mine --set training.max_steps=500
+    python -m gptrs.train --out runs/mine --resume            # continue from the newest checkpoint
+    torchrun --nproc_per_node 2 -m gptrs.train --config ...   # DistributedDataParallel
+
+Exit status: 0 done, 2 a user error (one line on stderr), 130/143 stopped by SIGINT/SIGTERM after
+saving a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gptrs.cli import ArgumentParser, add_log_level_argument, run_main, setup_logging
+from gptrs.config import Config, apply_overrides, load_config, save_config
+from gptrs.errors import ConfigError, GptrsError
+
+log = logging.getLogger("gptrs.train")
+
+DEFAULT_PRESET = "small"
+
+
+def presets_dir() -> Path:
+    """``configs/`` of the source tree (next to ``python/``), else ``./configs``."""
+    here = Path(__file__).resolve().parents[2] / "configs"
+    return here if here.is_dir() else Path("configs")
+
+
+def resolve_config_path(value: str) -> Path:
+    """A path, or a preset name ('small', 'default', 'large') looked up in :func:`presets_dir`."""
+    path = Path(value).expanduser()
+    if path.exists() or os.sep in value or path.suffix:
+        return path
+    preset = presets_dir() / f"{value}.yaml"
+    if preset.is_file():
+        return preset
+    known = sorted(p.stem for p in presets_dir().glob("*.yaml"))
+    raise ConfigError(f"--config {value}: no such file, nor a preset ({', '.join(known) or 'none found'})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(
+        prog="gptrs-train",
+        description="Train a GPT on the built-in corpus, local files or a Hub dataset (see --config).",
+    )
+    p.add_argument(
+        "--config",
+        help=f"YAML config file or preset name (default: the '{DEFAULT_PRESET}' preset; with --resume, "
+        "the run's own config.yaml)",
+    )
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the newest complete checkpoint in --out"
+    )
+    p.add_argument("--out", help="run directory (default: runs/<config name>)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set model.num_layers=4 (repeatable)",
+    )
+    p.add_argument("--tokenizer", help="use this tokenizer JSON instead of training one")
+    p.add_argument("--max-steps", type=int, help="shortcut for --set training.max_steps=N")
+    add_log_level_argument(p)
+    return p
+
+
+def load_run_config(args: argparse.Namespace, run_dir: Path | None) -> tuple[Config, str]:
+    """The Config for this invocation and a name for it (used for the default run directory)."""
+    if args.config:
+        path = resolve_config_path(args.config)
+        cfg, name = load_config(path), path.stem
+    elif args.resume and run_dir is not None and (saved := _saved_config(run_dir)) is not None:
+        cfg, name = load_config(saved), run_dir.name
+    else:
+        path = presets_dir() / f"{DEFAULT_PRESET}.yaml"
+        cfg = load_config(path) if path.is_file() else Config()
+        name = DEFAULT_PRESET
+    overrides = list(args.overrides)
+    if args.tokenizer:
+        overrides.append(f"tokenizer.path={args.tokenizer}")
+    if args.max_steps is not None:
+        if args.max_steps < 1:
+            raise ConfigError(f"--max-steps: must be >= 1, got {args.max_steps}")
+        overrides.append(f"training.max_steps={args.max_steps}")
+        # A short run should not fail validation because the preset's warmup is longer than it.
+        warmup = cfg.training.warmup_steps
+        if warmup >= args.max_steps and not any(o.startswith("training.warmup_steps=") for o in overrides):
+            overrides.append(f"training.warmup_steps={args.max_steps // 10}")
+    cfg = apply_overrides(cfg, overrides, source="--set") if overrides else cfg
+    return cfg, name
+
+
+def _saved_config(run_dir: Path) -> Path | None:
+    """The config a run was started with: its newest checkpoint's, else the copy in the run directory."""
+    from gptrs.training.checkpoint import CHECKPOINTS_DIR, CONFIG_FILE, find_latest
+
+    latest = find_latest(run_dir / CHECKPOINTS_DIR)
+    for p in ([latest.path / CONFIG_FILE] if latest else []) + [run_dir / CONFIG_FILE]:
+        if p.is_file():
+            return p
+    return None
+
+
+def _existing_run_error(run_dir: Path) -> GptrsError | None:
+    from gptrs.training.checkpoint import CHECKPOINTS_DIR, find_latest
+
+    latest = find_latest(run_dir / CHECKPOINTS_DIR)
+    if latest is None:
+        return None
+    return GptrsError(
+        f"{run_dir} already holds a run (checkpoint {latest.name} at step {latest.step}): "
+        "add --resume to continue it, or choose a new --out"
+    )
+
+
+def train(args: argparse.Namespace) -> int:
+    import torch
+
+    from gptrs.data import prepare_data
+    from gptrs.model import GPT
+    from gptrs.training.distributed import cleanup_distributed, setup_distributed
+    from gptrs.training.run_lock import RunLock
+    from gptrs.training.trainer import Trainer, TrainingInterrupted
+
+    run_dir = Path(args.out).expanduser() if args.out else None
+    cfg, name = load_run_config(args, run_dir)
+    run_dir = run_dir or Path("runs") / name
+    info, device = setup_distributed(args.device)
+    lock = RunLock(run_dir).acquire() if info.is_main else None
+    try:
+        if info.is_main and not args.resume:
+            err = _existing_run_error(run_dir)
+            if err is not None:
+                raise err
+        if info.is_main:
+            log.info("run directory: %s", run_dir)
+            save_config(cfg, run_dir / "config.yaml")
+        bundle = prepare_data(
+            cfg,
+            run_dir,
+            rank=info.rank,
+            world_size=info.world_size,
+            device=device,
+            log=log.info if info.is_main else log.debug,
+        )
+        tok = bundle.tokenizer
+        torch.manual_seed(cfg.training.seed)
+        model = GPT.from_config(cfg, vocab_size=tok.get_vocab_size(), pad_token_id=tok.pad_token_id)
+        trainer = Trainer(model, tok, cfg, device, run_dir=run_dir)
+        trainer.data_stats = dict(bundle.stats)
+        val = bundle.val.shard(info.rank, info.world_size) if info.is_distributed else bundle.val
+        try:
+            result = trainer.train(bundle.train, val, resume=args.resume)
+        except TrainingInterrupted as e:
+            sys.stderr.write(f"gptrs-train: {e}\n")
+            return 128 + e.signum
+        if info.is_main:
+            _report(result, bundle.stats, model, tok, cfg, device)
+        return 0
+    finally:
+        if lock is not None:
+            lock.release()
+        cleanup_distributed()
+
+
+def _report(
+    result: dict[str, Any], stats: dict[str, Any], model: Any, tok: Any, cfg: Config, device: Any
+) -> None:
+    """Print the outcome on stdout: validation loss against the unigram baseline, then a sample."""
+    import torch
+
+    val, unigram = result.get("val_loss"), stats.get("unigram_loss")
+    lines = [f"trained {result['step']} steps ({result['tokens']:,} tokens) in {result['elapsed_s']:.0f} s"]
+    if val is not None:
+        bpb = f", {result['val_bpb']:.3f} bits/byte" if result.get("val_bpb") else ""
+        lines.append(f"validation loss {val:.4f} (perplexity {math.exp(min(val, 50)):.1f}{bpb})")
+    if unigram is not None:
+        lines.append(f"unigram baseline loss {unigram:.4f} (a model that ignores context)")
+    print("\n".join(lines), flush=True)
+    tc = cfg.training
+    if tc.sample_tokens <= 0:
+        return
+    from gptrs.generate import encode_prompt, stream_text
+
+    ids = encode_prompt(tok, tc.sample_prompt, cfg.data.separator)
+    print(f"--- sample ({tc.sample_tokens} tokens, temperature 0.8, top-k 50) ---", flush=True)
+    sys.stdout.write(tc.sample_prompt)
+    model.eval()
+    with torch.no_grad():
+        for piece in stream_text(
+            model,
+            tok,
+            torch.tensor([ids], device=device),
+            max_new_tokens=tc.sample_tokens,
+            temperature=0.8,
+            top_k=50,
+            seed=tc.seed,
+        ):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    return run_main(lambda: train(args), prog="gptrs-train", log_level=args.log_level)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""The command-line tools: an end-to-end run on a slice of the built-in corpus (train, checkpoint, SIGTERM,
+resume, generate), and the table of user errors (one line on stderr, exit status 2, no traceback)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+import torch
+
+from gptrs import generate as generate_cli
+from gptrs import train as train_cli
+from gptrs.model import GPT
+from gptrs.training import checkpoint as ckpt
+from gptrs.training.metrics import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "python"), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+# A model and corpus small enough to train in seconds: 40 stdlib files, 1 layer, a 300-token vocabulary.
+TINY = [
+    "data.num_training_samples=40",
+    "data.max_eval_tokens=2048",
+    "tokenizer.vocab_size=300",
+    "model.num_layers=1",
+    "model.embed_dim=32",
+    "model.ff_dim=64",
+    "model.heads=2",
+    "model.max_seq_len=32",
+    "training.batch_size=4",
+    "training.eval_interval=3",
+    "training.save_interval=3",
+    "training.log_interval=1",
+    "training.sample_tokens=20",
+    "training.peak_flops=1e11",
+]
+
+
+def sets(*extra: str) -> list[str]:
+    out = []
+    for s in (*TINY, *extra):
+        out += ["--set", s]
+    return out
+
+
+def run(module: str, *args: str, stdin: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
+        input=stdin,
+        timeout=timeout,
+    )
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"}
+
+
+def test_train_interrupt_resume_generate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    r = run("gptrs.train", "--out", str(out), "--device", "cpu", *sets(), "--max-steps", "6")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "validation loss" in r.stdout and "unigram baseline loss" in r.stdout
+    assert "--- sample" in r.stdout and "Traceback" not in r.stderr
+    assert ckpt.find_latest(out / "checkpoints").step == 6
+    assert {p.name for p in (out / "checkpoints").iterdir()} == {"best", "last", "step_000003"}
+    assert (out / "tokenizer.json").is_file() and (out / "loss.png").is_file()
+    assert sorted(train_losses(out)) == [1, 2, 3, 4, 5, 6]
+
+    # starting over in a run dir that holds a run is refused; --resume continues it
+    assert train_cli.main(["--out", str(out), *sets(), "--max-steps", "6"]) == 2
+    assert "already holds a run (checkpoint last at step 6): add --resume" in capsys.readouterr().err
+    r = run("gptrs.train", "--out", str(out), "--device", "cpu", "--resume", "--max-steps", "9")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from" in r.stderr
+    assert sorted(train_losses(out)) == list(range(1, 10))
+
+    # SIGTERM mid-run: the step finishes, a checkpoint is saved, exit status 143
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gptrs.train", *("--out", str(out), "--resume", "--max-steps", "5000")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
+    )
+    deadline = time.time() + 120
+    while max(train_losses(out)) < 11 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    stopped = ckpt.find_latest(out / "checkpoints")
+    assert stopped.name == "last" and 11 <= stopped.step < 5000
+    assert max(train_losses(out)) == stopped.step
+
+    # generate from the run dir (best checkpoint): streams the prompt's continuation
+    r = run("gptrs.generate", "--model-path", str(out), "--prompt", "def ", "--max-new-tokens", "12")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.startswith("def ") and len(r.stdout) > len("def \n")
+    r = run(
+        "gptrs.generate",
+        *("--model-path", str(out / "checkpoints" / "last"), "--interactive", "--seed", "3"),
+        *("--max-new-tokens", "8", "--quantize", "int8"),
+        stdin="import\n\nimport\n/set max_new_tokens 3\n/set top_p 7\nclass\n/quit\nnever reached\n",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    # stdout = A A B: one completion per prompt (each ends in a newline), nothing for the empty line and
+    # the commands; the same seed is used for every prompt, so the two 'import' completions are equal
+    out_text = r.stdout
+    halves = [k for k in range(1, len(out_text) // 2 + 1) if out_text[:k] == out_text[k : 2 * k]]
+    assert any(out_text[:k].endswith("\n") and len(out_text) > 2 * k for k in halves), out_text
+    assert "--top-p must be in (0, 1], got 7.0" in r.stderr
+
+
+# ------------------------------------------------------------------------------------------ error table
+
+
+@pytest.fixture(scope="module")
+def corrupt_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("corrupt")
+    torch.manual_seed(0)
+    ckpt.save_checkpoint(d, "last", step=1, model=GPT(300, 16, 32, 1, 2, 8, None), trainer_state={"step": 1})
+    (d / "last" / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    return d / "last"
+
+
+def bad_yaml(tmp: Path) -> str:
+    p = tmp / "bad.yaml"
+    p.write_text("model:\n  num_layers: [1, 2\n")
+    return str(p)
+
+
+def empty_text_corpus(tmp: Path) -> list[str]:
+    (tmp / "empty.txt").write_text("")
+    return ["--set", "data.source=files", "--set", f"data.paths=[{tmp / 'empty.txt'}]"]
+
+
+TRAIN_ERRORS = [
+    ("missing config", lambda t: ["--config", str(t / "nope.yaml")], "nope.yaml"),
+    ("unknown preset", lambda t: ["--config", "tiny"], "no such file, nor a preset"),
+    ("yaml syntax", lambda t: ["--config", bad_yaml(t)], "bad.yaml"),
+    ("config dir", lambda t: ["--config", str(t / "run")], "run"),
+    ("bad override", lambda t: ["--set", "model.heads=5"], "model.heads"),
+    ("unknown key", lambda t: ["--set", "model.layers=2"], "model.layers"),
+    ("no cuda", lambda t: ["--device", "cuda"], "CUDA is not available"),
+    ("bad device", lambda t: ["--device", "tpu"], "unknown device"),
+    ("bad flag", lambda t: ["--epochs", "3"], "unrecognized arguments: --epochs 3"),
+    ("bad max steps", lambda t: ["--max-steps", "0"], "--max-steps: must be >= 1"),
+    ("max steps not int", lambda t: ["--max-steps", "x"], "invalid int value"),
+    ("empty dataset", empty_text_corpus, "produced no documents"),
+    ("missing tokenizer", lambda t: ["--tokenizer", str(t / "tok.json")], "tok.json"),
+]
+
+
+@pytest.mark.parametrize(("case", "args", "message"), TRAIN_ERRORS, ids=[c[0] for c in TRAIN_ERRORS])
+def test_train_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], case, args, message) -> None:
+    if case == "no cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    argv = ["--out", str(tmp_path / "run"), *args(tmp_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        sys.exit(train_cli.main(argv))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    lines = [line for line in err.splitlines() if ": error: " in line]
+    assert len(lines) == 1 and message in lines[0], err
+    assert lines[0].startswith("gptrs-train: error: ")
+    assert "Traceback" not in err
+
+
+def test_debug_log_level_adds_the_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = train_cli.main(["--config", str(tmp_path / "nope.yaml"), "--log-level", "DEBUG"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" in err and "nope.yaml" in err.splitlines()[-1]
+
+
+GENERATE_ERRORS = [
+    ("missing dir", lambda t, c: ["--model-path", str(t / "nope"), "--prompt", "x"], "no such directory"),
+    ("not a checkpoint", lambda t, c: ["--model-path", str(t), "--prompt", "x"], "not a checkpoint"),
+    ("corrupt checkpoint", lambda t, c: ["--model-path", str(c), "--prompt", "x"], "model.safetensors"),
+    ("empty prompt", lambda t, c: ["--model-path", str(c), "--prompt", ""], "--prompt is empty"),
+    ("no prompt", lambda t, c: ["--model-path", str(c)], "--prompt is required"),
+    (
+        "top_p",
+        lambda t, c: ["--model-path", str(c), "--prompt", "x", "--top-p", "1.5"],
+        "--top-p must be in (0, 1]",
+    ),
+    ("temperature", lambda t, c: ["--model-path", str(c), "--prompt", "x", "--temperature", "-1"], ">= 0"),
+    ("top_k", lambda t, c: ["--model-path", str(c), "--prompt", "x", "--top-k", "0"], "--top-k must be >= 1"),
+    (
+        "seed",
+        lambda t, c: ["--model-path", str(c), "--prompt", "x", "--seed", "abc"],
+        "invalid int value: 'abc'",
+    ),
+    ("max tokens", lambda t, c: ["--model-path", str(c), "--prompt", "x", "--max-new-tokens", "0"], ">= 1"),
+    (
+        "quantize cuda",
+        lambda t, c: ["--model-path", str(c), "--prompt", "x", "--quantize", "int4"],
+        "invalid choice",
+    ),
+    ("no model path", lambda t, c: ["--prompt", "x"], "--model-path"),
+]
+
+
+@pytest.mark.parametrize(("case", "args", "message"), GENERATE_ERRORS, ids=[c[0] for c in GENERATE_ERRORS])
+def test_generate_user_errors(
+    tmp_path: Path, corrupt_checkpoint: Path, capsys: pytest.CaptureFixture[str], case, args, message
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        sys.exit(generate_cli.main(args(tmp_path, corrupt_checkpoint)))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    lines = [line for line in err.splitlines() if ": error: " in line]
+    assert len(lines) == 1 and message in lines[0], err
+    assert lines[0].startswith("gptrs-generate: error: ")
+    assert "Traceback" not in err
+
+
+def test_train_help_lists_every_flag() -> None:
+    text = train_cli.build_parser().format_help()
+    for flag in (
+        "--config",
+        "--device",
+        "--resume",
+        "--out",
+        "--log-level",
+        "--set",
+        "--tokenizer",
+        "--max-steps",
+    ):
+        assert flag in text
+    text = generate_cli.build_parser().format_help()
+    for flag in (
+        "--model-path",
+        "--prompt",
+        "--max-new-tokens",
+        "--temperature",
+        "--top-k",
+        "--top-p",
+        "--seed",
+    ):
+        assert flag in text
+    assert "--interactive" in text and "--quantize" in text
+
+
+def test_stream_text_holds_back_split_characters() -> None:
+    """A character whose UTF-8 bytes arrive over several tokens is printed once, when complete."""
+
+    class Raw:  # gptrs_tok's interface: the bytes of each token, and the special tokens
+        special_tokens: ClassVar[dict[str, int]] = {"<eos>": 256}
+
+        def token_bytes(self, i: int) -> bytes:
+            return bytes([i])
+
+    class ByteTok:  # ids are raw bytes; 256 is EOS
+        eos_token_id, bos_token_id, pad_token_id = 256, None, None
+        tok = Raw()
+
+    text = "añ€😀!"
+    ids = [*text.encode(), 256, 65]
+
+    class Model:
+        def generate_stream(self, prompt, eos_token_id=None, **kw):
+            for t in ids:
+                yield torch.tensor([t])
+
+    pieces = list(generate_cli.stream_text(Model(), ByteTok(), None))
+    assert "".join(pieces) == text  # stops at EOS: the 'A' after it never shows
+    assert all("\ufffd" not in p for p in pieces)
+    assert pieces == ["a", "ñ", "€", "😀", "!"]

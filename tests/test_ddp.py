@@ -1,0 +1,162 @@
+"""DistributedDataParallel: 2 processes under torchrun (gloo, CPU) train like 1 process on the same global batch.
+
+This file is also the worker torchrun starts (``python tests/test_ddp.py RUN_DIR ACCUM``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gptrs.config import Config
+from gptrs.data import RandomBatches
+from gptrs.model import GPT
+from gptrs.training import Trainer
+from gptrs.training.metrics import read_metrics
+
+V, D, FF, L, H, T = 48, 32, 64, 2, 2, 16
+GLOBAL_BATCH, STEPS, WORLD = 8, 5, 2
+
+
+def config(batch_size: int, accum: int) -> Config:
+    cfg = Config()
+    m = cfg.model
+    m.embed_dim, m.ff_dim, m.num_layers, m.heads, m.max_seq_len = D, FF, L, H, T
+    t = cfg.training
+    t.batch_size, t.gradient_accumulation_steps, t.max_steps, t.warmup_steps = batch_size, accum, STEPS, 1
+    t.learning_rate, t.log_interval, t.eval_interval, t.save_interval = 1e-2, 1, STEPS, 100
+    t.mixed_precision, t.peak_flops = False, 1e11
+    return cfg
+
+
+def global_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    rng = np.random.default_rng(0)
+    stream = (np.cumsum(rng.integers(1, 3, 5000)) % V).astype(np.uint16)  # learnable: small upward steps
+    sampler = RandomBatches(stream, GLOBAL_BATCH, T, seed=3)
+    return [next(sampler) for _ in range(STEPS)]
+
+
+def val_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return global_batches()[:2]
+
+
+def model() -> GPT:
+    torch.manual_seed(0)
+    return GPT(V, D, FF, L, H, T, pad_token_id=None)
+
+
+def worker(run_dir: str, accum: int) -> None:
+    """One rank: its share of every global batch, split further into ``accum`` micro-batches."""
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    per_rank = GLOBAL_BATCH // world
+    micro = per_rank // accum
+    mine = []
+    for x, y in global_batches():
+        x, y = x[rank * per_rank : (rank + 1) * per_rank], y[rank * per_rank : (rank + 1) * per_rank]
+        mine += [(x[i : i + micro], y[i : i + micro]) for i in range(0, per_rank, micro)]
+    torch.set_num_threads(1)
+    trainer = Trainer(model(), None, config(micro, accum), "cpu", run_dir=run_dir)
+    assert trainer.dist.world_size == world and trainer.dist.rank == rank
+    result = trainer.train(mine, val_batches())
+    print(f"rank {rank} val_loss {result['val_loss']!r}", flush=True)
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "checkpoints" / "last" / "model.safetensors")
+
+
+def test_two_processes_match_one(tmp_path: Path) -> None:
+    """2 ranks x 2 micro-batches of 2 rows (gradients synced on the second only) == 1 process x 8 rows."""
+    accum = 2
+    single = tmp_path / "single"
+    torch.set_num_threads(1)
+    ref = Trainer(model(), None, config(GLOBAL_BATCH, 1), "cpu", run_dir=single).train(
+        global_batches(), val_batches()
+    )
+
+    ddp = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}"]
+    r = subprocess.run(
+        [*cmd, __file__, str(ddp), str(accum)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    # every rank saw the same (all-reduced) validation loss, equal to the single process's
+    vals = sorted(line for line in r.stdout.splitlines() if "val_loss" in line)
+    assert len(vals) == WORLD
+    for line in vals:
+        assert float(line.split()[-1]) == pytest.approx(ref["val_loss"], rel=1e-5)
+
+    ours = [rec["loss"] for rec in read_metrics(ddp / "metrics.jsonl") if rec["kind"] == "train"]
+    theirs = [rec["loss"] for rec in read_metrics(single / "metrics.jsonl") if rec["kind"] == "train"]
+    assert len(ours) == len(theirs) == STEPS
+    assert ours == pytest.approx(theirs, rel=1e-5)
+    assert theirs[-1] < theirs[0]  # it trained
+    a, b = final_weights(single), final_weights(ddp)
+    assert a.keys() == b.keys()
+    for name in a:
+        x, y = a[name], b[name]
+        if name.endswith("attn.c_attn.bias"):  # the key bias has a true gradient of 0 (see test_trainer)
+            x, y = torch.cat([x[:D], x[2 * D :]]), torch.cat([y[:D], y[2 * D :]])
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=name)
+    # rank 0 alone wrote files: one metrics log, one set of checkpoints, no stray temp dirs
+    assert sorted(p.name for p in (ddp / "checkpoints").iterdir()) == ["best", "last"]
+
+
+@pytest.mark.slow
+def test_torchrun_cli(tmp_path: Path) -> None:
+    """`torchrun --nproc_per_node 2 -m gptrs.train` end to end: rank 0 alone logs and writes checkpoints."""
+    tiny = [
+        *("data.num_training_samples=40", "data.max_eval_tokens=2048", "tokenizer.vocab_size=300"),
+        *(
+            "model.num_layers=1",
+            "model.embed_dim=32",
+            "model.ff_dim=64",
+            "model.heads=2",
+            "model.max_seq_len=32",
+        ),
+        *(
+            "training.batch_size=4",
+            "training.log_interval=1",
+            "training.save_interval=3",
+            "training.sample_tokens=8",
+        ),
+    ]
+    args = [a for s in tiny for a in ("--set", s)]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "python"),
+    }
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}"]
+    r = subprocess.run(
+        [*cmd, "-m", "gptrs.train", "--out", str(tmp_path), *args, "--max-steps", "4"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "2 processes" in r.stderr
+    steps = [line for line in r.stderr.splitlines() if " INFO step 4 | loss" in line]
+    assert len(steps) == 1  # logged once, by rank 0
+    assert r.stdout.count("validation loss") == 1
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best", "last", "step_000003"]
+    assert [rec["step"] for rec in read_metrics(tmp_path / "metrics.jsonl") if rec["kind"] == "train"] == [
+        1,
+        2,
+        3,
+        4,
+    ]
+
+
+if __name__ == "__main__":
+    worker(sys.argv[1], int(sys.argv[2]))
