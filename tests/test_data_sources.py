@@ -235,17 +235,21 @@ def test_hub_streams_at_the_pinned_revision_capped(monkeypatch: pytest.MonkeyPat
     n=st.integers(0, 300),
     f=st.floats(0.001, 0.999),
     seed=st.integers(0, 2**32 - 1),
-    block=st.integers(2, 50),
+    block_docs=st.integers(2, 50),
+    block_bytes=st.integers(1, 400),
 )
-def test_split_exact_fraction_deterministic_order_kept(n: int, f: float, seed: int, block: int) -> None:
+def test_split_exact_fraction_deterministic_order_kept(
+    n: int, f: float, seed: int, block_docs: int, block_bytes: int
+) -> None:
     docs = [f"doc {i}" for i in range(n)]
-    original = sources.SPLIT_BLOCK_DOCS
-    sources.SPLIT_BLOCK_DOCS = block  # small blocks exercise the block-by-block draw
+    saved = sources.SPLIT_BLOCK_DOCS, sources.SPLIT_BLOCK_BYTES
+    # Small blocks (by count or by size) exercise the block-by-block draw.
+    sources.SPLIT_BLOCK_DOCS, sources.SPLIT_BLOCK_BYTES = block_docs, block_bytes
     try:
         out = list(split_documents(iter(docs), f, seed))
         again = list(split_documents(docs, f, seed))
     finally:
-        sources.SPLIT_BLOCK_DOCS = original
+        sources.SPLIT_BLOCK_DOCS, sources.SPLIT_BLOCK_BYTES = saved
     assert out == again
     assert [d for d, _ in out] == docs
     n_val = sum(v for _, v in out)

@@ -106,7 +106,7 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
         x, y = a[name], b[name]
         if name.endswith("attn.c_attn.bias"):  # the key bias has a true gradient of 0 (see test_trainer)
             x, y = torch.cat([x[:D], x[2 * D :]]), torch.cat([y[:D], y[2 * D :]])
-        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(x, y, rtol=1e-3, atol=1e-4, msg=name)  # an lr-sized (1e-2) step would show
     # rank 0 alone wrote files: one metrics log, one set of checkpoints, no stray temp dirs
     assert sorted(p.name for p in (ddp / "checkpoints").iterdir()) == ["best", "last"]
 

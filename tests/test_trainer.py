@@ -16,7 +16,7 @@ from torch import nn
 
 from gptrs.config import Config
 from gptrs.data import RandomBatches
-from gptrs.errors import ConfigError, DataError
+from gptrs.errors import CheckpointError, ConfigError, DataError
 from gptrs.model import GPT
 from gptrs.training import Trainer, TrainingInterrupted, find_latest
 from gptrs.training.checkpoint import load_trainer_state
@@ -100,10 +100,16 @@ def losses(run_dir: Path) -> list[float]:
     return [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"]
 
 
-@pytest.mark.parametrize(("precision", "sig"), [(False, signal.SIGINT), ("bf16", signal.SIGTERM)])
-def test_resume_after_signal_is_bitwise_identical(tmp_path: Path, precision, sig) -> None:
-    """Stop a run with a signal at step 3, resume it: losses and final weights equal an unbroken run's."""
-    cfg = config(mixed_precision=precision, gradient_accumulation_steps=2)
+@pytest.mark.parametrize(
+    ("precision", "sig", "log_interval", "stop_step"),
+    [(False, signal.SIGINT, 1, 3), ("bf16", signal.SIGTERM, 3, 4)],
+)
+def test_resume_after_signal_is_bitwise_identical(
+    tmp_path: Path, precision, sig, log_interval, stop_step
+) -> None:
+    """Stop a run with a signal, resume it: logged losses and final weights equal an unbroken run's (also
+    when it stops between two log lines, whose logged loss averages steps from both sides of the stop)."""
+    cfg = config(mixed_precision=precision, gradient_accumulation_steps=2, log_interval=log_interval)
     data = tokens()
 
     def sampler() -> RandomBatches:
@@ -114,21 +120,22 @@ def test_resume_after_signal_is_bitwise_identical(tmp_path: Path, precision, sig
 
     broken = tmp_path / "broken"
     with pytest.raises(TrainingInterrupted) as info:
-        # batch 6 belongs to step 3 (two micro-batches per step): that step finishes, then it saves and stops
+        # the signal comes during the first micro-batch of step `stop_step` (two per step): that step
+        # finishes, then it saves and stops
         Trainer(tiny_model(dropout=0.1), None, cfg, "cpu", run_dir=broken).train(
-            SignalAfter(sampler(), 6, sig), eval_batches()
+            SignalAfter(sampler(), 2 * stop_step - 1, sig), eval_batches()
         )
-    assert info.value.signum == sig and info.value.step == 3
-    assert find_latest(broken / "checkpoints").step == 3
-    assert len(losses(broken)) == 3
+    assert info.value.signum == sig and info.value.step == stop_step
+    assert find_latest(broken / "checkpoints").step == stop_step
+    assert len(losses(broken)) == stop_step // log_interval
     # a different init: every weight must come from the checkpoint
     result = Trainer(tiny_model(seed=99, dropout=0.1), None, cfg, "cpu", run_dir=broken).train(
         sampler(), eval_batches(), resume=True
     )
     assert result["resumed"] and result["step"] == cfg.training.max_steps
 
-    assert losses(broken) == losses(full)  # exact float equality, every step
-    assert len(losses(full)) == cfg.training.max_steps
+    assert losses(broken) == losses(full)  # exact float equality
+    assert len(losses(full)) == len(range(log_interval, 9, log_interval)) + (8 % log_interval > 0)
     a = (full / "checkpoints/last/model.safetensors").read_bytes()
     b = (broken / "checkpoints/last/model.safetensors").read_bytes()
     assert a == b
@@ -136,6 +143,30 @@ def test_resume_after_signal_is_bitwise_identical(tmp_path: Path, precision, sig
     assert sa["best_val_loss"] == sb["best_val_loss"]
     for pa, pb in zip(sa["optimizer"]["state"].values(), sb["optimizer"]["state"].values(), strict=True):
         assert torch.equal(pa["exp_avg"], pb["exp_avg"]) and torch.equal(pa["exp_avg_sq"], pb["exp_avg_sq"])
+
+
+def test_resume_skips_an_unreadable_checkpoint(tmp_path: Path) -> None:
+    """A corrupt newest checkpoint is skipped for the next older one, and the run still ends bit-identical."""
+    cfg = config(save_interval=3, eval_interval=100)
+    data = tokens()
+    Trainer(tiny_model(), None, cfg, "cpu", run_dir=tmp_path).train(RandomBatches(data, 4, T, seed=7))
+    final = (tmp_path / "checkpoints/last/model.safetensors").read_bytes()
+    state = tmp_path / "checkpoints/last/trainer_state.pt"
+    state.write_bytes(b"\x00" * state.stat().st_size)  # same size: only loading can tell
+    result = Trainer(tiny_model(seed=5), None, cfg, "cpu", run_dir=tmp_path).train(
+        RandomBatches(data, 4, T, seed=7), resume=True
+    )
+    assert result["step"] == 8 and result["resumed"]
+    assert len(losses(tmp_path)) == 8
+    assert (tmp_path / "checkpoints/last/model.safetensors").read_bytes() == final
+    assert load_trainer_state(tmp_path / "checkpoints/last")["step"] == 8  # rewritten whole
+
+    other = config()
+    other.model.num_layers = 1
+    with pytest.raises(CheckpointError, match=r"another model config \(model.num_layers: 2 there, 1 here\)"):
+        Trainer(GPT(V, D, FF, 1, H, T, None), None, other, "cpu", run_dir=tmp_path).train(
+            RandomBatches(data, 4, T, seed=7), resume=True
+        )
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path: Path) -> None:
@@ -164,7 +195,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path: Path) -> None:
             # The key bias adds the same score to every key of a query, which softmax cancels: its true
             # gradient is 0, the computed one rounding noise, and Adam turns any noise into full-size steps.
             p1, p2 = torch.cat([p1[:D], p1[2 * D :]]), torch.cat([p2[:D], p2[2 * D :]])
-        torch.testing.assert_close(p1, p2, rtol=1e-4, atol=1e-5, msg=n)
+        torch.testing.assert_close(p1, p2, rtol=1e-3, atol=1e-4, msg=n)  # an lr-sized (1e-2) step would show
     assert not torch.equal(m1.lm_head.weight, tiny_model().lm_head.weight)  # it did train
 
 

@@ -203,23 +203,40 @@ def interactive(model: Any, tok: Any, separator: str, s: Sampling, device: Any) 
         _generate_one(model, tok, line, separator, s, device, echo=False)
 
 
+def _int_or_none(value: str) -> int | None:
+    if value.strip().lower() in ("none", "off"):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {value!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="gptrs-generate", description="Generate text with a trained gptrs model.")
-    p.add_argument("--model-path", required=True, help="checkpoint directory, or a run directory")
-    p.add_argument("--prompt", help="text to continue (required unless --interactive)")
+    p.add_argument(
+        "--model-path", required=True, metavar="DIR", help="checkpoint directory, or a run directory"
+    )
+    p.add_argument("--prompt", metavar="TEXT", help="text to continue (required unless --interactive)")
     d = Sampling()
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, metavar="N", help="default 200")
     p.add_argument(
-        "--max-new-tokens", type=int, default=d.max_new_tokens, help="tokens to generate (default 200)"
+        "--temperature", type=float, default=d.temperature, metavar="T", help="0 = greedy (default 0.8)"
     )
-    p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy (default 0.8)")
     p.add_argument(
-        "--top-k", type=int, default=d.top_k, help="sample from the k most likely tokens (default 50)"
+        "--top-k",
+        type=_int_or_none,
+        default=d.top_k,
+        metavar="K",
+        help="sample from the K most likely tokens (default 50; 'none' for all)",
     )
-    p.add_argument("--top-p", type=float, default=d.top_p, help="nucleus sampling threshold in (0, 1]")
-    p.add_argument("--seed", type=int, help="seed for reproducible sampling")
+    p.add_argument(
+        "--top-p", type=float, default=d.top_p, metavar="P", help="nucleus sampling threshold in (0, 1]"
+    )
+    p.add_argument("--seed", type=int, metavar="N", help="seed for reproducible sampling")
     p.add_argument("--interactive", action="store_true", help="read prompts from stdin until EOF or /quit")
     p.add_argument("--quantize", choices=["int8"], help="int8 dynamic quantization of Linear layers (CPU)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    p.add_argument("--device", default="auto", metavar="DEVICE", help="auto (default), cpu, cuda or mps")
     add_log_level_argument(p)
     return p
 

@@ -24,7 +24,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -39,6 +39,7 @@ EXIT_USER_ERROR = 2
 EXIT_SIGINT = 130
 
 StrPath = str | os.PathLike[str]
+ProgressFn = Callable[[str, int, int], object]  # gptrs_tok's progress(stage, done, total)
 _BUILTIN_PATTERNS = {"gpt4": gptrs_tok.GPT4_PATTERN, "gpt2": gptrs_tok.GPT2_PATTERN}
 
 # Names that special-token strings commonly use for each role, after stripping <| |>, < >, [ ] and case.
@@ -113,7 +114,7 @@ class BPETokenizer:
     def _special_list(self) -> list[str]:
         return list(dict.fromkeys(self._roles.values()))  # unique, in role order: ids follow this order
 
-    def train(self, texts: Iterable[str], progress: Any = None) -> BPETokenizer:
+    def train(self, texts: Iterable[str], progress: ProgressFn | None = None) -> BPETokenizer:
         """Learn the merges from an iterable of ``str`` (streamed; the Rust side counts without the GIL).
 
         ``progress(stage, done, total)``, if given, is called as the work advances. Returns ``self``.
@@ -131,7 +132,7 @@ class BPETokenizer:
         self._set(tok)
         return self
 
-    def train_files(self, paths: Iterable[StrPath], progress: Any = None) -> BPETokenizer:
+    def train_files(self, paths: Iterable[StrPath], progress: ProgressFn | None = None) -> BPETokenizer:
         """Learn the merges from UTF-8 text files, read and split in parallel in Rust. Returns ``self``."""
         paths = [str(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
         if not paths:

@@ -56,14 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--config",
+        metavar="PATH|PRESET",
         help=f"YAML config file or preset name (default: the '{DEFAULT_PRESET}' preset; with --resume, "
         "the run's own config.yaml)",
     )
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument(
+        "--device", default="auto", metavar="DEVICE", help="auto (default), cpu, cuda, cuda:N or mps"
+    )
     p.add_argument(
         "--resume", action="store_true", help="continue from the newest complete checkpoint in --out"
     )
-    p.add_argument("--out", help="run directory (default: runs/<config name>)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<config name>)")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -72,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set model.num_layers=4 (repeatable)",
     )
-    p.add_argument("--tokenizer", help="use this tokenizer JSON instead of training one")
-    p.add_argument("--max-steps", type=int, help="shortcut for --set training.max_steps=N")
+    p.add_argument("--tokenizer", metavar="PATH", help="use this tokenizer JSON instead of training one")
+    p.add_argument("--max-steps", type=int, metavar="N", help="shortcut for --set training.max_steps=N")
     add_log_level_argument(p)
     return p
 

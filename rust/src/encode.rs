@@ -183,48 +183,69 @@ impl Encoder {
         out.extend_from_slice(parts);
     }
 
-    /// Same result as `merge_scan` in O(n log n): a min-heap of (rank, position) over a linked list of
-    /// parts. An entry is stale when its pair changed; parts only grow, so a changed pair spells
-    /// different (longer) bytes and thus a different rank, which is what the check compares.
+    /// Same result as `merge_scan` in O(n log n): a min-heap of `rank << 32 | position` (lowest rank,
+    /// then leftmost, as tiktoken) over a linked list of parts. `cur[i]` is the rank of the pair
+    /// starting at part i; a heap entry is stale unless it still equals it. That check is exact
+    /// because a pair only changes by growing (a part merges), so it then spells other bytes and has
+    /// another rank. Compact u32 arrays and u64 heap entries keep a 10 MB piece cache-friendly.
     fn merge_heap(&self, piece: &[u8], out: &mut Vec<u32>) {
-        const DEAD: u32 = u32::MAX;
+        const NONE: u32 = u32::MAX;
+        // Positions are u32; a single piece of 2 GiB or more is encoded in 2 GiB slices.
+        if piece.len() >= 1 << 31 {
+            piece.chunks(1 << 31).for_each(|c| self.merge_heap(c, out));
+            return;
+        }
         let n = piece.len();
         let mut ids: Vec<u32> = piece.iter().map(|&b| b as u32).collect();
-        let mut next: Vec<usize> = (1..=n).collect();
-        let mut prev: Vec<usize> = (0..n).map(|i| i.wrapping_sub(1)).collect();
-        let mut heap: BinaryHeap<Reverse<(u32, usize)>> = (0..n - 1)
-            .filter_map(|i| {
-                let r = self.rank(ids[i], ids[i + 1]);
-                (r != NO_RANK).then_some(Reverse((r, i)))
+        let mut next: Vec<u32> = (1..=n as u32).collect();
+        let mut prev: Vec<u32> = (0..n as u32).map(|i| i.wrapping_sub(1)).collect();
+        let mut cur: Vec<u32> = (0..n)
+            .map(|i| {
+                if i + 1 < n {
+                    self.rank(ids[i], ids[i + 1])
+                } else {
+                    NO_RANK
+                }
             })
             .collect();
-        while let Some(Reverse((r, i))) = heap.pop() {
-            let j = next[i];
-            if ids[i] == DEAD || j >= n || self.rank(ids[i], ids[j]) != r {
+        let entry = |r: u32, i: usize| Reverse(((r as u64) << 32) | i as u64);
+        let mut heap: BinaryHeap<Reverse<u64>> = cur
+            .iter()
+            .enumerate()
+            .filter(|(_, &r)| r != NO_RANK)
+            .map(|(i, &r)| entry(r, i))
+            .collect();
+        while let Some(Reverse(e)) = heap.pop() {
+            let (r, i) = ((e >> 32) as u32, e as u32 as usize);
+            if cur[i] != r {
                 continue;
             }
+            let j = next[i] as usize;
             ids[i] = r;
-            ids[j] = DEAD;
+            cur[j] = NO_RANK; // part j is gone
             next[i] = next[j];
-            if next[i] < n {
-                prev[next[i]] = i;
-                let r2 = self.rank(r, ids[next[i]]);
-                if r2 != NO_RANK {
-                    heap.push(Reverse((r2, i)));
+            let k = next[i] as usize;
+            cur[i] = NO_RANK;
+            if k < n {
+                prev[k] = i as u32;
+                cur[i] = self.rank(r, ids[k]);
+                if cur[i] != NO_RANK {
+                    heap.push(entry(cur[i], i));
                 }
             }
             let p = prev[i];
-            if p < n {
-                let r2 = self.rank(ids[p], r);
-                if r2 != NO_RANK {
-                    heap.push(Reverse((r2, p)));
+            if p != NONE {
+                let p = p as usize;
+                cur[p] = self.rank(ids[p], r);
+                if cur[p] != NO_RANK {
+                    heap.push(entry(cur[p], p));
                 }
             }
         }
         let mut i = 0;
         while i < n {
             out.push(ids[i]);
-            i = next[i];
+            i = next[i] as usize;
         }
     }
 

@@ -3,10 +3,12 @@
 //! Strings with lone surrogates (not valid UTF-8) are converted like tiktoken does: each lone
 //! surrogate becomes U+FFFD, the same in every entry point.
 
+mod batch;
+
 use crate::count::PieceCounter;
 use crate::encode::{SpecialSet, Specials};
 use crate::{pretok, Error, Pretokenizer, Tokenizer, TrainOptions, Vocab};
-use numpy::{PyArray1, PyReadonlyArray1};
+use numpy::PyReadonlyArray1;
 use pyo3::exceptions::{
     PyFileNotFoundError, PyKeyboardInterrupt, PyOSError, PyPermissionError, PyTypeError,
     PyValueError,
@@ -120,21 +122,6 @@ fn ids_of(obj: &Bound<'_, PyAny>, n_vocab: usize) -> PyResult<Vec<u32>> {
     }
     let ids: Vec<i64> = obj.extract()?;
     ids.into_iter().map(check).collect()
-}
-
-/// Runs `f` on a rayon pool of `num_threads` (None: the global pool, one thread per core).
-fn with_pool<T: Send>(num_threads: Option<usize>, f: impl FnOnce() -> T + Send) -> PyResult<T> {
-    match num_threads {
-        None => Ok(f()),
-        Some(0) => Err(PyValueError::new_err("num_threads must be >= 1")),
-        Some(n) => {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build()
-                .map_err(|e| PyOSError::new_err(format!("cannot start {n} threads: {e}")))?;
-            Ok(pool.install(f))
-        }
-    }
 }
 
 /// A progress hook that reattaches to Python every call (~1% of the work): it checks for Ctrl-C and
@@ -333,7 +320,7 @@ impl PyTokenizer {
         r.map_err(to_py)
     }
 
-    /// Encode many texts in parallel (GIL released); same semantics as `encode`.
+    /// Encode many texts in parallel (see `batch`); same semantics as `encode`.
     #[pyo3(signature = (texts, *, num_threads = None, as_numpy = false, allowed_special = None, disallowed_special = None))]
     fn encode_batch<'py>(
         &self,
@@ -355,31 +342,7 @@ impl PyTokenizer {
             .iter()
             .map(|o| text_of(o, "each text"))
             .collect::<PyResult<_>>()?;
-        let tok = &self.inner;
-        let encoded = py.detach(|| {
-            with_pool(num_threads, || {
-                use rayon::prelude::*;
-                strs.par_iter()
-                    .map(|t| tok.encode(t, &specials))
-                    .collect::<crate::Result<Vec<Vec<u32>>>>()
-            })
-        })?;
-        let encoded = encoded.map_err(to_py)?;
-        let small = tok.n_vocab() <= 1 << 16;
-        let items: Vec<Bound<'py, PyAny>> = encoded
-            .into_iter()
-            .map(|ids| -> PyResult<Bound<'py, PyAny>> {
-                Ok(match (as_numpy, small) {
-                    (false, _) => ids.into_pyobject(py)?.into_any(),
-                    (true, true) => {
-                        PyArray1::from_vec(py, ids.into_iter().map(|i| i as u16).collect())
-                            .into_any()
-                    }
-                    (true, false) => PyArray1::from_vec(py, ids).into_any(),
-                })
-            })
-            .collect::<PyResult<_>>()?;
-        PyList::new(py, items)
+        batch::encode_batch(py, &self.inner, &strs, &specials, num_threads, as_numpy)
     }
 
     /// Text of `ids`; bytes that are not valid UTF-8 become U+FFFD (never raises for valid ids).

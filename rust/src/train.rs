@@ -315,7 +315,7 @@ mod tests {
     fn counts(items: &[(&str, u64)]) -> PieceCounts {
         items
             .iter()
-            .map(|(s, n)| (s.as_bytes().into(), *n))
+            .map(|(s, n)| (s.as_bytes(), *n))
             .collect()
     }
 

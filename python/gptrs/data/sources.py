@@ -39,8 +39,8 @@ JSON_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
 SUPPORTED_SUFFIXES = TEXT_SUFFIXES + JSON_SUFFIXES + PARQUET_SUFFIXES
 LARGE_TEXT_BYTES = 8 << 20  # a .txt file above this is a collection of documents separated by blank lines
-SPLIT_BLOCK_DOCS = 4096  # the validation split is drawn block by block, so it streams with bounded memory
-SPLIT_BLOCK_BYTES = 64 << 20
+SPLIT_BLOCK_DOCS = 1024  # the validation split is drawn block by block: bounded memory, and small blocks
+SPLIT_BLOCK_BYTES = 8 << 20  # let encoding start (and overlap with reading) after the first few MB
 SPLIT_METHOD = "block-v1"  # recorded in the cache key: change it when split_documents changes
 _ROW_BATCH = 1024  # rows per datasets batch: batched iteration is much faster than row by row
 
@@ -345,9 +345,9 @@ def split_documents(docs: Iterable[str], validation_split: float, seed: int) -> 
 
     Documents are taken in blocks (``SPLIT_BLOCK_DOCS`` documents or ``SPLIT_BLOCK_BYTES``, whichever comes
     first); block ``b`` covering documents ``[start, end)`` holds out ``round(end*f) - round(start*f)`` of them,
-    chosen by a generator seeded with ``(seed, b)``. So the split is exact to one document overall, random
-    within blocks, deterministic for the seed, and streams with bounded memory. If rounding would leave the
-    validation split empty, the last block gives it one document.
+    chosen by a generator seeded with ``(seed, b)``. So exactly ``round(N*f)`` of ``N`` documents are held out,
+    at random within blocks, deterministically for the seed, streaming with bounded memory. If rounding would
+    leave the validation split empty (and ``N >= 2``), the last block gives it one document.
     """
     if not 0.0 < validation_split < 1.0:
         raise DataError(f"data.validation_split must be in (0, 1), got {validation_split}")
@@ -372,13 +372,12 @@ def split_documents(docs: Iterable[str], validation_split: float, seed: int) -> 
         return out
 
     for doc in docs:
+        # A full block is flushed only once another document arrives, so when the stream ends the block in
+        # hand is known to be the last one (and is never empty).
+        if block and (len(block) >= SPLIT_BLOCK_DOCS or block_bytes >= SPLIT_BLOCK_BYTES):
+            yield from flush(last=False)
+            block, block_bytes = [], 0
         block.append(doc)
         block_bytes += len(doc)
-        if len(block) >= SPLIT_BLOCK_DOCS or block_bytes >= SPLIT_BLOCK_BYTES:
-            # Hold back the last document so the final block is known to be final when the stream ends.
-            last_doc = block.pop()
-            yield from flush(last=False)
-            block = [last_doc]
-            block_bytes = len(last_doc)
     if block:
         yield from flush(last=True)

@@ -278,7 +278,14 @@ def load_trainer_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         state = torch.load(f, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError) as e:
-        raise CheckpointError(f"{f}: not a valid trainer state: {_first_line(e)}") from e
+        # torch's own message suggests weights_only=False, exactly what must not be done with an untrusted
+        # file; keep only the part that says what was found.
+        found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", str(e))
+        detail = f" (it asks to import {found.group(1)})" if found else ""
+        raise CheckpointError(
+            f"{f}: not a valid trainer state{detail}: corrupt, not written by gptrs, or holding objects "
+            "other than tensors and plain data (refused without running anything)"
+        ) from e
     if not isinstance(state, dict) or "step" not in state:
         raise CheckpointError(f"{f}: not a valid trainer state: no 'step' entry")
     return state

@@ -166,6 +166,10 @@ class _Counters:
     tokens: int = 0
     best_val_loss: float = math.inf
     bad_evals: int = 0
+    # Training losses summed since the last log line (their mean is what gets logged). Saved with
+    # checkpoints, so a run resumed between two log lines logs exactly what the unbroken run logs.
+    interval_loss: float = 0.0
+    interval_steps: int = 0
 
 
 class Trainer:
@@ -328,6 +332,8 @@ class Trainer:
             "tokens": c.tokens,
             "best_val_loss": c.best_val_loss,
             "bad_evals": c.bad_evals,
+            "interval_loss": c.interval_loss,
+            "interval_steps": c.interval_steps,
             "optimizer": optimizer.state_dict(),
             "scheduler": {**schedule.state_dict(), "step": c.step},
             "scaler": scaler.state_dict() if scaler is not None else None,
@@ -359,6 +365,24 @@ class Trainer:
         barrier()
         return path
 
+    def _load_checkpoint(
+        self, path: Path, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None
+    ) -> dict[str, Any]:
+        """Weights, optimizer and scaler from checkpoint ``path``; returns its trainer state."""
+        state = ckpt.load_trainer_state(path)
+        if int(state.get("version", 0)) > STATE_VERSION:
+            raise CheckpointError(
+                f"{path}: trainer state version {state.get('version')} is newer than this gptrs"
+            )
+        ckpt.load_model_weights(self.model, path)
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+        except (ValueError, KeyError, RuntimeError, TypeError) as e:
+            raise CheckpointError(f"{path}: optimizer state does not fit this model: {e}") from None
+        return state
+
     def _resume(
         self,
         resume: bool | str | os.PathLike[str],
@@ -371,38 +395,42 @@ class Trainer:
             path = Path(resume)
             if not ckpt.is_complete(path):
                 raise CheckpointError(f"{path}: not a complete checkpoint (no valid {ckpt.COMPLETE} marker)")
+            candidates = [path]
         else:
             if root is None:
                 raise GptrsError("resume=True needs a run_dir to find checkpoints in")
-            latest = ckpt.find_latest(root)
-            if latest is None:
+            candidates = [c.path for c in reversed(ckpt.list_checkpoints(root))]
+            if not candidates:
                 log.info("no checkpoint in %s yet; starting from scratch", root)
                 return False
-            path = latest.path
-        self._check_same_model(path)
-        state = ckpt.load_trainer_state(path)
-        if int(state.get("version", 0)) > STATE_VERSION:
-            raise CheckpointError(
-                f"{path}: trainer state version {state.get('version')} is newer than this gptrs"
-            )
-        ckpt.load_model_weights(self.model, path)
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError, RuntimeError) as e:
-            raise CheckpointError(f"{path}: optimizer state does not fit this model: {e}") from None
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
+        self._check_same_model(candidates[0])
+        first_error: CheckpointError | None = None
+        for path in candidates:  # newest first; an unreadable one falls back to the next older one
+            try:
+                state = self._load_checkpoint(path, optimizer, scaler)
+                break
+            except CheckpointError as e:
+                first_error = first_error or e
+                log.warning("cannot resume from %s: %s", path, e)
+        else:
+            assert first_error is not None
+            raise first_error
         c = self._counters
         c.step = int(state["step"])
         c.tokens = int(state.get("tokens", 0))
         c.best_val_loss = float(state.get("best_val_loss", math.inf))
         c.bad_evals = int(state.get("bad_evals", 0))
+        c.interval_loss = float(state.get("interval_loss", 0.0))
+        c.interval_steps = int(state.get("interval_steps", 0))
         self.history = list(state.get("history", []))
         ranks = state.get("ranks", [])
         if len(ranks) == self.dist.world_size:
             mine = ranks[self.dist.rank]
-            ckpt.restore_rng_state(mine["rng"])
-            stream.load_state_dict(mine["data"])
+            try:
+                ckpt.restore_rng_state(mine["rng"])
+                stream.load_state_dict(mine["data"])
+            except (ValueError, KeyError, TypeError, RuntimeError) as e:
+                raise CheckpointError(f"{path}: RNG or sampler state does not fit this run: {e}") from None
         else:
             log.warning(
                 "checkpoint was written by %d process(es), this run has %d: RNG and sampler states "
@@ -473,8 +501,9 @@ class Trainer:
         model = self._eval_model
         was_training = model.training
         model.eval()
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
-        count = torch.zeros((), dtype=torch.float64, device=self.device)
+        acc = torch.float32 if self.device.type == "mps" else torch.float64  # MPS has no float64
+        total = torch.zeros((), dtype=acc, device=self.device)
+        count = torch.zeros((), dtype=acc, device=self.device)
         try:
             for i, batch in enumerate(eval_dataloader):
                 if max_batches is not None and i >= max_batches:
@@ -484,7 +513,7 @@ class Trainer:
                 with self.precision.autocast():
                     loss = _loss_of(model(x, y))
                 n = y.numel()
-                total += loss.double() * n
+                total += loss.to(acc) * n
                 count += n
         finally:
             model.train(was_training)
@@ -606,8 +635,8 @@ class Trainer:
         last_eval: dict[str, Any] = {}
         t_start = time.perf_counter()
         t_log, tokens_at_log, step_at_log = t_start, c.tokens, c.step
-        loss_sum = torch.zeros((), device=self.device)
-        loss_count = 0
+        # Summed on the device (no host sync per step on CUDA) on top of what a checkpoint carried over.
+        loss_sum = torch.tensor(c.interval_loss, dtype=torch.float32, device=self.device)
         seq_len = None
         try:
             while c.step < max_steps:
@@ -642,9 +671,12 @@ class Trainer:
                     break
                 if scaler is not None:
                     scaler.unscale_(optimizer)
+                log_now = (c.step + 1) % tc.log_interval == 0 or c.step + 1 == max_steps
                 grad_norm: torch.Tensor | None = None
                 if tc.max_grad_norm > 0:
                     grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
+                elif log_now:
+                    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
                 if scaler is not None:
                     scaler.step(optimizer)
                     scaler.update()
@@ -653,12 +685,12 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
                 c.step += 1
                 loss_sum += step_loss / accum
-                loss_count += 1
+                c.interval_steps += 1
                 bar.update(1)
 
                 # ---- log
-                if c.step % tc.log_interval == 0 or c.step == max_steps:
-                    mean_loss = float(all_reduce_mean(loss_sum / loss_count).item())
+                if log_now:
+                    mean_loss = float(all_reduce_mean(loss_sum / c.interval_steps).item())
                     if not math.isfinite(mean_loss):
                         raise GptrsError(
                             f"the training loss became {mean_loss} at step {c.step}; lower training.learning_rate "
@@ -705,8 +737,8 @@ class Trainer:
                         last_train["memory_mb"],
                     )
                     t_log, tokens_at_log, step_at_log = now, c.tokens, c.step
-                    loss_sum = torch.zeros((), device=self.device)
-                    loss_count = 0
+                    loss_sum.zero_()
+                    c.interval_steps = 0
 
                 # ---- evaluate, early stopping
                 improved = False
@@ -739,6 +771,7 @@ class Trainer:
                 elif c.step % tc.save_interval == 0:
                     names.append(ckpt.step_name(c.step) if tc.keep_last > 0 else "last")
                 if names and self.run_dir is not None:
+                    c.interval_loss = float(loss_sum.item())
                     state = self._trainer_state(optimizer, scaler, schedule, self._gather_rank_states(stream))
                     saved = self._save(names, state)
                     if interrupted:
@@ -760,6 +793,7 @@ class Trainer:
                 if last_eval["val_loss"] < c.best_val_loss:
                     c.best_val_loss = last_eval["val_loss"]
             if self.run_dir is not None:
+                c.interval_loss = float(loss_sum.item())
                 self._save(
                     ["last"],
                     self._trainer_state(optimizer, scaler, schedule, self._gather_rank_states(stream)),

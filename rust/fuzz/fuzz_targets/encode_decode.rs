@@ -83,7 +83,9 @@ fn fixed() -> &'static Tokenizer {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&knob, rest)) = data.split_first() else { return };
+    let Some((&knob, rest)) = data.split_first() else {
+        return;
+    };
     let text = String::from_utf8_lossy(rest);
     let text: &str = &text;
     check(fixed(), text);

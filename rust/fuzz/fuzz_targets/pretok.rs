@@ -10,8 +10,14 @@ fn reference() -> &'static [(Pretokenizer, fancy_regex::Regex); 2] {
     static R: OnceLock<[(Pretokenizer, fancy_regex::Regex); 2]> = OnceLock::new();
     R.get_or_init(|| {
         [
-            (Pretokenizer::Gpt4, fancy_regex::Regex::new(GPT4_PATTERN).unwrap()),
-            (Pretokenizer::Gpt2, fancy_regex::Regex::new(GPT2_PATTERN).unwrap()),
+            (
+                Pretokenizer::Gpt4,
+                fancy_regex::Regex::new(GPT4_PATTERN).unwrap(),
+            ),
+            (
+                Pretokenizer::Gpt2,
+                fancy_regex::Regex::new(GPT2_PATTERN).unwrap(),
+            ),
         ]
     })
 }
