@@ -247,11 +247,11 @@ def _print(r: dict[str, Any]) -> None:
     print(
         f"corpus: {r['corpus']} ({r['files']} files, {r['mb']:.1f} MB), vocab {r['vocab_size']}, {r['pattern']}"
     )
-    print(f"\n{'training':<22}{'seconds':>9}{'MB/s':>9}{'peak RSS MB':>13}{'gptrs_tok is':>15}")
+    print(f"\n{'training':<22}{'seconds':>9}{'MB/s':>9}{'peak RSS MB':>13}{'gptrs_tok faster':>18}")
     for name, t in r["train"].items():
         print(
             f"{name:<22}{t['seconds']:>9.2f}{t['mb_s']:>9.1f}{t['peak_rss_mb']:>13.0f}"
-            f"{t['gptrs_tok_speedup']:>14.2f}x"
+            f"{t['gptrs_tok_speedup']:>17.2f}x"
         )
     print(f"merges identical to rustbpe's: {r['merges_equal_rustbpe']}")
     e = r["encode"]

@@ -46,7 +46,7 @@ def test_round_trip_any_text(text: str) -> None:
     assert tok.encode(text, add_special_tokens=False) == ids[1:]
 
 
-@settings(deadline=None, max_examples=30)
+@settings(deadline=None, max_examples=max(10, settings.default.max_examples // 3))
 @given(st.lists(TEXT, max_size=8))
 def test_encode_batch_equals_encode(texts: list[str]) -> None:
     tok = trained()

@@ -133,7 +133,9 @@ def test_malicious_trainer_state_is_refused_not_run(tmp_path: Path) -> None:
     _Evil.marker = marker
     with open(tmp_path / "last" / "trainer_state.pt", "wb") as f:
         pickle.dump({"step": 1, "x": _Evil()}, f, protocol=2)
-    with pytest.raises(CheckpointError, match=r"not a valid trainer state \(it asks to import posix.system\)"):
+    with pytest.raises(
+        CheckpointError, match=r"not a valid trainer state \(it asks to import posix.system\)"
+    ):
         ckpt.load_trainer_state(tmp_path / "last")
     assert not marker.exists()
     (tmp_path / "last" / "trainer_state.pt").write_bytes(b"\x00garbage")

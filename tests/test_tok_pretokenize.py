@@ -21,6 +21,8 @@ from tiktoken_ext import openai_public
 import gptrs_tok
 from gptrs_tok import GPT2_PATTERN, GPT4_PATTERN, pretokenize
 
+# Scales with the active Hypothesis profile (a `slow` profile with more examples runs these longer).
+EXAMPLES = settings.default.max_examples
 PATTERNS = {"gpt4": GPT4_PATTERN, "gpt2": GPT2_PATTERN}
 COMPILED = {name: regex.compile(p) for name, p in PATTERNS.items()}
 
@@ -51,19 +53,19 @@ def test_patterns_are_tiktokens(monkeypatch: pytest.MonkeyPatch) -> None:
         assert pretokenize("it's 42 ok", pattern) == pretokenize("it's 42 ok", name)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=5 * EXAMPLES, deadline=None)
 @given(st.text(ASSIGNED))
 def test_pieces_equal_regex_on_any_text(text: str) -> None:
     check(text)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=5 * EXAMPLES, deadline=None)
 @given(st.text(TRICKY, max_size=60))
 def test_pieces_equal_regex_on_tricky_text(text: str) -> None:
     check(text)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=2 * EXAMPLES, deadline=None)
 @given(
     st.lists(
         st.one_of(

@@ -92,7 +92,10 @@ def run_main(body: Callable[[], int | None], *, prog: str, log_level: str = "INF
     try:
         return int(body() or 0)
     except KeyboardInterrupt as e:
-        return fail(e if str(e) else KeyboardInterrupt("interrupted"), EXIT_SIGINT, "interrupted")
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(f"{prog}: interrupted{': ' + one_line(e) if str(e) else ''}\n")
+        return EXIT_SIGINT
     except torch.OutOfMemoryError as e:
         return fail(e, 1, "out of memory (lower training.batch_size or model size)")
     except (GptrsError, ValueError, OSError, UnicodeError) as e:

@@ -8,7 +8,9 @@
 //! Fast paths, and why: most pieces are whole tokens (one hash lookup on a packed integer key, see
 //! `packed`); frequent short non-token pieces hit a per-call cache; short pieces use tiktoken's simple
 //! O(n^2) scan (fastest for small n); long pieces (a 10 MB run of letters) use a heap so the worst
-//! case stays O(n log n).
+//! case stays O(n log n) (see `long`).
+
+mod long;
 
 use crate::packed::{pack, pack_at, PACK_MAX};
 use crate::pretok::Pretokenizer;
@@ -16,11 +18,12 @@ use crate::vocab::Vocab;
 use crate::{invalid, Error, Result};
 use ahash::AHashMap;
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 
 const NO_RANK: u32 = u32::MAX;
-/// Pieces longer than this use the heap merge.
+/// Pieces longer than this use the heap merge (`long`).
 const SCAN_MAX_LEN: usize = 128;
+/// Pieces longer than this use the bucket merge (`long`), whose fixed cost is one bucket per rank.
+const BUCKETS_MIN_LEN: usize = 1 << 16;
 /// At most this many short non-token pieces are cached per call.
 const CACHE_MAX_ENTRIES: usize = 1 << 16;
 
@@ -38,6 +41,8 @@ pub struct Specials {
 }
 
 pub struct Encoder {
+    /// Number of ranked tokens (bytes + merges).
+    n_ranked: usize,
     pair_rank: AHashMap<u64, u32>,
     /// Ranked tokens of at most `PACK_MAX` bytes, by packed bytes.
     short_id: AHashMap<u128, u32>,
@@ -72,16 +77,22 @@ impl Encoder {
                 long_id.insert(Box::<[u8]>::from(t), id);
             }
         }
+        // Token lengths that exist: a long token can only split where its prefix has one of them,
+        // which keeps this linear in the vocabulary's bytes even for very long tokens.
+        let mut lengths: Vec<usize> = by_bytes.keys().map(|t| t.len()).collect();
+        lengths.sort_unstable();
+        lengths.dedup();
         let mut pair_rank = AHashMap::with_capacity(2 * n);
         for id in 256..n as u32 {
             let t = vocab.token_bytes(id).unwrap_or_default();
-            for cut in 1..t.len() {
+            for &cut in lengths.iter().take_while(|&&l| l < t.len()) {
                 if let (Some(&l), Some(&r)) = (by_bytes.get(&t[..cut]), by_bytes.get(&t[cut..])) {
                     pair_rank.insert(key(l, r), id);
                 }
             }
         }
         Encoder {
+            n_ranked: n,
             pair_rank,
             short_id,
             long_id,
@@ -130,8 +141,10 @@ impl Encoder {
                 out.push(id);
             } else if piece.len() <= SCAN_MAX_LEN {
                 self.merge_scan(piece, out, st);
-            } else {
+            } else if piece.len() < BUCKETS_MIN_LEN {
                 self.merge_heap(piece, out);
+            } else {
+                self.merge_buckets(piece, out);
             }
             return;
         }
@@ -181,72 +194,6 @@ impl Encoder {
             }
         }
         out.extend_from_slice(parts);
-    }
-
-    /// Same result as `merge_scan` in O(n log n): a min-heap of `rank << 32 | position` (lowest rank,
-    /// then leftmost, as tiktoken) over a linked list of parts. `cur[i]` is the rank of the pair
-    /// starting at part i; a heap entry is stale unless it still equals it. That check is exact
-    /// because a pair only changes by growing (a part merges), so it then spells other bytes and has
-    /// another rank. Compact u32 arrays and u64 heap entries keep a 10 MB piece cache-friendly.
-    fn merge_heap(&self, piece: &[u8], out: &mut Vec<u32>) {
-        const NONE: u32 = u32::MAX;
-        // Positions are u32; a single piece of 2 GiB or more is encoded in 2 GiB slices.
-        if piece.len() >= 1 << 31 {
-            piece.chunks(1 << 31).for_each(|c| self.merge_heap(c, out));
-            return;
-        }
-        let n = piece.len();
-        let mut ids: Vec<u32> = piece.iter().map(|&b| b as u32).collect();
-        let mut next: Vec<u32> = (1..=n as u32).collect();
-        let mut prev: Vec<u32> = (0..n as u32).map(|i| i.wrapping_sub(1)).collect();
-        let mut cur: Vec<u32> = (0..n)
-            .map(|i| {
-                if i + 1 < n {
-                    self.rank(ids[i], ids[i + 1])
-                } else {
-                    NO_RANK
-                }
-            })
-            .collect();
-        let entry = |r: u32, i: usize| Reverse(((r as u64) << 32) | i as u64);
-        let mut heap: BinaryHeap<Reverse<u64>> = cur
-            .iter()
-            .enumerate()
-            .filter(|(_, &r)| r != NO_RANK)
-            .map(|(i, &r)| entry(r, i))
-            .collect();
-        while let Some(Reverse(e)) = heap.pop() {
-            let (r, i) = ((e >> 32) as u32, e as u32 as usize);
-            if cur[i] != r {
-                continue;
-            }
-            let j = next[i] as usize;
-            ids[i] = r;
-            cur[j] = NO_RANK; // part j is gone
-            next[i] = next[j];
-            let k = next[i] as usize;
-            cur[i] = NO_RANK;
-            if k < n {
-                prev[k] = i as u32;
-                cur[i] = self.rank(r, ids[k]);
-                if cur[i] != NO_RANK {
-                    heap.push(entry(cur[i], i));
-                }
-            }
-            let p = prev[i];
-            if p != NONE {
-                let p = p as usize;
-                cur[p] = self.rank(ids[p], r);
-                if cur[p] != NO_RANK {
-                    heap.push(entry(cur[p], p));
-                }
-            }
-        }
-        let mut i = 0;
-        while i < n {
-            out.push(ids[i]);
-            i = next[i] as usize;
-        }
     }
 
     /// tiktoken's `encode`: error on a disallowed special in the text; allowed specials become their id;

@@ -10,6 +10,7 @@
 //! newest id and are pushed when created), so a popped entry whose count is stale is just re-pushed.
 
 use crate::count::PieceCounts;
+use crate::vocab::MAX_TOKEN_BYTES;
 use crate::{invalid, Error, Progress, Result};
 use ahash::{AHashMap, AHashSet};
 use rayon::prelude::*;
@@ -161,6 +162,7 @@ pub fn train(
     let mut tokens: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
     let mut known: AHashSet<Vec<u8>> = tokens.iter().cloned().collect();
     let mut banned: AHashSet<u64> = AHashSet::new();
+    let mut total_bytes = 256;
 
     let mut merges: Vec<(u32, u32)> = Vec::with_capacity(n_merges);
     let report_every = (n_merges / 100).max(1);
@@ -186,11 +188,14 @@ pub fn train(
         let (a, b) = ((k >> 32) as u32, k as u32);
         // Two different pairs can in theory spell the same bytes; a second token with the same bytes
         // would make the rank table ambiguous, so such a pair is never merged.
+        // Likewise a merge that would push the vocabulary past `MAX_TOKEN_BYTES` (only a corpus of
+        // huge repeated runs gets there) is skipped, so training never makes an unloadable file.
         let bytes = [tokens[a as usize].as_slice(), tokens[b as usize].as_slice()].concat();
-        if !known.insert(bytes.clone()) {
+        if total_bytes + bytes.len() > MAX_TOKEN_BYTES || !known.insert(bytes.clone()) {
             banned.insert(k);
             continue;
         }
+        total_bytes += bytes.len();
         tokens.push(bytes);
         let new_id = 256 + merges.len() as u32;
         merges.push((a, b));
@@ -313,10 +318,7 @@ mod tests {
     use super::*;
 
     fn counts(items: &[(&str, u64)]) -> PieceCounts {
-        items
-            .iter()
-            .map(|(s, n)| (s.as_bytes(), *n))
-            .collect()
+        items.iter().map(|(s, n)| (s.as_bytes(), *n)).collect()
     }
 
     fn opts(vocab_size: usize) -> TrainOptions {

@@ -17,6 +17,9 @@ pub const VERSION: u64 = 1;
 /// A real vocabulary file is a few MB; refusing anything larger before reading it keeps a wrong path
 /// (a dataset, a disk image) from being pulled into memory.
 pub const MAX_FILE_BYTES: u64 = 256 << 20;
+/// Cap on the bytes of all tokens together (a real vocabulary spells a few MB). Each merge can double
+/// a token's length, so without it a small file of merges could ask for terabytes.
+pub const MAX_TOKEN_BYTES: usize = 64 << 20;
 
 pub struct Vocab {
     merges: Vec<(u32, u32)>,
@@ -56,6 +59,13 @@ impl Vocab {
                 (offsets[a as usize], offsets[a as usize + 1]),
                 (offsets[b as usize], offsets[b as usize + 1]),
             );
+            if start + (la.1 - la.0) + (lb.1 - lb.0) > MAX_TOKEN_BYTES {
+                return invalid(format!(
+                    "merge {k} ({a}, {b}) makes the tokens spell more than {} MiB in all; \
+                     no real vocabulary is that large",
+                    MAX_TOKEN_BYTES >> 20
+                ));
+            }
             bytes.extend_from_within(la.0..la.1);
             bytes.extend_from_within(lb.0..lb.1);
             let token = bytes[start..].to_vec();
@@ -230,6 +240,14 @@ mod tests {
         assert!(Vocab::new(vec![(97, 98), (256, 99), (98, 99), (97, 258)], vec![]).is_err()); // same bytes
         assert!(Vocab::new(vec![], vec!["x".into(), "x".into()]).is_err());
         assert!(Vocab::new(vec![], vec![String::new()]).is_err());
+        let doubling: Vec<(u32, u32)> = (0..40)
+            .map(|k| if k == 0 { (97, 97) } else { (255 + k, 255 + k) })
+            .collect();
+        assert!(Vocab::new(doubling, vec![])
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("MiB"));
     }
 
     #[test]

@@ -1,0 +1,108 @@
+"""The benchmark suite: ``python -m benches [tokenizer|data|train|generate|reliability|all] [--quick]``.
+
+Each suite is a module with ``run(quick: bool) -> dict``; this entry point runs it, prints its table
+(the module's ``print_table(results)`` when it has one) and writes ``benches/results/<suite>.json`` with the
+machine, versions and git commit (``<suite>_quick.json`` for ``--quick``). ``train`` and ``generate`` also
+draw ``<suite>.png``. ``all`` runs every suite in its own process (so one suite's threads, compiled
+graphs and memory never colour the next) and carries on past a suite that fails or is not there yet.
+
+``--quick`` uses tiny shapes and one or two timed steps: it only checks that every suite runs (the whole
+``all --quick`` stays under 3 minutes on 2 cores). The full run is what the README's tables quote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import subprocess
+import sys
+import time
+import traceback
+from typing import Any
+
+from benches import common
+
+SUITES = {
+    "tokenizer": "benches.bench_tokenizer",
+    "data": "benches.bench_data",
+    "train": "benches.bench_train",
+    "generate": "benches.bench_generate",
+    "reliability": "benches.reliability",
+}
+MISSING = 3  # exit status of a suite whose module is not in this checkout
+
+
+def _import(suite: str) -> Any | None:
+    name = SUITES[suite]
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name == name:  # the suite itself is absent (a missing dependency of it is a real failure)
+            return None
+        raise
+
+
+def run_suite(suite: str, quick: bool, threads: int | None) -> int:
+    """Run one suite in this process; 0 ok, 1 failed, MISSING when its module does not exist."""
+    module = _import(suite)
+    if module is None:
+        print(f"[{suite}] skipped: {SUITES[suite]} is not in this checkout")
+        return MISSING
+    print(f"=== {suite}{' (quick)' if quick else ''}", flush=True)
+    t0 = time.perf_counter()
+    with common.torch_threads(threads):
+        results = module.run(quick)
+    results["seconds"] = round(time.perf_counter() - t0, 1)
+    path = common.write_results(suite, results, quick)
+    printer = getattr(module, "print_table", None)
+    if printer is None and suite == "tokenizer":
+        printer = getattr(module, "_print", None)  # the tokenizer suite's own table
+    if printer is not None:
+        results["json"] = str(path)
+        printer(results)
+    else:
+        common.print_generic(results)
+    print(f"[{suite}] {results['seconds']} s, results: {path}", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benches", description=__doc__.splitlines()[0])
+    parser.add_argument("suite", nargs="?", default="all", choices=[*SUITES, "all"])
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, 1-2 timed steps: checks each suite runs")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help=f"torch intra-op threads (default: physical cores, {common.physical_cores()} here)",
+    )
+    args = parser.parse_args(argv)
+    threads = args.threads or common.physical_cores()
+    if args.suite != "all":
+        try:
+            status = run_suite(args.suite, args.quick, threads)
+        except Exception:
+            traceback.print_exc()
+            return 1
+        if status == MISSING:
+            print(f"error: suite {args.suite!r} is not available in this checkout", file=sys.stderr)
+            return 2
+        return status
+
+    summary: dict[str, str] = {}
+    t0 = time.perf_counter()
+    for suite in SUITES:
+        cmd = [sys.executable, "-m", "benches", suite, "--threads", str(threads)] + (["--quick"] if args.quick else [])
+        t = time.perf_counter()
+        rc = subprocess.run(cmd, cwd=common.REPO, env=os.environ.copy()).returncode
+        took = f"{time.perf_counter() - t:.0f} s"
+        summary[suite] = {0: f"ok ({took})", 2: "not in this checkout"}.get(rc, f"FAILED (exit {rc}, {took})")
+    print(f"\n=== summary ({time.perf_counter() - t0:.0f} s)")
+    for suite, state in summary.items():
+        print(f"{suite:<12} {state}")
+    return 1 if any(s.startswith("FAILED") for s in summary.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""The benchmark suite runs end to end: ``python -m benches all --quick`` exits 0 and every suite present in
+the checkout writes its JSON (with the machine it ran on); the train and generate suites' figures are sane.
+
+No timing is asserted here (timing goals live in ``benches/``); the quick run only proves each suite works.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benches.__main__ import SUITES  # noqa: E402
+
+
+def _present(suite: str) -> bool:
+    return (REPO / (SUITES[suite].replace(".", "/") + ".py")).is_file()
+
+
+def _positive(x: object) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_all_quick_writes_every_suite(tmp_path: Path) -> None:
+    env = {**os.environ, "GPTRS_BENCH_RESULTS_DIR": str(tmp_path), "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benches", "all", "--quick"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,  # a hang guard, not a timing goal
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    summary = proc.stdout[proc.stdout.rindex("=== summary") :]
+    for suite in SUITES:
+        path = tmp_path / f"{suite}_quick.json"
+        if not _present(suite):
+            assert f"{suite:<12} not in this checkout" in summary
+            assert not path.exists()
+            continue
+        assert f"{suite:<12} ok" in summary, summary
+        data = json.loads(path.read_text())
+        assert data["suite"] == suite and data["quick"] is True
+        machine = data["machine"]
+        assert machine["torch"] and machine["logical_cpus"] >= 1 and machine["cpu"]
+
+    train = json.loads((tmp_path / "train_quick.json").read_text())
+    for shape in train["shapes"]:
+        assert {"hf_eager", shape["ours"]} <= set(shape["contenders"])
+        for c in shape["contenders"].values():
+            assert _positive(c["tokens_per_s"]) and _positive(c["mfu"]) and c["steps_timed"] >= 1
+        assert _positive(shape["speedup_vs_peer"])
+    assert (tmp_path / "train_quick.png").stat().st_size > 0
+
+    gen = json.loads((tmp_path / "generate_quick.json").read_text())
+    for shape in gen["shapes"]:
+        assert shape["cache_equals_recompute"] is True
+        for d in shape["dtypes"].values():
+            assert _positive(d["ours"]["new_tokens_per_s"]) and _positive(d["hf"]["new_tokens_per_s"])
+        assert _positive(shape["perplexity"]["fp32"]) and _positive(shape["perplexity"]["int8"])
+    assert (tmp_path / "generate_quick.png").stat().st_size > 0
+
+
+def test_missing_suite_is_reported_not_a_crash(monkeypatch, capsys, tmp_path: Path) -> None:
+    """A suite whose module is absent: asked for alone it is a one-line error (exit 2), not a traceback."""
+    import benches.__main__ as entry
+
+    monkeypatch.setenv("GPTRS_BENCH_RESULTS_DIR", str(tmp_path))
+    monkeypatch.setitem(entry.SUITES, "ghost", "benches.no_such_suite")
+    assert entry.main(["ghost", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "'ghost' is not available" in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())
