@@ -141,7 +141,7 @@ def test_decoding() -> None:
     assert tok.decode([0xC3]) == "\ufffd"  # half a character: replaced, never raises
     assert tok.decode_bytes([0xC3]) == b"\xc3"
     assert tok.token_bytes(104) == b"h"
-    for bad in (-1, tok.n_vocab, 2**40):
+    for bad in (-1, tok.n_vocab, 2**40, 2**70):
         with pytest.raises(ValueError, match="out of range"):
             tok.decode([bad])
         with pytest.raises(ValueError, match="out of range"):

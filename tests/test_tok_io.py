@@ -80,6 +80,10 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], object], str]] = {
     ),
     "special ids with a gap": (_edit(lambda d: d["special_tokens"].update({"<|pad|>": 5000})), "special ids"),
     "bad pattern": (_edit(lambda d: d.update(pattern="(oops")), "pattern"),
+    "token length doubling": (
+        _edit(lambda d: d.update(merges=[[97, 97]] + [[255 + k, 255 + k] for k in range(1, 42)])),
+        "MiB",
+    ),
 }
 
 

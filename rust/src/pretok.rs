@@ -178,6 +178,8 @@ impl Tables {
 
         let mut ascii = [0u8; 128];
         ascii.copy_from_slice(&flat[..128]);
+        // `letters_end` classifies ASCII letters arithmetically; that is only right if these agree.
+        assert!((0..128u8).all(|b| (ascii[b as usize] & L != 0) == b.is_ascii_alphabetic()));
         let mut index = Vec::with_capacity(flat.len() / 256);
         let mut blocks: Vec<u8> = Vec::new();
         let mut seen: ahash::AHashMap<&[u8], u16> = ahash::AHashMap::new();

@@ -10,10 +10,11 @@ use crate::encode::{SpecialSet, Specials};
 use crate::{pretok, Error, Pretokenizer, Tokenizer, TrainOptions, Vocab};
 use numpy::PyReadonlyArray1;
 use pyo3::exceptions::{
-    PyFileNotFoundError, PyKeyboardInterrupt, PyOSError, PyPermissionError, PyTypeError,
-    PyValueError,
+    PyFileNotFoundError, PyKeyboardInterrupt, PyOSError, PyOverflowError, PyPermissionError,
+    PyTypeError, PyValueError,
 };
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyType};
 use std::borrow::Cow;
 use std::path::PathBuf;
@@ -95,19 +96,14 @@ fn specials_of(
 
 /// Token ids from a list/tuple/any int sequence, with a fast path for 1-D numpy integer arrays.
 fn ids_of(obj: &Bound<'_, PyAny>, n_vocab: usize) -> PyResult<Vec<u32>> {
-    let check = |id: i64| -> PyResult<u32> {
-        if id < 0 || id as u64 >= n_vocab as u64 {
-            Err(PyValueError::new_err(format!(
-                "token id {id} is out of range (n_vocab = {n_vocab})"
-            )))
-        } else {
-            Ok(id as u32)
-        }
-    };
     macro_rules! try_numpy {
         ($t:ty) => {
             if let Ok(arr) = obj.extract::<PyReadonlyArray1<$t>>() {
-                return arr.as_array().iter().map(|&v| check(v as i64)).collect();
+                return arr
+                    .as_array()
+                    .iter()
+                    .map(|&v| checked_id(v as i128, n_vocab))
+                    .collect();
             }
         };
     }
@@ -115,13 +111,38 @@ fn ids_of(obj: &Bound<'_, PyAny>, n_vocab: usize) -> PyResult<Vec<u32>> {
     try_numpy!(u32);
     try_numpy!(i32);
     try_numpy!(i64);
+    try_numpy!(u64);
     if obj.is_instance_of::<PyString>() {
         return Err(PyTypeError::new_err(
             "ids must be a sequence of int, not str",
         ));
     }
-    let ids: Vec<i64> = obj.extract()?;
-    ids.into_iter().map(check).collect()
+    obj.try_iter()?.map(|item| id_of(&item?, n_vocab)).collect()
+}
+
+fn checked_id(id: i128, n_vocab: usize) -> PyResult<u32> {
+    if id < 0 || id >= n_vocab as i128 {
+        Err(out_of_range(id, n_vocab))
+    } else {
+        Ok(id as u32)
+    }
+}
+
+fn out_of_range(id: impl std::fmt::Display, n_vocab: usize) -> PyErr {
+    PyValueError::new_err(format!(
+        "token id {id} is out of range (n_vocab = {n_vocab})"
+    ))
+}
+
+/// One id from any Python int (an int too big for i64 is just out of range).
+fn id_of(item: &Bound<'_, PyAny>, n_vocab: usize) -> PyResult<u32> {
+    match item.extract::<i64>() {
+        Ok(v) => checked_id(v as i128, n_vocab),
+        Err(e) if e.is_instance_of::<PyOverflowError>(item.py()) => {
+            Err(out_of_range(item, n_vocab))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// A progress hook that reattaches to Python every call (~1% of the work): it checks for Ctrl-C and
@@ -155,14 +176,39 @@ fn checked_usize(v: i64, what: &str) -> PyResult<usize> {
 #[pyclass(subclass, name = "Tokenizer", module = "gptrs_tok._core")]
 struct PyTokenizer {
     inner: Arc<Tokenizer>,
+    /// One Python int per token id, made once: returning ids as a list then costs a reference count
+    /// per id instead of allocating an int (which took about as long as encoding itself).
+    ints: PyOnceLock<Vec<Py<PyAny>>>,
 }
 
 impl PyTokenizer {
+    fn wrap(tok: Tokenizer) -> Self {
+        PyTokenizer {
+            inner: Arc::new(tok),
+            ints: PyOnceLock::new(),
+        }
+    }
+
     /// An instance of `cls` (which may be a Python subclass) holding `tok`.
     fn build<'py>(cls: &Bound<'py, PyType>, tok: Tokenizer) -> PyResult<Bound<'py, PyAny>> {
         let obj = cls.call0()?;
-        obj.cast::<PyTokenizer>()?.borrow_mut().inner = Arc::new(tok);
+        *obj.cast::<PyTokenizer>()?.borrow_mut() = PyTokenizer::wrap(tok);
         Ok(obj)
+    }
+
+    fn ints(&self, py: Python<'_>) -> PyResult<&[Py<PyAny>]> {
+        if let Some(ints) = self.ints.get(py) {
+            return Ok(ints);
+        }
+        let ints = (0..self.inner.n_vocab() as u32)
+            .map(|i| Ok(i.into_pyobject(py)?.into_any().unbind()))
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(self.ints.get_or_init(py, || ints))
+    }
+
+    fn list_of<'py>(&self, py: Python<'py>, ids: &[u32]) -> PyResult<Bound<'py, PyList>> {
+        let ints = self.ints(py)?;
+        PyList::new(py, ids.iter().map(|&i| ints[i as usize].bind(py)))
     }
 
     fn train_options(
@@ -185,9 +231,7 @@ impl PyTokenizer {
     #[pyo3(signature = (pattern = "gpt4"))]
     fn new(pattern: &str) -> PyResult<Self> {
         let tok = Tokenizer::new(pattern, Vocab::bytes_only()).map_err(to_py)?;
-        Ok(PyTokenizer {
-            inner: Arc::new(tok),
-        })
+        Ok(PyTokenizer::wrap(tok))
     }
 
     #[classmethod]
@@ -290,7 +334,11 @@ impl PyTokenizer {
         crate::export::save_hf(&path, self.inner.pattern(), self.inner.vocab()).map_err(to_py)
     }
 
-    fn encode_ordinary(&self, py: Python<'_>, text: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
+    fn encode_ordinary<'py>(
+        &self,
+        py: Python<'py>,
+        text: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
         let text = text_of(text, "text")?;
         let tok = &self.inner;
         let r = if text.len() >= DETACH_MIN_BYTES {
@@ -298,17 +346,17 @@ impl PyTokenizer {
         } else {
             tok.encode_ordinary(&text)
         };
-        r.map_err(to_py)
+        self.list_of(py, &r.map_err(to_py)?)
     }
 
     #[pyo3(signature = (text, *, allowed_special = None, disallowed_special = None))]
-    fn encode(
+    fn encode<'py>(
         &self,
-        py: Python<'_>,
-        text: &Bound<'_, PyAny>,
-        allowed_special: Option<&Bound<'_, PyAny>>,
-        disallowed_special: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Vec<u32>> {
+        py: Python<'py>,
+        text: &Bound<'py, PyAny>,
+        allowed_special: Option<&Bound<'py, PyAny>>,
+        disallowed_special: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
         let text = text_of(text, "text")?;
         let specials = specials_of(allowed_special, disallowed_special)?;
         let tok = &self.inner;
@@ -317,7 +365,7 @@ impl PyTokenizer {
         } else {
             tok.encode(&text, &specials)
         };
-        r.map_err(to_py)
+        self.list_of(py, &r.map_err(to_py)?)
     }
 
     /// Encode many texts in parallel (see `batch`); same semantics as `encode`.
@@ -342,7 +390,16 @@ impl PyTokenizer {
             .iter()
             .map(|o| text_of(o, "each text"))
             .collect::<PyResult<_>>()?;
-        batch::encode_batch(py, &self.inner, &strs, &specials, num_threads, as_numpy)
+        let ints = if as_numpy { &[][..] } else { self.ints(py)? };
+        batch::encode_batch(
+            py,
+            &self.inner,
+            ints,
+            &strs,
+            &specials,
+            num_threads,
+            as_numpy,
+        )
     }
 
     /// Text of `ids`; bytes that are not valid UTF-8 become U+FFFD (never raises for valid ids).
@@ -367,19 +424,16 @@ impl PyTokenizer {
         batch.try_iter()?.map(|ids| self.decode(&ids?)).collect()
     }
 
-    fn token_bytes<'py>(&self, py: Python<'py>, id: i64) -> PyResult<Bound<'py, PyBytes>> {
-        let ids = [id];
-        let bytes = u32::try_from(id)
-            .ok()
-            .and_then(|i| self.inner.vocab().token_bytes(i));
-        match bytes {
-            Some(b) => Ok(PyBytes::new(py, b)),
-            None => Err(PyValueError::new_err(format!(
-                "token id {} is out of range (n_vocab = {})",
-                ids[0],
-                self.inner.n_vocab()
-            ))),
-        }
+    fn token_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        id: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let id = id_of(id, self.inner.n_vocab())?;
+        Ok(PyBytes::new(
+            py,
+            self.inner.vocab().token_bytes(id).unwrap_or_default(),
+        ))
     }
 
     /// The merges in order: merge k (a pair of ids) made token 256 + k.

@@ -65,17 +65,30 @@ def step_name(step: int) -> str:
 
 
 def _fsync_path(path: Path) -> None:
-    """fsync a file or a directory (directories cannot be opened on Windows; skip there)."""
+    """fsync a file or a directory. A file whose data cannot be flushed is an error (a full disk may only show
+    up here, with delayed allocation); a directory that cannot be opened or synced (Windows, some file
+    systems) is skipped, as that only costs durability of the rename, never a torn file."""
+    is_dir = path.is_dir()
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
-        return
+        if is_dir:
+            return
+        raise
     try:
         os.fsync(fd)
     except OSError:
-        pass
+        if not is_dir:
+            raise
     finally:
         os.close(fd)
+
+
+def _write_error(e: OSError, target: Path) -> OSError:
+    """``e`` as one line naming the checkpoint (an fsync or a library's write may name no file at all)."""
+    where = f" ({e.filename})" if e.filename else ""
+    msg = f"cannot write checkpoint {target}: {e.strerror or e}{where}; the earlier checkpoints are intact"
+    return OSError(e.errno, msg) if e.errno is not None else OSError(msg)
 
 
 def _save_model(model: nn.Module, directory: Path) -> None:
@@ -125,6 +138,9 @@ def save_checkpoint(
             fh.flush()
             os.fsync(fh.fileno())
         _fsync_path(tmp)
+    except OSError as e:  # disk full, quota, I/O error: nothing of this checkpoint stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(e, target) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

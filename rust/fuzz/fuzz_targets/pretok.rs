@@ -27,8 +27,8 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let text: &str = &text;
     for (p, re) in reference() {
-        let ours = p.pieces(&text).unwrap();
-        let theirs: Vec<&str> = re.find_iter(&text).map(|m| m.unwrap().as_str()).collect();
+        let ours = p.pieces(text).unwrap();
+        let theirs: Vec<&str> = re.find_iter(text).map(|m| m.unwrap().as_str()).collect();
         assert_eq!(ours, theirs, "{:?} on {:?}", p.name(), text);
         assert_eq!(ours.concat(), text);
     }

@@ -16,14 +16,16 @@ use std::borrow::Cow;
 use std::sync::mpsc::{channel, TryRecvError};
 use std::sync::Mutex;
 
+/// A list (of the shared per-id ints `ints`) or a numpy array of the smallest dtype that fits.
 fn to_python<'py>(
     py: Python<'py>,
     ids: Vec<u32>,
+    ints: &[Py<PyAny>],
     as_numpy: bool,
     n_vocab: usize,
 ) -> PyResult<Bound<'py, PyAny>> {
     Ok(match (as_numpy, n_vocab <= 1 << 16) {
-        (false, _) => ids.into_pyobject(py)?.into_any(),
+        (false, _) => PyList::new(py, ids.iter().map(|&i| ints[i as usize].bind(py)))?.into_any(),
         (true, true) => {
             PyArray1::from_vec(py, ids.into_iter().map(|i| i as u16).collect()).into_any()
         }
@@ -34,6 +36,7 @@ fn to_python<'py>(
 pub(super) fn encode_batch<'py>(
     py: Python<'py>,
     tok: &Tokenizer,
+    ints: &[Py<PyAny>],
     texts: &[Cow<str>],
     specials: &Specials,
     num_threads: Option<usize>,
@@ -51,7 +54,7 @@ pub(super) fn encode_batch<'py>(
         let items = encoded
             .map_err(super::to_py)?
             .into_iter()
-            .map(|ids| to_python(py, ids, as_numpy, n_vocab))
+            .map(|ids| to_python(py, ids, ints, as_numpy, n_vocab))
             .collect::<PyResult<Vec<_>>>()?;
         return PyList::new(py, items);
     }
@@ -97,7 +100,7 @@ pub(super) fn encode_batch<'py>(
             let Some((i, result)) = next else { break };
             match result {
                 Ok(ids) if py_error.is_none() && failed.is_none() => {
-                    match to_python(py, ids, as_numpy, n_vocab) {
+                    match to_python(py, ids, ints, as_numpy, n_vocab) {
                         Ok(obj) => slots[i] = Some(obj),
                         Err(e) => py_error = Some(e),
                     }
