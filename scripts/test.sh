@@ -7,6 +7,6 @@ export PATH="$PWD/.venv/bin:$PATH"
 echo "== cargo fmt --check"; cargo fmt --all -- --check
 echo "== cargo clippy"; cargo clippy --all-targets --features python -- -D warnings
 echo "== cargo test"; cargo test --release
-echo "== ruff"; ruff check python tests benches && ruff format --check python tests benches
+echo "== ruff"; ruff check python tests benches; ruff format --check python tests benches
 echo "== mypy"; mypy
 echo "== pytest"; python -m pytest -m "not slow" -q -p no:cacheprovider "$@"

@@ -741,3 +741,9 @@ def test_presets_state_their_counts() -> None:
         first = (CONFIGS / f"{name}.yaml").read_text(encoding="utf-8").splitlines()[0]
         n = count_parameters(load_config(CONFIGS / f"{name}.yaml"))
         assert first.startswith(f"# {name}: {n:,} parameters"), first
+
+
+def test_defaults_are_the_small_preset() -> None:
+    """An installed wheel has no configs/ folder: `python -m gptrs.train` then falls back to Config()."""
+    small = load_config(Path(__file__).resolve().parents[1] / "configs" / "small.yaml")
+    assert config_to_dict(Config()) == config_to_dict(small)

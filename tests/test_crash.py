@@ -10,6 +10,7 @@ while writing a checkpoint or the token cache (earlier files intact, status 2 an
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -61,7 +62,10 @@ def test_check_run_dir_catches_a_bad_checkpoint(tmp_path: Path, reference: rel.R
     victim = run_dir / "checkpoints" / "step_000004"
     tensors = load_file(str(victim / "model.safetensors"))
     tensors["transformer.wpe.weight"][0, 0] += 1e-6
-    save_file(tensors, str(victim / "model.safetensors"))
+    save_file(tensors, str(victim / "model.safetensors"), metadata={"format": "pt"})
+    record = json.loads((victim / "COMPLETE").read_text())
+    record["files"] = {n: (victim / n).stat().st_size for n in record["files"]}  # looks complete again
+    (victim / "COMPLETE").write_text(json.dumps(record))
     check = rel.check_run_dir(run_dir, reference)
     assert (
         len(check.corrupt) == 1 and "step_000004" in check.corrupt[0] and "weights differ" in check.corrupt[0]

@@ -70,7 +70,6 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], object], str]] = {
     "other format": (_edit(lambda d: d.update(format="tiktoken")), "not a gptrs_tok tokenizer file"),
     "future version": (_edit(lambda d: d.update(version=2)), "unsupported version 2"),
     "missing merges": (_edit(lambda d: d.pop("merges")), "merges"),
-    "unknown field": (_edit(lambda d: d.update(extra=1)), "extra"),
     "merge uses later id": (_edit(lambda d: d["merges"].__setitem__(0, [300, 1])), "not defined before"),
     "negative id": (_edit(lambda d: d["merges"].__setitem__(0, [-1, 1])), "invalid value"),
     "duplicate merge": (_edit(lambda d: d["merges"].append(d["merges"][0])), "repeats merge 0"),
@@ -96,6 +95,13 @@ def test_bad_files_raise_value_error_naming_the_file(tmp_path: Path, name: str) 
     with pytest.raises(ValueError, match=message) as err:
         Tokenizer.load(path)
     assert "my-tokenizer.json" in str(err.value)
+
+
+def test_extra_top_level_keys_are_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "tok.json"
+    trained().save(path)
+    _edit(lambda d: d.update(roles={"eos": "<|eot|>"}))(path)
+    assert Tokenizer.load(path).merges() == trained().merges()
 
 
 def test_huge_file_is_refused_before_reading(tmp_path: Path) -> None:

@@ -77,7 +77,7 @@ class DataConfig:
         choices=("random", "epochs"),
     )
     max_eval_tokens: int = _f(
-        262144, "cap on validation tokens covered by the fixed evaluation windows", ge=1
+        131072, "cap on validation tokens covered by the fixed evaluation windows", ge=1
     )
     cache_dir: str | None = _f(None, "token cache directory (null: <run dir>/data)")
 
@@ -98,7 +98,7 @@ class TokenizerConfig:
 class ModelConfig:
     embed_dim: int = _f(128, "width of the residual stream (d_model)", ge=1)
     ff_dim: int = _f(512, "hidden width of the feed-forward layer (usually 4 * embed_dim)", ge=1)
-    num_layers: int = _f(4, "number of transformer blocks", ge=1)
+    num_layers: int = _f(5, "number of transformer blocks", ge=1)
     heads: int = _f(4, "attention heads; must divide embed_dim", ge=1)
     max_seq_len: int = _f(256, "context length (block size) in tokens", ge=1)
     dropout: float = _f(0.0, "dropout probability in [0, 1)", ge=0, lt=1)

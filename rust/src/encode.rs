@@ -7,8 +7,8 @@
 //!
 //! Fast paths, and why: most pieces are whole tokens (one hash lookup on a packed integer key, see
 //! `packed`); frequent short non-token pieces hit a per-call cache; short pieces use tiktoken's simple
-//! O(n^2) scan (fastest for small n); long pieces (a 10 MB run of letters) use a heap so the worst
-//! case stays O(n log n) (see `long`).
+//! O(n^2) scan (fastest for small n); long pieces use a heap, and very long ones (a 10 MB run of
+//! letters) a bucket queue, so the worst case stays linear in practice (see `long`).
 
 mod long;
 

@@ -1,8 +1,9 @@
 //! The vocabulary (merges, special tokens, every token's bytes) and its JSON file format.
 //!
 //! File: `{"format": "gptrs_tok", "version": 1, "pattern": str, "merges": [[left, right], ...],
-//! "special_tokens": {str: id}}`. Loading validates everything, so a bad file fails here with a message
-//! naming it, never later inside encode.
+//! "special_tokens": {str: id}}`; other keys are ignored (room for a wrapper's own data). Loading
+//! validates everything, so a bad file fails here with a message naming it, never later inside
+//! encode.
 
 use crate::{invalid, Error, Result};
 use ahash::AHashMap;
@@ -127,8 +128,9 @@ impl Vocab {
     }
 }
 
+/// Other top-level keys are ignored, so a wrapper can keep its own data in the same file (the
+/// `gptrs.BPETokenizer` stores special-token roles under "roles").
 #[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct VocabFile {
     format: String,
     version: u64,

@@ -103,11 +103,11 @@ impl Encoder {
         parts.emit(out);
     }
 
-    /// O(n + n_vocab): one bucket of positions per rank, visited from the lowest rank up, each bucket
-    /// in increasing position (leftmost first). Merging a rank-r pair never makes another rank-r pair
-    /// (the new pairs spell longer bytes), so a bucket does not grow while it is being visited; if a
-    /// merge makes a pair of *lower* rank (possible: ranks rank bytes, not pairs), the visit stops and
-    /// resumes at that rank, exactly as tiktoken would pick it next.
+    /// About O(n + n_vocab): one bucket of positions per rank, visited from the lowest rank up, each
+    /// bucket in increasing position (leftmost first). Merging a rank-r pair never makes another
+    /// rank-r pair (the new pairs spell longer bytes), so a bucket does not grow while it is visited;
+    /// if a merge makes a pair of *lower* rank (possible: ranks rank bytes, not pairs), the visit
+    /// stops and resumes at that rank, exactly as tiktoken would pick it next.
     pub(super) fn merge_buckets(&self, piece: &[u8], out: &mut Vec<u32>) {
         if piece.len() >= 1 << 31 {
             piece
