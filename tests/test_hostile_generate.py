@@ -17,16 +17,9 @@ sys.path.insert(0, str(ROOT))
 
 from benches import hostile_cases as hc  # noqa: E402
 
-KNOWN: dict[str, str] = {}
-
 
 def params(surface: str) -> list:
-    return [
-        pytest.param(
-            c, id=c.name, marks=[pytest.mark.xfail(strict=True, reason=KNOWN[c.id])] if c.id in KNOWN else []
-        )
-        for c in hc.cases_for(surface)
-    ]
+    return [pytest.param(c, id=c.name) for c in hc.cases_for(surface)]
 
 
 @pytest.fixture(scope="module")
