@@ -70,7 +70,9 @@ def run_suite(suite: str, quick: bool, threads: int | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benches", description=__doc__.splitlines()[0])
     parser.add_argument("suite", nargs="?", default="all", choices=[*SUITES, "all"])
-    parser.add_argument("--quick", action="store_true", help="tiny shapes, 1-2 timed steps: checks each suite runs")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny shapes, 1-2 timed steps: checks each suite runs"
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -93,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, str] = {}
     t0 = time.perf_counter()
     for suite in SUITES:
-        cmd = [sys.executable, "-m", "benches", suite, "--threads", str(threads)] + (["--quick"] if args.quick else [])
+        cmd = [sys.executable, "-m", "benches", suite, "--threads", str(threads)] + (
+            ["--quick"] if args.quick else []
+        )
         t = time.perf_counter()
         rc = subprocess.run(cmd, cwd=common.REPO, env=os.environ.copy()).returncode
         took = f"{time.perf_counter() - t:.0f} s"

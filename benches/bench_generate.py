@@ -42,9 +42,9 @@ from torch import nn
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benches import common  # noqa: E402
-from gptrs.config import Config  # noqa: E402
-from gptrs.model import GPT  # noqa: E402
+from benches import common
+from gptrs.config import Config
+from gptrs.model import GPT
 
 GOAL = 2.0
 
@@ -115,8 +115,8 @@ def hf_from_ours(model: GPT) -> nn.Module:
     hf_logging.set_verbosity_error()
     c = model.config
     hf = GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=c.vocab_size,
+        GPT2Config(  # type: ignore[call-arg]
+            vocab_size=c.vocab_size or 0,
             n_positions=c.max_seq_len,
             n_embd=c.embed_dim,
             n_layer=c.num_layers,
@@ -203,7 +203,9 @@ def bench_shape(s: Shape, quick: bool, rounds: int, tmp: str) -> dict[str, Any]:
     hf_tokens = _gen_hf(hf, prompt, new)
     res["cache_equals_recompute"] = bool(torch.equal(ours_tokens, recompute))
     res["tokens_equal_hf"] = bool(torch.equal(ours_tokens, hf_tokens))
-    res["tokens_differing_from_hf"] = int((ours_tokens != hf_tokens).sum()) if ours_tokens.shape == hf_tokens.shape else None
+    res["tokens_differing_from_hf"] = (
+        int((ours_tokens != hf_tokens).sum()) if ours_tokens.shape == hf_tokens.shape else None
+    )
 
     res["dtypes"] = {}
     for dtype_name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -216,7 +218,9 @@ def bench_shape(s: Shape, quick: bool, rounds: int, tmp: str) -> dict[str, Any]:
         for fn in fns.values():
             fn()  # warm-up
         times = common.alternate(fns, rounds)
-        d: dict[str, Any] = {name: {"new_tokens_per_s": new / common.median(ts)} for name, ts in times.items()}
+        d: dict[str, Any] = {
+            name: {"new_tokens_per_s": new / common.median(ts)} for name, ts in times.items()
+        }
         d["speedup_vs_hf"] = common.paired_ratio(times["hf"], times["ours"])
         if "ours_int8" in times:
             d["int8_speedup_vs_fp32"] = common.paired_ratio(times["ours"], times["ours_int8"])
@@ -261,7 +265,9 @@ def run(quick: bool = False, rounds: int | None = None) -> dict[str, Any]:
         for s in QUICK_SHAPES if quick else SHAPES:
             r = bench_shape(s, quick, rounds, tmp)
             out["shapes"].append(r)
-            print(f"[generate] {s.label}: x{r['dtypes']['fp32']['speedup_vs_hf']:.2f} vs HF (fp32)", flush=True)
+            print(
+                f"[generate] {s.label}: x{r['dtypes']['fp32']['speedup_vs_hf']:.2f} vs HF (fp32)", flush=True
+            )
     goals = {}
     if not quick:
         for r in out["shapes"]:
@@ -275,7 +281,8 @@ def run(quick: bool = False, rounds: int | None = None) -> dict[str, Any]:
 
 
 def _chart(out: dict[str, Any], quick: bool) -> Path | None:
-    groups, series = [], {"HF generate": [], "gptrs": [], "gptrs int8": []}
+    groups: list[str] = []
+    series: dict[str, list[float]] = {"HF generate": [], "gptrs": [], "gptrs int8": []}
     for r in out["shapes"]:
         for dt, d in r["dtypes"].items():
             groups.append(f"{r['shape']} {dt}")
@@ -283,7 +290,9 @@ def _chart(out: dict[str, Any], quick: bool) -> Path | None:
             series["gptrs"].append(d["ours"]["new_tokens_per_s"])
             series["gptrs int8"].append(d["ours_int8"]["new_tokens_per_s"] if "ours_int8" in d else math.nan)
     title = f"Greedy decoding, batch 1, new tokens/s, {out['settings']['threads']} threads (higher is better)"
-    return common.bar_chart(common.results_path("generate", quick, ".png"), groups, series, "new tokens/s", title)
+    return common.bar_chart(
+        common.results_path("generate", quick, ".png"), groups, series, "new tokens/s", title
+    )
 
 
 def print_table(out: dict[str, Any]) -> None:

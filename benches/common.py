@@ -214,7 +214,7 @@ def alternate(fns: Mapping[str, Callable[[], Any]], rounds: int) -> dict[str, li
 
 def paired_ratio(slow: Sequence[float], fast: Sequence[float]) -> float:
     """Median over rounds of slow[i] / fast[i]: how many times faster ``fast`` was, round by round."""
-    return median([a / b for a, b in zip(slow, fast) if b > 0])
+    return median([a / b for a, b in zip(slow, fast, strict=False) if b > 0])
 
 
 def matmul_peak_flops(dtype: Any, n: int = 4096, repeats: int = 3) -> float:

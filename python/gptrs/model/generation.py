@@ -172,13 +172,11 @@ def generate_stream(
                 if cache is not None:
                     counts = window_mask.sum(1) if window_mask is not None else torch.full((B,), n - start)
                     next_pos = counts.to(device)
+                logits = model.lm_head(h[:, -1])
             else:
                 assert next_pos is not None
-                h = model.hidden_states(
-                    seq[:, n - 1 : n], None, kv_cache=cache, position_ids=next_pos[:, None]
-                )
+                logits = model.decode_step(seq[:, n - 1], next_pos, cache)
                 next_pos += 1
-            logits = model.lm_head(h[:, -1])
             token = sample_next_token(logits, temperature, top_k, top_p, generator)
             if eos_token_id is not None:
                 if fill_id is not None:

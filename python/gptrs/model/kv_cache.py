@@ -22,8 +22,10 @@ class KVCache:
         self.max_seq_len = max_seq_len
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
+        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []  # per-layer (k, v) views of the buffers
         # key_valid[b, t] is False where position t of row b is left padding.
         self.key_valid: torch.Tensor | None = None
+        self.has_padding = False  # whether any key_valid entry was ever False (else no mask is needed)
         self.pos = 0
 
     def reset(self) -> None:
@@ -40,6 +42,7 @@ class KVCache:
             # Allocated lazily so the buffers take the dtype the layers actually produce (bf16 under autocast).
             self.k = torch.zeros(self.shape, dtype=k.dtype, device=k.device)
             self.v = torch.zeros(self.shape, dtype=v.dtype, device=v.device)
+            self.layers = list(zip(self.k.unbind(0), self.v.unbind(0), strict=True))
         assert self.v is not None
         self.k[layer_idx, :, :, self.pos : end] = k
         self.v[layer_idx, :, :, self.pos : end] = v
@@ -52,6 +55,7 @@ class KVCache:
                 self.shape[1], self.max_seq_len, dtype=torch.bool, device=valid.device
             )
         self.key_valid[:, self.pos : self.pos + valid.size(1)] = valid
+        self.has_padding = self.has_padding or not bool(valid.all())
 
     def advance(self, num_tokens: int) -> None:
         self.pos += num_tokens

@@ -30,8 +30,9 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 def _chunked_loss(
     x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int, with_grad: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Summed cross-entropy over valid rows, and (if with_grad) the *unscaled* gradients of x (in the
-    compute dtype) and of weight (fp32) of the summed loss; the caller divides by the number of valid rows.
+    """Summed cross-entropy over valid rows, and (if with_grad) the *unscaled* gradients of x and of weight
+    of the summed loss, in the compute dtype (as a Linear under autocast makes them); the caller divides by
+    the number of valid rows.
 
     Per chunk, in one reused buffer: logits = x W^T in the compute dtype; p = softmax(logits) in place
     (ATen's kernel does the max/exp/sum in fp32 and writes the compute dtype); loss = -log p[target];
@@ -51,7 +52,7 @@ def _chunked_loss(
     tiny = torch.finfo(torch.float32).tiny
     loss = torch.zeros((), dtype=torch.float32, device=x.device)
     grad_x = torch.empty(N, x.size(1), dtype=dtype, device=x.device) if with_grad else None
-    grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if with_grad else None
+    grad_w = torch.empty(0) if with_grad else None  # compute dtype: the first chunk's product, then the sum
     # Rows per chunk: at most chunk_size, and a logits buffer of at most CHUNK_BYTES, small enough for the
     # allocator to reuse between steps instead of mapping fresh pages (page faults are slow on CPU).
     c = max(1, min(chunk_size, N, CHUNK_BYTES // (V * dtype.itemsize)))
@@ -73,7 +74,10 @@ def _chunked_loss(
                 if not all_valid:
                     p.mul_(valid[start:end, None].to(dtype))
                 torch.mm(p, wc, out=grad_x[start:end])
-                grad_w += p.t() @ xc[start:end]  # accumulated in fp32 across chunks
+                if start == 0:
+                    grad_w = torch.mm(p.t(), xc[start:end])
+                else:  # accumulated inside the GEMM (beta=1): no separate add or fp32 copy per chunk
+                    grad_w.addmm_(p.t(), xc[start:end])
     return loss, grad_x, grad_w
 
 
@@ -99,8 +103,8 @@ class _FusedLMHeadLoss(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor, None, None]:
         grad_x, grad_w, n_valid = ctx.saved_tensors  # type: ignore[attr-defined]
         scale = grad_out.to(torch.float32) / n_valid  # the mean's 1/n, folded into the one pass each needs
-        gx = grad_x.to(ctx.x_dtype) * scale.to(ctx.x_dtype)  # type: ignore[attr-defined]
-        gw = (grad_w * scale).to(ctx.w_dtype)  # type: ignore[attr-defined]
+        gx = grad_x.to(ctx.x_dtype, copy=True).mul_(scale)  # type: ignore[attr-defined]
+        gw = grad_w.to(ctx.w_dtype, copy=True).mul_(scale)  # type: ignore[attr-defined]
         return gx, gw, None, None
 
 

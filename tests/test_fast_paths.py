@@ -1,0 +1,148 @@
+"""The speed paths of the model give the same answers as the plain ones.
+
+- CPU training attention (``block_causal_attention``: blocks of query rows, hand-written backward) equals
+  ``scaled_dot_product_attention(is_causal=True)``, outputs and gradients, and works under torch.compile.
+- The one-token decode step (``GPT.decode_step``) equals the general ``hidden_states`` path with a cache,
+  bit for bit, with and without padding and under bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gptrs.model import GPT
+from gptrs.model.attention import BLOCK_ROWS, block_causal_attention
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _qkv(b: int, h: int, t: int, d: int, dtype: torch.dtype, seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    # Views of one fused projection, as the model passes them (non-contiguous).
+    qkv = torch.randn(b, t, 3, h, d, generator=g).to(dtype)
+    return [qkv[:, :, i].transpose(1, 2).detach().requires_grad_() for i in range(3)]
+
+
+def _grads(fn, q, k, v, go):
+    out = fn(q, k, v)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), go)
+    return out, dq, dk, dv
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    b=st.integers(1, 3),
+    h=st.integers(1, 3),
+    t=st.one_of(st.integers(2, 40), st.integers(BLOCK_ROWS - 2, 2 * BLOCK_ROWS + 3)),
+    d=st.sampled_from([4, 8, 16]),
+    seed=st.integers(0, 10**6),
+)
+def test_block_causal_attention_equals_sdpa(b: int, h: int, t: int, d: int, seed: int) -> None:
+    q, k, v = _qkv(b, h, t, d, torch.float32, seed)
+    go = torch.randn(b, h, t, d, generator=torch.Generator().manual_seed(seed + 1))
+    ours = _grads(block_causal_attention, q, k, v, go)
+    ref = _grads(lambda a, b_, c: F.scaled_dot_product_attention(a, b_, c, is_causal=True), q, k, v, go)
+    for a, r in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, r, atol=2e-5, rtol=1e-4)
+
+
+def test_block_causal_attention_bf16_close_to_fp32() -> None:
+    t = 2 * BLOCK_ROWS + 17  # three row blocks
+    q, k, v = _qkv(2, 3, t, 16, torch.bfloat16, 0)
+    go = torch.randn(2, 3, t, 16).to(torch.bfloat16)
+    ours = _grads(block_causal_attention, q, k, v, go)
+    q32, k32, v32 = (x.detach().float().requires_grad_() for x in (q, k, v))
+    ref = _grads(
+        lambda a, b_, c: F.scaled_dot_product_attention(a, b_, c, is_causal=True), q32, k32, v32, go.float()
+    )
+    for a, r in zip(ours, ref, strict=True):
+        assert a.dtype == torch.bfloat16
+        torch.testing.assert_close(a.float(), r, atol=6e-2, rtol=5e-2)
+
+
+def test_block_causal_attention_rejects_mixed_dtypes() -> None:
+    q, k, v = _qkv(1, 1, 4, 4, torch.float32, 0)
+    with pytest.raises(ValueError, match="share a dtype"):
+        block_causal_attention(q, k.to(torch.bfloat16), v)
+
+
+def _tiny(attention: str = "sdpa", **kw) -> GPT:
+    torch.manual_seed(0)
+    return GPT(97, 32, 64, 2, 4, 40, 0, attention=attention, **kw)
+
+
+def test_training_gradients_sdpa_path_equal_reference_path() -> None:
+    """In training on the CPU the "sdpa" model runs block_causal_attention; its gradients match the
+    explicit-softmax reference model's."""
+    x = torch.randint(1, 97, (3, 40), generator=torch.Generator().manual_seed(3))
+    y = torch.roll(x, -1, 1)
+    grads = []
+    for attention in ("sdpa", "reference"):
+        m = _tiny(attention).train()
+        m(x, y)[1].backward()  # type: ignore[union-attr]
+        grads.append({n: p.grad for n, p in m.named_parameters()})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(g, grads[1][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_training_step_compiles() -> None:
+    """The custom attention op and the (compiler-disabled) fused loss survive torch.compile."""
+    x = torch.randint(1, 97, (2, 40), generator=torch.Generator().manual_seed(4))
+    y = torch.roll(x, -1, 1)
+    eager, compiled = _tiny(), _tiny()
+    runner = torch.compile(compiled)
+    losses = []
+    for call in (eager, runner):
+        with torch.autocast("cpu", torch.bfloat16):
+            loss = call(x, y)[1]
+        loss.backward()
+        losses.append(loss.detach())
+    torch.testing.assert_close(losses[0], losses[1], atol=2e-2, rtol=2e-2)
+    for (n, p1), p2 in zip(eager.named_parameters(), compiled.parameters(), strict=True):
+        assert p2.grad is not None and torch.isfinite(p2.grad).all(), n
+        torch.testing.assert_close(p1.grad, p2.grad, atol=3e-2, rtol=5e-2, msg=n)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("padded", [False, True])
+def test_decode_step_equals_hidden_states(autocast: bool, padded: bool) -> None:
+    m = _tiny().eval()
+    g = torch.Generator().manual_seed(5)
+    prompt = torch.randint(1, 97, (2, 7), generator=g)
+    mask = torch.ones_like(prompt)
+    if padded:
+        mask[1, :3] = 0
+    steps = torch.randint(1, 97, (2, 5), generator=g)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        caches = [m.new_kv_cache(2), m.new_kv_cache(2)]
+        for c in caches:
+            m.hidden_states(prompt, mask, kv_cache=c)
+        pos = mask.sum(1)
+        for i in range(steps.size(1)):
+            tok = steps[:, i]
+            general = m.lm_head(
+                m.hidden_states(tok[:, None], kv_cache=caches[0], position_ids=pos[:, None])[:, -1]
+            )
+            fast = m.decode_step(tok, pos, caches[1])
+            assert torch.equal(general, fast), (i, (general.float() - fast.float()).abs().max())
+            pos = pos + 1
+    assert caches[0].pos == caches[1].pos == 7 + steps.size(1)
+
+
+def test_decode_step_refuses_a_full_cache() -> None:
+    m = _tiny().eval()
+    c = m.new_kv_cache(1)
+    with torch.no_grad():
+        m.hidden_states(torch.ones(1, 40, dtype=torch.long), kv_cache=c)
+        with pytest.raises(ValueError, match="KV cache is full"):
+            m.decode_step(torch.ones(1, dtype=torch.long), torch.full((1,), 40), c)
