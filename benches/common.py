@@ -138,8 +138,9 @@ def _jsonable(v: Any) -> Any:
 
 
 def write_results(suite: str, results: dict[str, Any], quick: bool) -> Path:
-    """Add ``machine``, ``suite`` and ``quick`` to ``results`` and write them atomically; return the path."""
-    results.setdefault("machine", machine_info())
+    """Add ``machine``, ``suite`` and ``quick`` to ``results`` and write them atomically; return the path.
+    A suite's own ``machine`` entries are kept beside the standard ones."""
+    results["machine"] = {**results.get("machine", {}), **machine_info()}
     results["suite"], results["quick"] = suite, quick
     path = results_path(suite, quick)
     path.parent.mkdir(parents=True, exist_ok=True)
