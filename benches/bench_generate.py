@@ -44,6 +44,7 @@ if __package__ in (None, ""):
 
 from benches import common
 from gptrs.config import Config
+from gptrs.host_memory import tune_host_allocator
 from gptrs.model import GPT
 
 GOAL = 2.0
@@ -258,6 +259,8 @@ def run(quick: bool = False, rounds: int | None = None) -> dict[str, Any]:
             "batch": 1,
             "greedy": True,
             "hf_cache": "DynamicCache (generate's default)",
+            # process-wide, as gptrs.generate sets it: the peer, in the same process, gets it too
+            "host_allocator_tuned": tune_host_allocator(),
         },
         "shapes": [],
     }

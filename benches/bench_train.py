@@ -47,6 +47,7 @@ if __package__ in (None, ""):  # run as a script: make `benches` importable
 
 from benches import common
 from gptrs.config import ModelConfig, TrainingConfig
+from gptrs.host_memory import tune_host_allocator
 from gptrs.model import GPT
 from gptrs.training.precision import resolve_precision
 
@@ -229,6 +230,8 @@ def run(
             "autocast": "bf16 (weights and optimizer state fp32)",
             "optimizer": "AdamW fused, clip_grad_norm 1.0",
             "ours_compiled": compile_ours,
+            # process-wide, as the trainer sets it: the peer, in the same process, gets it too
+            "host_allocator_tuned": tune_host_allocator(),
             "peer_compiled": not quick,
             "note": "quick: tiny shape, nothing compiled" if quick else "",
         },

@@ -23,6 +23,7 @@ from typing import Any
 
 from gptrs.cli import ArgumentParser, add_log_level_argument, run_main, setup_logging
 from gptrs.errors import CheckpointError, GptrsError
+from gptrs.host_memory import tune_host_allocator
 
 log = logging.getLogger("gptrs.generate")
 
@@ -269,6 +270,7 @@ def generate(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
+    tune_host_allocator()
     return run_main(lambda: generate(args), prog="gptrs-generate", log_level=args.log_level)
 
 

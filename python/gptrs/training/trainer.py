@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from gptrs.config import Config
 from gptrs.errors import CheckpointError, DataError, GptrsError
+from gptrs.host_memory import tune_host_allocator
 from gptrs.training import checkpoint as ckpt
 from gptrs.training.distributed import (
     all_reduce_mean,
@@ -203,6 +204,8 @@ class Trainer:
         if validate is not None:
             validate(self.config, "Trainer config")
         self.dist, self.device = setup_distributed(device)
+        if self.device.type == "cpu":
+            tune_host_allocator()  # ~10% per CPU step: see host_memory.py
         self.model = model.to(self.device)
         self.tokenizer = tokenizer
         self.run_dir = Path(run_dir) if run_dir is not None else None
