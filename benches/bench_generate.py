@@ -16,6 +16,10 @@ is loaded from ours (Conv1D weights transposed), so their greedy tokens can be c
   int8`` does): decoding speed, and validation perplexity (fp32 vs int8) of the trained model on held-out
   windows.
 
+- Floors (fp32, :func:`decode_floor`): the decode step's matmuls alone with the real weights (the bytes a
+  step must read), and our loop on the same architecture at width 12 (the per-op launch cost alone). Their
+  sum is roughly our per-token time; the first bounds what any fp32 decoding loop can reach.
+
 Goal: ours >= 2x HF ``generate`` new tokens/s on both shapes.
 
     python -m benches generate [--quick]
@@ -179,6 +183,43 @@ def _gen_hf(hf: nn.Module, prompt: torch.Tensor, new: int) -> torch.Tensor:
     )
 
 
+def decode_floor(model: GPT, prompt: torch.Tensor, new: int) -> dict[str, float]:
+    """The two parts of a decoding step, each measured alone (fp32, batch 1).
+
+    - ``matmul_only_tokens_per_s``: every Linear of one step (each block's four, then the LM head), with the
+      model's own weights, on a one-row input, back to back and nothing else: reading the weights is the
+      work a step cannot avoid. No decoding loop can beat it without fewer bytes (bf16, int8).
+    - ``overhead_only_tokens_per_s``: our ``generate`` on the same architecture shrunk to width 12 and
+      vocabulary 16, where the math is negligible: the per-token cost of launching the step's ops.
+    """
+    d = model.config.embed_dim
+    linears = [m for blk in model.transformer.h for m in blk.modules() if isinstance(m, nn.Linear)]
+    head = model.lm_head.weight
+    x = torch.randn(1, d)
+    xs = {m.in_features: torch.randn(1, m.in_features) for m in linears}
+
+    def one_step() -> None:
+        for m in linears:
+            F.linear(xs[m.in_features], m.weight, m.bias)
+        F.linear(x, head)
+
+    with torch.no_grad():
+        for _ in range(8):
+            one_step()
+        best = math.inf
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for _ in range(new):
+                one_step()
+            best = min(best, time.perf_counter() - t0)
+    cfg = model.config
+    tiny = GPT(16, 2 * cfg.heads, 8 * cfg.heads, cfg.num_layers, cfg.heads, cfg.max_seq_len, None).eval()
+    tiny_prompt = prompt.remainder(16)
+    _gen_ours(tiny, tiny_prompt, new)
+    t_tiny = min(common.alternate({"tiny": lambda: _gen_ours(tiny, tiny_prompt, new)}, 3)["tiny"])
+    return {"matmul_only_tokens_per_s": new / best, "overhead_only_tokens_per_s": new / t_tiny}
+
+
 def bench_shape(s: Shape, quick: bool, rounds: int, tmp: str) -> dict[str, Any]:
     prompt_len, new = (QUICK_PROMPT, QUICK_NEW) if quick else (PROMPT, NEW)
     ctx = prompt_len + new
@@ -241,6 +282,11 @@ def bench_shape(s: Shape, quick: bool, rounds: int, tmp: str) -> dict[str, Any]:
             "unigram": math.exp(data.stats["unigram_loss"]),
         }
         res["sample"] = data.tokenizer.decode(ours_tokens[0].tolist())[:400]
+    floor = decode_floor(model, prompt, new)
+    hf32 = res["dtypes"]["fp32"]["hf"]["new_tokens_per_s"]
+    # the most a loop with zero per-op cost could reach over HF, at this dtype
+    floor["max_speedup_vs_hf_fp32"] = floor["matmul_only_tokens_per_s"] / hf32
+    res["decode_floor_fp32"] = floor
     best = max(res["dtypes"].values(), key=lambda d: d["ours"]["new_tokens_per_s"])
     res["ours_best_new_tokens_per_s"] = best["ours"]["new_tokens_per_s"]
     res["hf_best_new_tokens_per_s"] = max(d["hf"]["new_tokens_per_s"] for d in res["dtypes"].values())
@@ -330,6 +376,12 @@ def print_table(out: dict[str, Any]) -> None:
                 f"unigram {p['unigram']:.1f}"
             )
         print(line)
+        fl = r["decode_floor_fp32"]
+        print(
+            f"  {r['shape']} fp32 floor: the step's matmuls alone {fl['matmul_only_tokens_per_s']:.0f} tok/s "
+            f"(at most {fl['max_speedup_vs_hf_fp32']:.2f}x HF with zero per-op cost); "
+            f"per-op cost alone (width 12) {fl['overhead_only_tokens_per_s']:.0f} tok/s"
+        )
     if out["goals"]:
         print("goals: " + ", ".join(f"{k} {'ok' if v else 'MISSED'}" for k, v in out["goals"].items()))
     if out.get("chart"):

@@ -17,6 +17,10 @@ autocast on both sides.
 - **MFU** = (6N + 12·L·d·T) · tokens/s / peak, with N every parameter except the position embeddings and the
   peak a 4096³ bf16 matmul timed in this process (best of a few; the highest seen in the run).
 - **bf16 vs fp32**: our model on the second shape without autocast, alternated with the bf16 step.
+- **MFU ceiling**: the GEMMs of one of our steps (collected by the profiler) replayed alone on contiguous
+  operands, best of 3 (:func:`matmul_floor`): the MFU the step would have if everything else (norms, GELU,
+  softmax, casts, the optimizer) were free. It says how much of a missed MFU goal is the model's own
+  matmul shapes on this machine and how much is everything around them.
 
 Goals (2-core CPU, bf16): ours >= 1.3x the peer on the first two shapes and >= 1.15x on the third; MFU >= 0.6
 on the second; bf16 >= 1.8x fp32.
@@ -137,6 +141,43 @@ def _compile(model: torch.nn.Module) -> torch.nn.Module:
     return torch.compile(model)  # type: ignore[return-value]
 
 
+# ------------------------------------------------------------------------------------ the matmul floor
+
+_MATMULS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::baddbmm_"}
+
+
+def matmul_floor(step: Callable[[], None], dtype: torch.dtype, repeats: int = 3) -> dict[str, float]:
+    """What the step would cost if it were nothing but its own matrix products.
+
+    One step runs under the profiler; every GEMM it launches (op and operand shapes) is collected and
+    replayed alone, in order, on contiguous ``dtype`` operands (bias terms dropped), best of ``repeats``.
+    Row-major operands are oneDNN's fastest layout here and nothing else competes for the cache, so this is
+    an optimistic floor: the time no implementation of this model's math, in these kernels, can beat."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        step()
+    pairs: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+    for e in prof.events():
+        if e.name not in _MATMULS or (e.cpu_parent is not None and e.cpu_parent.name in _MATMULS):
+            continue
+        first = (
+            1 if e.name.startswith(("aten::add", "aten::badd")) else 0
+        )  # (input, a, b, beta, alpha[, out])
+        a, b = (tuple(x) for x in e.input_shapes[first : first + 2])
+        pairs.append((a, b))
+    operands = {ab: (torch.randn(ab[0]).to(dtype), torch.randn(ab[1]).to(dtype)) for ab in set(pairs)}
+    ops = [operands[ab] for ab in pairs]
+    flops = sum(2 * math.prod(a) * b[-1] for a, b in pairs)
+    best = math.inf
+    for _ in range(repeats + 1):  # the first pass warms oneDNN's kernel caches
+        t0 = time.perf_counter()
+        for a, b in ops:
+            torch.matmul(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return {"ms": 1e3 * best, "gemms": len(ops), "gemm_flops": flops}
+
+
 # ----------------------------------------------------------------------------------------------- one shape
 
 
@@ -172,6 +213,7 @@ def bench_shape(
         for _ in range(warmup - 1):
             fn()
     times = common.alternate(contenders, rounds)
+    floor = matmul_floor(contenders[ours_name], torch.bfloat16)
 
     tokens = s.batch * s.block
     fpt = ours.flops_per_token(s.block)
@@ -186,6 +228,7 @@ def bench_shape(
         "flops_per_token": fpt,
         "parameters": ours.num_parameters(),
         "contenders": {},
+        "matmul_floor": floor,
     }
     for name, ts in times.items():
         med = common.median(ts)
@@ -257,6 +300,10 @@ def run(
             pk = peak["fp32"] if name.endswith("fp32") else peak["bf16"]
             c["mfu"] = r["flops_per_token"] * c["tokens_per_s"] / pk if pk else math.nan
         r["mfu_ours"] = r["contenders"][r["ours"]]["mfu"]
+        fl = r["matmul_floor"]
+        # MFU if the step were its matmuls alone (optimistic): the physical ceiling for this model here
+        fl["mfu_ceiling"] = r["flops_per_token"] * r["tokens_per_step"] / (fl["ms"] / 1e3) / peak["bf16"]
+        fl["share_of_our_step"] = fl["ms"] / r["contenders"][r["ours"]]["step_ms"]
         r["reference_hf_tokens_per_s"] = REFERENCE_HF.get(r["shape"])
         if not quick:
             goals[f"{r['shape']}: >= {r['goal']}x peer"] = r["speedup_vs_peer"] >= r["goal"]
@@ -296,6 +343,7 @@ def print_table(out: dict[str, Any]) -> None:
                 f"{r['speedup_vs_peer']:.2f}x",
                 f"{c[r['ours']]['mfu']:.2f}",
                 f"{c[r['peer_best']]['mfu']:.2f}",
+                f"{r['matmul_floor']['mfu_ceiling']:.2f}",
                 f"{r['bf16_vs_fp32']:.2f}x" if "bf16_vs_fp32" in r else "-",
             ]
         )
@@ -307,6 +355,7 @@ def print_table(out: dict[str, Any]) -> None:
         "gptrs/HF",
         "MFU",
         "HF MFU",
+        "MFU ceiling",
         "bf16/fp32",
     ]
     pk = out["peak_flops"]
@@ -320,6 +369,11 @@ def print_table(out: dict[str, Any]) -> None:
     for r in out["shapes"]:
         compile_s = {n: round(c["first_step_s"], 1) for n, c in r["contenders"].items()}
         print(f"  {r['shape']}: first (compiling) step s: {compile_s}")
+        fl = r["matmul_floor"]
+        print(
+            f"  {r['shape']}: its {fl['gemms']} GEMMs alone take {fl['ms']:.0f} ms "
+            f"({100 * fl['share_of_our_step']:.0f}% of our step): MFU ceiling {fl['mfu_ceiling']:.2f}"
+        )
     if out["goals"]:
         print("goals: " + ", ".join(f"{k} {'ok' if v else 'MISSED'}" for k, v in out["goals"].items()))
     if out.get("chart"):
