@@ -6,50 +6,34 @@ by ``torch.load(weights_only=True)`` without running). Each case through the API
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benches import hostile_cases as hc  # noqa: E402
+from benches import hostile_cases as hc
 
 
-def params(surface: str) -> list:
-    return [pytest.param(c, id=c.name) for c in hc.cases_for(surface)]
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("hostile_ckpt")
-    hc.prepare(path, model=True)
-    return path
-
-
-@pytest.mark.parametrize("case", params("checkpoint"))
-def test_checkpoint(case: hc.Case, root: Path) -> None:
-    out = hc.run_case(case, root)
+@pytest.mark.parametrize("case", hc.cases_for("checkpoint"), ids=lambda c: c.name)
+def test_checkpoint(case: hc.Case, hostile_model_dir: Path) -> None:
+    out = hc.run_case(case, hostile_model_dir)
     assert out.ok, out.detail
 
 
-def test_fixture_checkpoint_is_sound(root: Path) -> None:
+def test_fixture_checkpoint_is_sound(hostile_model_dir: Path) -> None:
     """The untampered fixture loads, so every refusal above is due to its tampering."""
     from gptrs.model import GPT
     from gptrs.training.checkpoint import is_complete, load_trainer_state
 
-    d = hc.Fixtures(root).model_dir
+    d = hc.Fixtures(hostile_model_dir).model_dir
     assert is_complete(d)
     assert GPT.from_pretrained(d).config.vocab_size == 300
     assert load_trainer_state(d)["step"] == 1
 
 
-def test_malicious_pickle_would_run_if_unpickled(root: Path, tmp_path: Path) -> None:
+def test_malicious_pickle_would_run_if_unpickled(hostile_model_dir: Path, tmp_path: Path) -> None:
     """The payload is real: plain ``pickle.load`` of the same file does create the marker."""
     import pickle
 
-    evil = hc._malicious_state("selfcheck", zipped=False)(hc.Fixtures(root))
+    evil = hc._malicious_state("selfcheck", zipped=False)(hc.Fixtures(hostile_model_dir))
     marker = evil.parent.parent / hc.MARKER
     assert not marker.exists()
     with open(evil / "trainer_state.pt", "rb") as f:

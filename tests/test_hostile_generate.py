@@ -7,41 +7,25 @@ one warning, and the output equals generating from the last ``max_seq_len`` toke
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benches import hostile_cases as hc  # noqa: E402
+from benches import hostile_cases as hc
 
 
-def params(surface: str) -> list:
-    return [pytest.param(c, id=c.name) for c in hc.cases_for(surface)]
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("hostile_gen")
-    hc.prepare(path, model=True)
-    return path
-
-
-@pytest.mark.parametrize("case", params("generation"))
-def test_generation(case: hc.Case, root: Path) -> None:
-    out = hc.run_case(case, root)
+@pytest.mark.parametrize("case", hc.cases_for("generation"), ids=lambda c: c.name)
+def test_generation(case: hc.Case, hostile_model_dir: Path) -> None:
+    out = hc.run_case(case, hostile_model_dir)
     assert out.ok, out.detail
 
 
-def test_valid_arguments_generate(root: Path) -> None:
+def test_valid_arguments_generate(hostile_model_dir: Path) -> None:
     """The same model and arguments at their limits work, so the refusals above are about the values."""
     import torch
 
     from gptrs.model import GPT
 
-    model = GPT.from_pretrained(hc.Fixtures(root).model_dir).eval()
+    model = GPT.from_pretrained(hc.Fixtures(hostile_model_dir).model_dir).eval()
     x = torch.tensor([[1, 2, 3]])
     for kw in ({"top_p": 1.0}, {"top_p": 1e-6}, {"temperature": 0.0}, {"top_k": 1}, {"seed": 0}):
         out = model.generate(x, 4, **kw)

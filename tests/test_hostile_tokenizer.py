@@ -8,39 +8,23 @@ crash or an allocation failure fails the case instead of the test run.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
+from benches import hostile_cases as hc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from benches import hostile_cases as hc  # noqa: E402
-
-
-def params(surface: str) -> list:
-    return [pytest.param(c, id=c.name) for c in hc.cases_for(surface)]
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("hostile_tok")
-    hc.prepare(path, model=False)
-    return path
-
-
-@pytest.mark.parametrize("case", params("tokenizer file"))
-def test_tokenizer_file(case: hc.Case, root: Path) -> None:
-    out = hc.run_case(case, root)
+@pytest.mark.parametrize("case", hc.cases_for("tokenizer file"), ids=lambda c: c.name)
+def test_tokenizer_file(case: hc.Case, hostile_tokenizer_dir: Path) -> None:
+    out = hc.run_case(case, hostile_tokenizer_dir)
     assert out.ok, out.detail
 
 
-@pytest.mark.parametrize("case", params("tokenizer input"))
-def test_tokenizer_input(case: hc.Case, root: Path) -> None:
-    out = hc.run_case(case, root)
+@pytest.mark.parametrize("case", hc.cases_for("tokenizer input"), ids=lambda c: c.name)
+def test_tokenizer_input(case: hc.Case, hostile_tokenizer_dir: Path) -> None:
+    out = hc.run_case(case, hostile_tokenizer_dir)
     assert out.ok, out.detail
 
 
@@ -69,10 +53,10 @@ def test_tables_cover_the_issue() -> None:
 
 
 @pytest.fixture(scope="module")
-def tok(root: Path):
+def tok(hostile_tokenizer_dir: Path):
     import gptrs_tok
 
-    return gptrs_tok.Tokenizer.load(root / "tokenizer.json")
+    return gptrs_tok.Tokenizer.load(hostile_tokenizer_dir / "tokenizer.json")
 
 
 # Any code point, lone surrogates included (Hypothesis' default text strategy leaves them out).
