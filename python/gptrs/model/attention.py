@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gptrs.model.linear import linear
+
 if TYPE_CHECKING:
     from gptrs.model.kv_cache import KVCache
 
@@ -211,7 +213,7 @@ class CausalSelfAttention(nn.Module):
         layer_idx: int = 0,
     ) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(self.embed_dim, dim=2)
+        q, k, v = linear(self.c_attn, x).split(self.embed_dim, dim=2)
         # (B, T, C) -> (B, heads, T, head_dim)
         q = q.view(B, T, self.heads, self.head_dim).transpose(1, 2)
         k = k.view(B, T, self.heads, self.head_dim).transpose(1, 2)
@@ -224,7 +226,7 @@ class CausalSelfAttention(nn.Module):
         else:
             y = self._reference(q, k, v, attn_mask, dropout_p)
         y = y.transpose(1, 2).reshape(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        return self.resid_dropout(linear(self.c_proj, y))
 
     def decode(
         self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, t: int, attn_mask: Tensor | None

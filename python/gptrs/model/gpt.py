@@ -26,6 +26,7 @@ from gptrs.config import Config, ModelConfig
 from gptrs.errors import ConfigError
 from gptrs.model.attention import ATTENTION_IMPLS, CausalSelfAttention, build_attention_mask
 from gptrs.model.kv_cache import KVCache
+from gptrs.model.linear import linear
 from gptrs.model.loss import IGNORE_INDEX, lm_head_cross_entropy
 
 ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}  # name -> nn.GELU(approximate=...)
@@ -42,7 +43,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        return self.dropout(linear(self.c_proj, self.gelu(linear(self.c_fc, x))))
 
 
 class Block(nn.Module):

@@ -1,0 +1,78 @@
+"""The Linear layers' training path on the CPU under bf16 autocast: the bias added inside the GEMM.
+
+Autocast runs ``nn.Linear`` as ``addmm(bias, x, W^T)``, and ATen's CPU ``addmm`` first copies the broadcast
+bias into the whole output, then accumulates the product onto it: one extra pass over every activation a
+Linear makes (4096 x 1536 bf16 for the 6/6/384 MLP, ~1.5 ms), in memory the GEMM is about to write anyway.
+oneDNN can add the bias as it writes the product (``mkldnn._linear_pointwise``, the kernel Inductor uses for
+CPU linears), so the forward here calls that. The backward is autocast's own math: dX = dY W, dW = dY^T X in
+bf16, then the fp32 cast of dW; the bias gradient, a column sum of dY, is a GEMV (ones @ dY), which reads dY
+about twice as fast as ``sum(0)`` on bf16. Together about 3% of a 6/6/384 training step; the results match the
+plain path to bf16 rounding (tests compare them).
+
+Anything else (fp32, CUDA, no grad, torch.compile, a torch without the kernel) takes ``module(x)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def _has_fused_kernel() -> bool:
+    try:
+        return (
+            torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+            and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        )
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_FUSED_OK = _has_fused_kernel()
+
+
+class _BiasInGemmLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
+        dtype = torch.get_autocast_dtype("cpu")
+        x2 = x.reshape(-1, x.size(-1)).to(dtype)
+        w = weight.to(dtype)
+        with torch.autocast("cpu", enabled=False):
+            y = torch.ops.mkldnn._linear_pointwise(x2, w, bias.to(dtype), "none", [], "")
+        ctx.save_for_backward(x2, w)
+        ctx.x_shape, ctx.x_dtype = x.shape, x.dtype  # type: ignore[attr-defined]
+        ctx.w_dtype, ctx.b_dtype = weight.dtype, bias.dtype  # type: ignore[attr-defined]
+        return y.view(*x.shape[:-1], y.size(-1))
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad_out: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        x2, w = ctx.saved_tensors  # type: ignore[attr-defined]
+        need_x, need_w, need_b = ctx.needs_input_grad  # type: ignore[attr-defined]
+        g = grad_out.reshape(-1, grad_out.size(-1)).to(w.dtype)
+        grad_x = grad_w = grad_b = None
+        if need_x:
+            grad_x = torch.mm(g, w).view(ctx.x_shape).to(ctx.x_dtype)  # type: ignore[attr-defined]
+        if need_w:
+            grad_w = torch.mm(g.t(), x2).to(ctx.w_dtype)  # type: ignore[attr-defined]
+        if need_b:
+            grad_b = torch.mm(g.new_ones(1, g.size(0)), g).view(-1).to(ctx.b_dtype)  # type: ignore[attr-defined]
+        return grad_x, grad_w, grad_b
+
+
+def linear(module: nn.Linear, x: Tensor) -> Tensor:
+    """``module(x)``, through the bias-in-GEMM kernel when training on the CPU under bf16 autocast."""
+    if (
+        _FUSED_OK
+        and module.bias is not None
+        and x.device.type == "cpu"
+        and torch.is_grad_enabled()
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        and not torch.compiler.is_compiling()
+    ):
+        out: Tensor = _BiasInGemmLinear.apply(x, module.weight, module.bias)
+        return out
+    return module(x)
