@@ -26,17 +26,22 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def _qkv(b: int, h: int, t: int, d: int, dtype: torch.dtype, seed: int) -> list[torch.Tensor]:
+def _qkv(b: int, h: int, t: int, d: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """A fused projection (B, T, 3 * h * d), as the model passes it."""
     g = torch.Generator().manual_seed(seed)
-    # Views of one fused projection, as the model passes them (non-contiguous).
-    qkv = torch.randn(b, t, 3, h, d, generator=g).to(dtype)
-    return [qkv[:, :, i].transpose(1, 2).detach().requires_grad_() for i in range(3)]
+    return torch.randn(b, t, 3 * h * d, generator=g).to(dtype).requires_grad_()
 
 
-def _grads(fn, q, k, v, go):
-    out = fn(q, k, v)
-    dq, dk, dv = torch.autograd.grad(out, (q, k, v), go)
-    return out, dq, dk, dv
+def _sdpa_from_qkv(qkv: torch.Tensor, heads: int) -> torch.Tensor:
+    B, T, C3 = qkv.shape
+    q, k, v = (x.view(B, T, heads, -1).transpose(1, 2) for x in qkv.split(C3 // 3, dim=2))
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C3 // 3)
+
+
+def _grads(fn, qkv: torch.Tensor, heads: int, go: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    out = fn(qkv, heads)
+    (dqkv,) = torch.autograd.grad(out, (qkv,), go)
+    return out, dqkv
 
 
 @settings(max_examples=15, deadline=None)
@@ -48,32 +53,29 @@ def _grads(fn, q, k, v, go):
     seed=st.integers(0, 10**6),
 )
 def test_block_causal_attention_equals_sdpa(b: int, h: int, t: int, d: int, seed: int) -> None:
-    q, k, v = _qkv(b, h, t, d, torch.float32, seed)
-    go = torch.randn(b, h, t, d, generator=torch.Generator().manual_seed(seed + 1))
-    ours = _grads(block_causal_attention, q, k, v, go)
-    ref = _grads(lambda a, b_, c: F.scaled_dot_product_attention(a, b_, c, is_causal=True), q, k, v, go)
+    qkv = _qkv(b, h, t, d, torch.float32, seed)
+    go = torch.randn(b, t, h * d, generator=torch.Generator().manual_seed(seed + 1))
+    ours = _grads(block_causal_attention, qkv, h, go)
+    ref = _grads(_sdpa_from_qkv, qkv, h, go)
     for a, r in zip(ours, ref, strict=True):
         torch.testing.assert_close(a, r, atol=2e-5, rtol=1e-4)
 
 
-def test_block_causal_attention_bf16_close_to_fp32() -> None:
-    t = 2 * BLOCK_ROWS + 17  # three row blocks
-    q, k, v = _qkv(2, 3, t, 16, torch.bfloat16, 0)
-    go = torch.randn(2, 3, t, 16).to(torch.bfloat16)
-    ours = _grads(block_causal_attention, q, k, v, go)
-    q32, k32, v32 = (x.detach().float().requires_grad_() for x in (q, k, v))
-    ref = _grads(
-        lambda a, b_, c: F.scaled_dot_product_attention(a, b_, c, is_causal=True), q32, k32, v32, go.float()
-    )
+@pytest.mark.parametrize("t", [2 * BLOCK_ROWS, 2 * BLOCK_ROWS + 17])  # equal blocks; three unequal ones
+def test_block_causal_attention_bf16_close_to_fp32(t: int) -> None:
+    qkv = _qkv(2, 3, t, 16, torch.bfloat16, 0)
+    go = torch.randn(2, t, 3 * 16).to(torch.bfloat16)
+    ours = _grads(block_causal_attention, qkv, 3, go)
+    q32 = qkv.detach().float().requires_grad_()
+    ref = _grads(_sdpa_from_qkv, q32, 3, go.float())
     for a, r in zip(ours, ref, strict=True):
         assert a.dtype == torch.bfloat16
         torch.testing.assert_close(a.float(), r, atol=6e-2, rtol=5e-2)
 
 
-def test_block_causal_attention_rejects_mixed_dtypes() -> None:
-    q, k, v = _qkv(1, 1, 4, 4, torch.float32, 0)
-    with pytest.raises(ValueError, match="share a dtype"):
-        block_causal_attention(q, k.to(torch.bfloat16), v)
+def test_block_causal_attention_rejects_bad_shapes() -> None:
+    with pytest.raises(ValueError, match="3 \\* heads \\* head_dim"):
+        block_causal_attention(torch.randn(1, 4, 10), 2)
 
 
 def _tiny(attention: str = "sdpa", **kw) -> GPT:

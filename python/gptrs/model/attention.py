@@ -15,7 +15,9 @@ causal attention is done with plain ATen batched-matmul/softmax kernels on block
 block only against the keys it can see (the upper-right blocks of the causal square are never computed:
 25% less work at T=256, 37% at T=512), with a hand-written backward. Attention forward+backward per layer,
 bf16, B=16 H=6 T=256 d=64: 14 ms against SDPA's 25 ms on 2 threads (25 against 46 on one); B=4 H=12
-T=512: 19 against 33. Inference (no grad), CUDA, masks and dropout keep using SDPA.
+T=512: 19 against 33. It takes the fused QKV projection (B, T, 3C) and returns (B, T, C), so the heads are
+split and merged by the copies the matmuls need anyway (one per operand) instead of by separate transposes.
+Inference (no grad), CUDA, masks and dropout keep using SDPA.
 """
 
 from __future__ import annotations
@@ -60,19 +62,29 @@ def _row_blocks(T: int) -> list[tuple[int, int]]:
     return [(s, min(T, s + size)) for s in range(0, T, size)]
 
 
-def _blocks_of(x: Tensor, blocks: list[tuple[int, int]]) -> list[Tensor]:
-    """The row blocks of a contiguous (B, H, T, D) tensor as contiguous (B*H, rows, D) tensors.
+def _by_block(x: Tensor, blocks: list[tuple[int, int]]) -> Tensor:
+    """A (B, T, heads, D) tensor (any strides) regrouped for the per-block batched matmuls: (n_blocks,
+    B*heads, rows, D) contiguous, or (B*heads, T, D) when the blocks are of unequal size.
 
-    A row slice of (B*H, T, D) is not contiguous (its batch stride is T*D), and the batched matmuls copy
-    such operands on every call; one permuting copy here (replacing a ``.contiguous()`` the caller would
-    need anyway) gives every block in one piece. Blocks of unequal size fall back to copied slices."""
-    B, H, T, D = x.shape
+    The matmuls want each (batch*head, rows) operand in one piece; a row slice of a (B*H, T, D) tensor is
+    not (its batch stride is T*D) and would be copied on every call. One permuting copy puts every block in
+    one piece, and it is also the copy that takes the heads out of the (B, T, C) layout, so it replaces one
+    the caller would need anyway."""
+    B, T, H, D = x.shape
     rows = blocks[0][1] - blocks[0][0]
+    # .contiguous() before .view: always a copy (a reshape could return a view of the input, which a
+    # custom op may not return)
     if T % rows:
-        x3 = x.reshape(B * H, T, D)
-        return [x3[:, s:e].contiguous() for s, e in blocks]
-    by_block = x.reshape(B * H, T // rows, rows, D).transpose(0, 1).contiguous()
-    return list(by_block.unbind(0))
+        return x.permute(0, 2, 1, 3).contiguous().view(B * H, T, D)
+    by_block = x.reshape(B, T // rows, rows, H, D).permute(1, 0, 3, 2, 4).contiguous()
+    return by_block.view(T // rows, B * H, rows, D)
+
+
+def _blocks(x: Tensor, blocks: list[tuple[int, int]]) -> list[Tensor]:
+    """The row blocks of a :func:`_by_block` tensor, each contiguous (B*heads, rows, D)."""
+    if x.dim() == 4:
+        return list(x.unbind(0))
+    return [x[:, s:e].contiguous() for s, e in blocks]
 
 
 _FUTURE_MASKS: dict[tuple[int, str], Tensor] = {}
@@ -88,94 +100,106 @@ def _future_mask(n: int, device: torch.device) -> Tensor:
 
 
 @torch.library.custom_op("gptrs::block_causal_attention", mutates_args=())
-def _block_causal_fwd(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, list[Tensor]]:
-    """Causal softmax(q k^T / sqrt(d)) v for (B, H, T, d) inputs (k, v contiguous); also returns each
-    block's probabilities (B*H, rows, keys) for the backward. A custom op, so torch.compile calls it as
-    one opaque kernel instead of decomposing it (Inductor's CPU softmax over the (T, T) scores is several
-    times slower than ATen's)."""
-    B, H, T, D = q.shape
-    k3, v3 = k.view(B * H, T, D), v.view(B * H, T, D)
+def _block_causal_fwd(qkv: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+    """Causal softmax(q k^T / sqrt(d)) v from the fused projection ``qkv`` (B, T, 3*C), heads side by side in
+    each third; returns y (B, T, C), ready for the output projection. Also returns, for the backward, the
+    queries (:func:`_by_block`) and keys/values in the layout the matmuls use (so the backward copies nothing again)
+    and each block's probabilities (B*H, rows, keys). A custom op, so torch.compile calls it as one opaque
+    kernel instead of decomposing it (Inductor's CPU softmax over the (T, T) scores is several times
+    slower than ATen's)."""
+    B, T, C3 = qkv.shape
+    H, D = heads, C3 // (3 * heads)
+    parts = qkv.view(B, T, 3, H, D)
     blocks = _row_blocks(T)
-    # The output is laid out (B, T, H, D) and returned as a (B, H, T, D) view, so that the caller's
-    # transpose(1, 2).reshape(B, T, H * D) costs nothing.
-    out = q.new_empty(B, T, H, D)
+    q = _by_block(parts[:, :, 0], blocks)
+    kv = parts[:, :, 1:].permute(2, 0, 3, 1, 4).contiguous().view(2, B * H, T, D)  # one copy for both
+    k3, v3 = kv[0], kv[1]
+    y = qkv.new_empty(B, T, H, D)
     probs = []
-    with torch.autocast(q.device.type, enabled=False):  # inputs arrive in the compute dtype already
-        for (s, e), qb in zip(blocks, _blocks_of(q, blocks), strict=True):
+    with torch.autocast(qkv.device.type, enabled=False):  # inputs arrive in the compute dtype already
+        for (s, e), qb in zip(blocks, _blocks(q, blocks), strict=True):
             # scores = q k^T * scale, the scale applied inside the GEMM (beta=0: the buffer is not read)
             scores = torch.baddbmm(
-                q.new_empty(B * H, e - s, e), qb, k3[:, :e].transpose(1, 2), beta=0, alpha=D**-0.5
+                qkv.new_empty(B * H, e - s, e), qb, k3[:, :e].transpose(1, 2), beta=0, alpha=D**-0.5
             )
             # only the diagonal block has future keys
-            scores[:, :, s:e].masked_fill_(_future_mask(e - s, q.device), float("-inf"))
+            scores[:, :, s:e].masked_fill_(_future_mask(e - s, qkv.device), float("-inf"))
             p = torch.softmax(scores, dim=-1)  # fp32 math inside the kernel, stored in the input dtype
-            out[:, s:e].copy_(torch.bmm(p, v3[:, :e]).view(B, H, e - s, D).transpose(1, 2))
+            y[:, s:e].copy_(torch.bmm(p, v3[:, :e]).view(B, H, e - s, D).transpose(1, 2))
             probs.append(p)
-    return out.transpose(1, 2), probs
+    return y.view(B, T, H * D), q, kv, probs
 
 
 @_block_causal_fwd.register_fake
-def _(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, list[Tensor]]:
-    B, H, T, D = q.shape
-    out = q.new_empty(B, T, H, D).transpose(1, 2)
-    return out, [q.new_empty(B * H, e - s, e) for s, e in _row_blocks(T)]
+def _(qkv: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+    B, T, C3 = qkv.shape
+    H, D = heads, C3 // (3 * heads)
+    blocks = _row_blocks(T)
+    q = _by_block(qkv.new_empty(B, T, H, D), blocks)
+    probs = [qkv.new_empty(B * H, e - s, e) for s, e in blocks]
+    return qkv.new_empty(B, T, H * D), q, qkv.new_empty(2, B * H, T, D), probs
 
 
 @torch.library.custom_op("gptrs::block_causal_attention_backward", mutates_args=())
-def _block_causal_bwd(
-    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, probs: list[Tensor]
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients of q, k, v ((B, H, T, d); k, v contiguous). Per block: dV += P^T dO; dP = dO V^T;
-    dS = P * (dP - rowsum(P * dP)); dQ = dS K * scale; dK += dS^T Q * scale. The last block sees every
-    key, so it writes dK and dV whole and the earlier blocks add into their leading rows."""
-    B, H, T, D = q.shape
+def _block_causal_bwd(dy: Tensor, q: Tensor, kv: Tensor, probs: list[Tensor]) -> Tensor:
+    """Gradient of the fused projection (B, T, 3*C) from dy (B, T, C). Per block: dV += P^T dO;
+    dP = dO V^T; dS = P * (dP - rowsum(P * dP)); dQ = dS K * scale; dK += dS^T Q * scale. The last block
+    sees every key, so it writes dK and dV whole and the earlier blocks add into their leading rows. Each
+    gradient is written straight into its third of the result, in the (B, T, heads, D) layout."""
+    _, BH, T, D = kv.shape
+    B = dy.size(0)
+    H = BH // B
     scale = D**-0.5
-    k3, v3 = k.view(B * H, T, D), v.view(B * H, T, D)
+    k3, v3 = kv[0], kv[1]
     blocks = _row_blocks(T)
-    dq = q.new_empty(B * H, T, D)
+    dqkv = dy.new_empty(B, T, 3, H, D)
     dk, dv = torch.empty_like(k3), torch.empty_like(v3)
-    with torch.autocast(q.device.type, enabled=False):
-        per_block = zip(blocks, probs, _blocks_of(q, blocks), _blocks_of(dout, blocks), strict=True)
+    with torch.autocast(dy.device.type, enabled=False):
+        do_blocks = _blocks(_by_block(dy.view(B, T, H, D), blocks), blocks)
+        per_block = zip(blocks, probs, _blocks(q, blocks), do_blocks, strict=True)
         for (s, e), p, qb, d in reversed(list(per_block)):
             ds = torch._softmax_backward_data(torch.bmm(d, v3[:, :e].transpose(1, 2)), p, -1, p.dtype)
-            dq[:, s:e] = torch.baddbmm(dq[:, s:e], ds, k3[:, :e], beta=0, alpha=scale)
+            dq = torch.baddbmm(qb.new_empty(qb.shape), ds, k3[:, :e], beta=0, alpha=scale)
+            dqkv[:, s:e, 0].copy_(dq.view(B, H, e - s, D).transpose(1, 2))
             if e == T:
                 torch.bmm(p.transpose(1, 2), d, out=dv)
                 torch.baddbmm(dk, ds.transpose(1, 2), qb, beta=0, alpha=scale, out=dk)
             else:
                 dv[:, :e].baddbmm_(p.transpose(1, 2), d)
                 dk[:, :e].baddbmm_(ds.transpose(1, 2), qb, alpha=scale)
-    return dq.view(B, H, T, D), dk.view(B, H, T, D), dv.view(B, H, T, D)
+        dqkv[:, :, 1].copy_(dk.view(B, H, T, D).transpose(1, 2))
+        dqkv[:, :, 2].copy_(dv.view(B, H, T, D).transpose(1, 2))
+    return dqkv.view(B, T, 3 * H * D)
 
 
 @_block_causal_bwd.register_fake
-def _(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, probs: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)  # contiguous, as the real op
+def _(dy: Tensor, q: Tensor, kv: Tensor, probs: list[Tensor]) -> Tensor:
+    B, T, C = dy.shape
+    return dy.new_empty(B, T, 3 * C)
 
 
 class _BlockCausalAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # type: ignore[override]
-        # q, k, v arrive as strided views of the fused QKV projection; the batched matmuls want each
-        # head's rows contiguous, so k and v are copied once here (and kept for the backward). q is
-        # regrouped by row block inside the ops instead (see _blocks_of).
-        k, v = k.contiguous(), v.contiguous()
-        out, probs = _block_causal_fwd(q, k, v)
-        ctx.save_for_backward(q, k, v, *probs)
-        return out
+    def forward(ctx: torch.autograd.function.FunctionCtx, qkv: Tensor, heads: int) -> Tensor:  # type: ignore[override]
+        y, q, kv, probs = _block_causal_fwd(qkv, heads)
+        ctx.save_for_backward(q, kv, *probs)
+        return y
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, dout: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
-        q, k, v, *probs = ctx.saved_tensors  # type: ignore[attr-defined]
-        dq, dk, dv = _block_causal_bwd(dout, q, k, v, probs)
-        return dq, dk, dv
+    def backward(ctx: torch.autograd.function.FunctionCtx, dy: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        q, kv, *probs = ctx.saved_tensors  # type: ignore[attr-defined]
+        return _block_causal_bwd(dy.contiguous(), q, kv, probs), None
 
 
-def block_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Causal attention of (B, H, T, head_dim) q, k, v (same dtype), as SDPA with ``is_causal=True``."""
-    if q.dtype != k.dtype or q.dtype != v.dtype:
-        raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    out: Tensor = _BlockCausalAttention.apply(q, k, v)
+def block_causal_attention(qkv: Tensor, heads: int) -> Tensor:
+    """Causal attention from a fused projection ``qkv`` (B, T, 3*C): q, k, v side by side, each C = heads x
+    head_dim wide with the heads side by side. Returns (B, T, C), heads side by side; the same as splitting
+    ``qkv`` into (B, heads, T, head_dim) q, k, v and running SDPA with ``is_causal=True``."""
+    if qkv.dim() != 3 or qkv.size(-1) % (3 * heads):
+        raise ValueError(
+            f"qkv must be (B, T, 3 * heads * head_dim) with heads={heads}, got {tuple(qkv.shape)}"
+        )
+    out: Tensor = _BlockCausalAttention.apply(qkv, heads)
     return out
 
 
@@ -213,14 +237,26 @@ class CausalSelfAttention(nn.Module):
         layer_idx: int = 0,
     ) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = linear(self.c_attn, x).split(self.embed_dim, dim=2)
+        qkv = linear(self.c_attn, x)
+        dropout_p = self.dropout if self.training else 0.0
+        if (
+            self.impl == "sdpa"
+            and attn_mask is None
+            and kv_cache is None
+            and T > 1
+            and dropout_p == 0.0
+            and x.device.type == "cpu"
+            and qkv.requires_grad
+        ):
+            # CPU training: see the module docstring; (B, T, 3C) in, (B, T, C) out, no head reshapes here
+            return self.resid_dropout(linear(self.c_proj, block_causal_attention(qkv, self.heads)))
+        q, k, v = qkv.split(self.embed_dim, dim=2)
         # (B, T, C) -> (B, heads, T, head_dim)
         q = q.view(B, T, self.heads, self.head_dim).transpose(1, 2)
         k = k.view(B, T, self.heads, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.heads, self.head_dim).transpose(1, 2)
         if kv_cache is not None:
             k, v = kv_cache.update(layer_idx, k, v)  # all keys so far, (B, heads, T_k, head_dim)
-        dropout_p = self.dropout if self.training else 0.0
         if self.impl == "sdpa":
             y = self._sdpa(q, k, v, attn_mask, dropout_p)
         else:
@@ -260,8 +296,6 @@ class CausalSelfAttention(nn.Module):
             attn_mask = build_attention_mask(torch.ones(1, T_k, dtype=torch.bool, device=q.device), T_q)
         if attn_mask is not None:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
-        if T_q == T_k and T_q > 1 and dropout_p == 0.0 and q.device.type == "cpu" and q.requires_grad:
-            return block_causal_attention(q, k, v)  # CPU training: see the module docstring
         # T_q == T_k: ordinary causal attention; T_q == 1: one new token sees every cached key.
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=T_q > 1)
 
