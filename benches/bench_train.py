@@ -36,10 +36,11 @@ import contextlib
 import gc
 import logging
 import math
+import os
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,21 @@ def _compile(model: torch.nn.Module) -> torch.nn.Module:
 
 # ------------------------------------------------------------------------------------ the matmul floor
 
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Hide what native code writes to fd 2 (the profiler's start/stop and 'no GPU' log lines)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 _MATMULS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::baddbmm_"}
 
 
@@ -155,7 +171,7 @@ def matmul_floor(step: Callable[[], None], dtype: torch.dtype, repeats: int = 3)
     an optimistic floor: the time no implementation of this model's math, in these kernels, can beat."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+    with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         step()
     pairs: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
     for e in prof.events():
