@@ -159,7 +159,16 @@ def _native_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
-_MATMULS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::baddbmm_"}
+_LINEAR = "mkldnn::_linear_pointwise"  # our Linear layers' forward on the CPU (gptrs/model/linear.py)
+_MATMULS = {
+    "aten::mm",
+    "aten::addmm",
+    "aten::addmm_",
+    "aten::bmm",
+    "aten::baddbmm",
+    "aten::baddbmm_",
+    _LINEAR,
+}
 
 
 def matmul_floor(step: Callable[[], None], dtype: torch.dtype, repeats: int = 3) -> dict[str, float]:
@@ -177,9 +186,12 @@ def matmul_floor(step: Callable[[], None], dtype: torch.dtype, repeats: int = 3)
     for e in prof.events():
         if e.name not in _MATMULS or (e.cpu_parent is not None and e.cpu_parent.name in _MATMULS):
             continue
-        first = (
-            1 if e.name.startswith(("aten::add", "aten::badd")) else 0
-        )  # (input, a, b, beta, alpha[, out])
+        if e.name == _LINEAR:  # (x, weight (out, in), bias, ...): x @ weight^T
+            a, w = (tuple(x) for x in e.input_shapes[:2])
+            pairs.append((a, (w[1], w[0])))
+            continue
+        # (a, b[, out]) for mm/bmm; (input, a, b, beta, alpha[, out]) for the add variants
+        first = 1 if e.name.startswith(("aten::add", "aten::badd")) else 0
         a, b = (tuple(x) for x in e.input_shapes[first : first + 2])
         pairs.append((a, b))
     operands = {ab: (torch.randn(ab[0]).to(dtype), torch.randn(ab[1]).to(dtype)) for ab in set(pairs)}
