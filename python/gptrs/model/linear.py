@@ -38,8 +38,8 @@ class _BiasInGemmLinear(torch.autograd.Function):
         dtype = torch.get_autocast_dtype("cpu")
         x2 = x.reshape(-1, x.size(-1)).to(dtype)
         w = weight.to(dtype)
-        with torch.autocast("cpu", enabled=False):
-            y = torch.ops.mkldnn._linear_pointwise(x2, w, bias.to(dtype), "none", [], "")
+        # not an autocast op: it runs on the bf16 operands as given
+        y = torch.ops.mkldnn._linear_pointwise(x2, w, bias.to(dtype), "none", [], "")
         ctx.save_for_backward(x2, w)
         ctx.x_shape, ctx.x_dtype = x.shape, x.dtype  # type: ignore[attr-defined]
         ctx.w_dtype, ctx.b_dtype = weight.dtype, bias.dtype  # type: ignore[attr-defined]
