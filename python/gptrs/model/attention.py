@@ -109,10 +109,10 @@ def _causal_bias(s: int, e: int, dtype: torch.dtype, device: torch.device) -> Te
 def _block_causal_fwd(qkv: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
     """Causal softmax(q k^T / sqrt(d)) v from the fused projection ``qkv`` (B, T, 3*C), heads side by side in
     each third; returns y (B, T, C), ready for the output projection. Also returns, for the backward, the
-    queries (:func:`_by_block`) and keys/values in the layout the matmuls use (so the backward copies nothing again)
-    and each block's probabilities (B*H, rows, keys). A custom op, so torch.compile calls it as one opaque
-    kernel instead of decomposing it (Inductor's CPU softmax over the (T, T) scores is several times
-    slower than ATen's)."""
+    queries (:func:`_by_block`) and keys/values in the layout the matmuls use (so the backward copies
+    nothing again) and each block's probabilities (B*H, rows, keys). A custom op, so torch.compile calls it
+    as one opaque kernel instead of decomposing it (Inductor's CPU softmax over the (T, T) scores is several
+    times slower than ATen's)."""
     B, T, C3 = qkv.shape
     H, D = heads, C3 // (3 * heads)
     parts = qkv.view(B, T, 3, H, D)
