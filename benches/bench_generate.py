@@ -381,10 +381,7 @@ def print_table(out: dict[str, Any]) -> None:
             f"(at most {fl['max_speedup_vs_hf_fp32']:.2f}x HF with zero per-op cost); "
             f"per-op cost alone (width 12) {fl['overhead_only_tokens_per_s']:.0f} tok/s"
         )
-    if out["goals"]:
-        print("goals: " + ", ".join(f"{k} {'ok' if v else 'MISSED'}" for k, v in out["goals"].items()))
-    if out.get("chart"):
-        print(f"chart: {out['chart']}")
+    common.print_goals_and_chart(out)
 
 
 def main() -> None:

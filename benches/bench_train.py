@@ -402,10 +402,7 @@ def print_table(out: dict[str, Any]) -> None:
             f"  {r['shape']}: its {fl['gemms']} GEMMs alone take {fl['ms']:.0f} ms "
             f"({100 * fl['share_of_our_step']:.0f}% of our step): MFU ceiling {fl['mfu_ceiling']:.2f}"
         )
-    if out["goals"]:
-        print("goals: " + ", ".join(f"{k} {'ok' if v else 'MISSED'}" for k, v in out["goals"].items()))
-    if out.get("chart"):
-        print(f"chart: {out['chart']}")
+    common.print_goals_and_chart(out)
 
 
 def main() -> None:

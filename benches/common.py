@@ -194,6 +194,14 @@ def print_generic(results: Mapping[str, Any], prefix: str = "") -> None:
 # ----------------------------------------------------------------------------------------------- timing
 
 
+def print_goals_and_chart(out: Mapping[str, Any]) -> None:
+    """The last lines of a suite's report: each goal met or missed, and where the chart went."""
+    if out.get("goals"):
+        print("goals: " + ", ".join(f"{k} {'ok' if v else 'MISSED'}" for k, v in out["goals"].items()))
+    if out.get("chart"):
+        print(f"chart: {out['chart']}")
+
+
 def median(xs: Sequence[float]) -> float:
     return statistics.median(xs) if xs else math.nan
 
