@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sysconfig
 from functools import cache
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -13,21 +11,10 @@ import tiktoken
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from corpus import stdlib_text
 from gptrs_tok import Tokenizer
 
 SPECIALS = ["<|endoftext|>", "<|fim|>", "<|fim|>x"]
-
-
-@cache
-def stdlib_text(max_bytes: int, skip: int = 0) -> str:
-    """The built-in corpus (stdlib .py files, sorted): about max_bytes of it after `skip` files."""
-    out, n = [], 0
-    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py"))[skip:]:
-        out.append(path.read_text(encoding="utf-8", errors="replace"))
-        n += len(out[-1])
-        if n >= max_bytes:
-            break
-    return "".join(out)
 
 
 @cache

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sysconfig
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -15,19 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiktoken.load import load_tiktoken_bpe
 
+from corpus import stdlib_text
 from gptrs_tok import Tokenizer
-
-
-@cache
-def stdlib_text(max_bytes: int, skip: int = 0) -> str:
-    """The built-in corpus (stdlib .py files, sorted): about max_bytes of it after `skip` files."""
-    out, n = [], 0
-    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py"))[skip:]:
-        out.append(path.read_text(encoding="utf-8", errors="replace"))
-        n += len(out[-1])
-        if n >= max_bytes:
-            break
-    return "".join(out)
 
 
 @cache

@@ -6,8 +6,6 @@ import itertools
 import os
 import subprocess
 import sys
-import sysconfig
-from functools import cache
 from pathlib import Path
 
 import pytest
@@ -16,20 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gptrs_tok
+from corpus import stdlib_texts
 from gptrs_tok import GPT2_PATTERN, GPT4_PATTERN, Tokenizer
-
-
-@cache
-def stdlib_texts(max_bytes: int) -> tuple[str, ...]:
-    """The built-in corpus: stdlib .py files in sorted order, up to about max_bytes."""
-    out, n = [], 0
-    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py")):
-        text = path.read_text(encoding="utf-8", errors="replace")
-        out.append(text)
-        n += len(text)
-        if n >= max_bytes:
-            break
-    return tuple(out)
 
 
 def rustbpe_ranks(texts: list[str], vocab_size: int, pattern: str) -> dict[bytes, int]:
