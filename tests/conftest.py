@@ -15,14 +15,49 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from benches import hostile_cases as hc
 from hypothesis import HealthCheck, settings
+
+from gptrs import GPT
 
 settings.register_profile("ci", max_examples=100, deadline=None)
 settings.register_profile(
     "slow", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def tiny_gpt(seed: int = 0, *, weight_std: float | None = None, perturb: float = 0.0, **overrides: object) -> GPT:
+    """The one tiny-model builder of the suite: ``GPT(**defaults | overrides)`` after ``manual_seed(seed)``.
+
+    ``weight_std``: re-draw every matrix from N(0, weight_std / sqrt(fan_in)) so the outputs depend on the
+    whole context (the 0.02 init gives near-uniform logits). ``perturb``: add that much N(0, 1) noise to
+    every tensor, biases and norms included, so a mixed-up tensor cannot go unnoticed in a round trip.
+    """
+    args: dict[str, object] = dict(
+        vocab_size=64, embed_dim=32, ff_dim=64, num_layers=2, heads=4, max_seq_len=16, pad_token_id=None
+    )
+    args.update(overrides)
+    torch.manual_seed(seed)
+    model = GPT(**args)  # type: ignore[arg-type]
+    with torch.no_grad():
+        for p in model.parameters():
+            if weight_std is not None and p.dim() == 2:
+                p.normal_(0.0, weight_std / p.size(1) ** 0.5)
+            if perturb:
+                p.add_(perturb * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module on one intra-op thread (tiny models run fastest so, and CI machines are shared);
+    opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")
