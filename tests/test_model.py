@@ -264,3 +264,24 @@ def test_bad_constructor_arguments(kw: dict, message: str) -> None:
 def test_sequence_longer_than_context_is_refused() -> None:
     with pytest.raises(ValueError, match=r"longer than the context \(max_seq_len=16\)"):
         tiny()(batch(1, T + 1))
+
+
+def test_model_package_imports_go_one_way() -> None:
+    """gpt.py uses the other modules of gptrs.model; none of them imports gpt.py (not even for typing)."""
+    import ast
+    from pathlib import Path
+
+    import gptrs.model
+
+    root = Path(gptrs.model.__file__).parent
+    for path in root.rglob("*.py"):
+        if path == root / "__init__.py" or path.name == "gpt.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert "gptrs.model.gpt" not in names, f"{path.relative_to(root)} imports gptrs.model.gpt"
