@@ -50,6 +50,7 @@ from benches import common
 from gptrs.config import Config
 from gptrs.host_memory import tune_host_allocator
 from gptrs.model import GPT
+from gptrs.model.kernels import as_plain_linears
 
 GOAL = 2.0
 
@@ -148,7 +149,8 @@ def hf_from_ours(model: GPT) -> nn.Module:
 def quantize_int8(model: GPT) -> nn.Module:
     with warnings.catch_warnings():  # torch points at torchao for new code; the API still works
         warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
+        plain = as_plain_linears(copy.deepcopy(model))  # quantize_dynamic matches nn.Linear by exact type
+        return torch.ao.quantization.quantize_dynamic(plain, {nn.Linear}, dtype=torch.qint8)
 
 
 @torch.no_grad()

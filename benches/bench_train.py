@@ -159,7 +159,7 @@ def _native_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
-_LINEAR = "mkldnn::_linear_pointwise"  # our Linear layers' forward on the CPU (gptrs/model/linear.py)
+_LINEAR = "mkldnn::_linear_pointwise"  # our Linear layers' forward on the CPU (gptrs/model/kernels/linear.py)
 _MATMULS = {
     "aten::mm",
     "aten::addmm",

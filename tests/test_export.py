@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import tiny_gpt
 from gptrs.export import ExportError, hf_gpt2_config, main
 from gptrs.model import GPT
 
@@ -17,14 +18,10 @@ transformers = pytest.importorskip("transformers")
 
 
 def tiny(**kw) -> GPT:
-    torch.manual_seed(0)
-    args = dict(vocab_size=50, embed_dim=32, ff_dim=72, num_layers=2, heads=4, max_seq_len=16, pad_token_id=1)
+    # non-trivial biases and norms (perturb), so a mixed-up tensor cannot go unnoticed
+    args: dict = dict(vocab_size=50, ff_dim=72, pad_token_id=1)
     args.update(kw)
-    m = GPT(**args)
-    with torch.no_grad():  # non-trivial biases and norms, so a mixed-up tensor cannot go unnoticed
-        for p in m.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return m
+    return tiny_gpt(perturb=0.1, **args)
 
 
 @pytest.mark.parametrize(

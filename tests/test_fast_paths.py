@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gptrs.model import GPT
-from gptrs.model.attention import BLOCK_ROWS, block_causal_attention
+from gptrs.model.kernels import BLOCK_ROWS, block_causal_attention
 
 
 @pytest.fixture(autouse=True, scope="module")

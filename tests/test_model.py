@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from gptrs.config import Config, ModelConfig
 from gptrs.errors import ConfigError
-from gptrs.model import GPT, lm_head_cross_entropy
+from gptrs.model import GPT, lm_head_loss
+from gptrs.model.kernels import loss as loss_kernel
 
 V, D, FF, L, H, T = 64, 32, 80, 2, 4, 16
 
@@ -121,7 +122,7 @@ def test_fused_loss_matches_plain(n: int, chunk: int, bf16: bool, seed: int) -> 
     t = torch.randint(0, 40, (n,), generator=g)
     t[torch.rand(n, generator=g) < 0.2] = -100
     with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-        fused = lm_head_cross_entropy(x, w, t, chunk_size=chunk)
+        fused = lm_head_loss(x, w, t, chunk_size=chunk)
         plain = F.cross_entropy((x @ w.t()).float(), t, ignore_index=-100)
     gx1, gw1 = torch.autograd.grad(fused, (x, w))
     if bool((t == -100).all()):
@@ -133,13 +134,13 @@ def test_fused_loss_matches_plain(n: int, chunk: int, bf16: bool, seed: int) -> 
     torch.testing.assert_close(gx1, gx2, **tol)
     torch.testing.assert_close(gw1, gw2, **tol)
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-        torch.testing.assert_close(lm_head_cross_entropy(x, w, t, chunk_size=chunk), fused.detach())
+        torch.testing.assert_close(lm_head_loss(x, w, t, chunk_size=chunk), fused.detach())
 
 
-def test_fused_loss_gradients_through_model() -> None:
+def test_fused_loss_gradients_through_model(monkeypatch: pytest.MonkeyPatch) -> None:
     m = tiny()
     x, y = batch(4, T), batch(4, T, seed=5)
-    m.loss_chunk_size = 7  # several uneven chunks
+    monkeypatch.setattr(loss_kernel, "MAX_ROWS", 7)  # several uneven chunks
     m(x, y)[1].backward()  # type: ignore[union-attr]
     fused = {n: p.grad.clone() for n, p in m.named_parameters()}  # type: ignore[union-attr]
     m.zero_grad()
@@ -263,3 +264,24 @@ def test_bad_constructor_arguments(kw: dict, message: str) -> None:
 def test_sequence_longer_than_context_is_refused() -> None:
     with pytest.raises(ValueError, match=r"longer than the context \(max_seq_len=16\)"):
         tiny()(batch(1, T + 1))
+
+
+def test_model_package_imports_go_one_way() -> None:
+    """gpt.py uses the other modules of gptrs.model; none of them imports gpt.py (not even for typing)."""
+    import ast
+    from pathlib import Path
+
+    import gptrs.model
+
+    root = Path(gptrs.model.__file__).parent
+    for path in root.rglob("*.py"):
+        if path == root / "__init__.py" or path.name == "gpt.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert "gptrs.model.gpt" not in names, f"{path.relative_to(root)} imports gptrs.model.gpt"

@@ -179,6 +179,7 @@ __all__ = [
     "TokenizerConfig",
     "TrainingConfig",
     "apply_overrides",
+    "check_model",
     "config_from_dict",
     "config_to_dict",
     "count_parameters",
@@ -196,11 +197,14 @@ __all__ = [
 class _Problem(Exception):
     """A validation failure at a key path; becomes a ConfigError once the source (file, --set) is known."""
 
-    def __init__(self, key: str, message: str, related: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, key: str, message: str, related: tuple[str, ...] = (), plain: str | None = None
+    ) -> None:
         super().__init__(message)
         self.key = key  # "model.heads", or "" for the whole file
         self.message = message
         self.related = related  # other keys the problem involves (used to blame the right --set)
+        self.plain = plain or f"{key} {message}"  # the problem where there is no source (check_model)
 
     def error(self, source: str, key: str | None = None) -> ConfigError:
         key = self.key if key is None else key
@@ -538,10 +542,7 @@ def _check_relations(cfg: Config) -> None:
             "tokenizer.vocab_size", f"{tok.vocab_size} is too small: needs at least {smallest} ({why})"
         )
 
-    if m.embed_dim % m.heads:
-        raise _Problem(
-            "model.heads", f"{m.heads} does not divide model.embed_dim ({m.embed_dim})", ("model.embed_dim",)
-        )
+    _check_model(m)
     if m.vocab_size is not None:
         if m.vocab_size < smallest:
             raise _Problem(
@@ -578,8 +579,42 @@ def _check_relations(cfg: Config) -> None:
         )
 
 
+def _check_model(m: ModelConfig) -> None:
+    """The shapes a model can be built with (raises _Problem). For a whole Config the field checks have
+    already covered all but the heads rule; a ModelConfig built in Python (GPT's constructor) meets them here."""
+    for name in ("embed_dim", "ff_dim", "num_layers", "heads", "max_seq_len"):
+        value = getattr(m, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise _Problem(f"model.{name}", f"must be a positive integer, got {value!r}")
+    if m.embed_dim % m.heads:
+        raise _Problem(
+            "model.heads",
+            f"{m.heads} does not divide model.embed_dim ({m.embed_dim})",
+            ("model.embed_dim",),
+            plain=f"model.heads ({m.heads}) must divide model.embed_dim ({m.embed_dim})",
+        )
+    if not 0.0 <= m.dropout < 1.0:
+        raise _Problem("model.dropout", f"must be in [0, 1), got {m.dropout!r}")
+    for name in ("activation", "attention"):
+        choices, value = _fields(ModelConfig)[name].metadata["choices"], getattr(m, name)
+        if value not in choices:
+            raise _Problem(f"model.{name}", f"must be one of {', '.join(choices)}, got {value!r}")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Public API
+
+
+def check_model(mc: ModelConfig) -> None:
+    """Raise ConfigError (one line naming the field) unless a model can be built with ``mc`` (its
+    ``vocab_size`` resolved): the model's shape rules, in one place; validating a Config applies them too."""
+    vocab = mc.vocab_size  # may be null in a Config (the tokenizer's); a model needs it
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1:
+        raise ConfigError(f"model.vocab_size must be a positive integer, got {vocab!r}")
+    try:
+        _check_model(mc)
+    except _Problem as p:
+        raise ConfigError(p.plain) from None
 
 
 def config_from_dict(data: Any, source: str = "<dict>") -> Config:

@@ -115,9 +115,12 @@ def load_for_inference(model_path: str, device: Any, quantize: str | None) -> tu
         import torch
         from torch import nn
 
+        from gptrs.model.kernels import as_plain_linears
+
         with warnings.catch_warnings():  # torch announces the move of this API to torchao; it still works
             warnings.simplefilter("ignore")
-            model = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+            plain = as_plain_linears(model)  # quantize_dynamic matches nn.Linear by exact type
+            model = torch.ao.quantization.quantize_dynamic(plain, {nn.Linear}, dtype=torch.qint8)
     return model, tok, separator
 
 

@@ -17,40 +17,87 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from gptrs.model.gpt import GPT
+from gptrs.config import ModelConfig
+from gptrs.model.kv_cache import KVCache
 
 
-def _check_args(
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    eos_token_id: int | None,
-    seed: int | None,
-) -> None:
-    def is_int(v: object) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
+class LanguageModel(Protocol):
+    """What generation needs of a model (``GPT`` has it): its config, the hidden states of a window (with
+    or without a KV cache), the LM head, and the one-token decode step."""
 
-    if not is_int(max_new_tokens) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature >= 0:
-        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
-    if top_k is not None and (not is_int(top_k) or top_k < 1):
-        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
-    if top_p is not None and (
-        not isinstance(top_p, (int, float)) or isinstance(top_p, bool) or not 0 < top_p <= 1
-    ):
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if eos_token_id is not None and not is_int(eos_token_id):
-        raise ValueError(f"eos_token_id must be an integer, got {eos_token_id!r}")
-    if seed is not None and not is_int(seed):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    pad_token_id: int | None
+    training: bool
+
+    @property
+    def config(self) -> ModelConfig: ...
+
+    def lm_head(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def new_kv_cache(self, batch_size: int) -> KVCache: ...
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        kv_cache: KVCache | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor: ...
+
+    def decode_step(
+        self, tokens: torch.Tensor, positions: torch.Tensor, kv_cache: KVCache
+    ) -> torch.Tensor: ...
+
+    def eval(self) -> object: ...
+
+    def train(self, mode: bool = True) -> object: ...
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick the new tokens and when to stop; checked on construction (ValueError naming the field).
+
+    max_new_tokens: how many tokens to add at most (0 returns the prompt).
+    temperature: 0 = greedy (argmax); else the logits are divided by it before sampling.
+    top_k >= 1 and top_p in (0, 1] filter the distribution before sampling (see :func:`sample_next_token`).
+    eos_token_id: a row stops once it has generated this token.
+    seed: makes sampling reproducible (a private generator; the global RNG is left alone).
+    """
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    eos_token_id: int | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}")
+        if not _is_number(self.temperature) or not self.temperature >= 0:
+            raise ValueError(f"temperature must be a number >= 0, got {self.temperature!r}")
+        if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
+            raise ValueError(f"top_k must be an integer >= 1, got {self.top_k!r}")
+        if self.top_p is not None and (not _is_number(self.top_p) or not 0 < self.top_p <= 1):
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.eos_token_id is not None and not _is_int(self.eos_token_id):
+            raise ValueError(f"eos_token_id must be an integer, got {self.eos_token_id!r}")
+        if self.seed is not None and not _is_int(self.seed):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
 
 
 def sample_next_token(
@@ -83,7 +130,7 @@ def sample_next_token(
 
 
 def _prepare(
-    model: GPT, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    model: LanguageModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Validate the prompt batch: (B, T) or (T,) integer ids in range, and a left-padding mask."""
     if not isinstance(input_ids, torch.Tensor):
@@ -117,22 +164,16 @@ def _prepare(
 
 @torch.no_grad()
 def generate_stream(
-    model: GPT,
+    model: LanguageModel,
     input_ids: torch.Tensor,
-    max_new_tokens: int,
+    params: SamplingParams,
     *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    eos_token_id: int | None = None,
-    seed: int | None = None,
     attention_mask: torch.Tensor | None = None,
     use_cache: bool = True,
 ) -> Iterator[torch.Tensor]:
     """Yield the new tokens of every step as a LongTensor of shape (B,), B = number of prompts (1 for a
     1-D prompt). Rows that have stopped at EOS yield the fill id (``pad_token_id``, else EOS). Stops after
-    ``max_new_tokens`` steps or when every row has stopped. Arguments as in :func:`generate`."""
-    _check_args(max_new_tokens, temperature, top_k, top_p, eos_token_id, seed)
+    ``params.max_new_tokens`` steps or when every row has stopped. Arguments as in :func:`generate`."""
     ids, mask = _prepare(model, input_ids, attention_mask)
     ctx = model.config.max_seq_len
     B, T0 = ids.shape
@@ -142,27 +183,29 @@ def generate_stream(
             stacklevel=3,
         )
     device = ids.device
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    fill_id = model.pad_token_id if model.pad_token_id is not None else eos_token_id
+    max_new, eos_id = params.max_new_tokens, params.eos_token_id
+    generator = torch.Generator(device=device).manual_seed(params.seed) if params.seed is not None else None
+    fill_id = model.pad_token_id if model.pad_token_id is not None else eos_id
     was_training = model.training
     model.eval()
     try:
         # History of every token so far (prompt + generated), preallocated: the window is a view of it.
-        seq = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=device)
+        seq = torch.empty(B, T0 + max_new, dtype=torch.long, device=device)
         seq[:, :T0] = ids
         valid = None
         if mask is not None and not bool(mask.all()):
-            valid = torch.ones(B, T0 + max_new_tokens, dtype=torch.bool, device=device)
+            valid = torch.ones(B, T0 + max_new, dtype=torch.bool, device=device)
             valid[:, :T0] = mask
         finished = torch.zeros(B, dtype=torch.bool, device=device)
         cache = model.new_kv_cache(B) if use_cache else None
         next_pos: torch.Tensor | None = None  # per-row position of the next token (cache path)
         n = T0
-        for _ in range(max_new_tokens):
+        for _ in range(max_new):
             start = max(0, n - ctx)
             window_mask = valid[:, start:n] if valid is not None else None
-            if cache is None or cache.pos == 0 or cache.pos >= ctx:
-                # Prefill (first step, or the window slid): run the whole window.
+            if cache is None or cache.pos == 0 or cache.full:
+                # Prefill (first step, or the window slid: its keys need their new positions): run the
+                # whole window.
                 if cache is not None:
                     cache.reset()
                 pos_ids = None
@@ -177,15 +220,15 @@ def generate_stream(
                 assert next_pos is not None
                 logits = model.decode_step(seq[:, n - 1], next_pos, cache)
                 next_pos += 1
-            token = sample_next_token(logits, temperature, top_k, top_p, generator)
-            if eos_token_id is not None:
+            token = sample_next_token(logits, params.temperature, params.top_k, params.top_p, generator)
+            if eos_id is not None:
                 if fill_id is not None:
                     token = token.masked_fill(finished, fill_id)
-                finished |= token == eos_token_id
+                finished |= token == eos_id
             seq[:, n] = token
             n += 1
             yield token
-            if eos_token_id is not None and bool(finished.all()):
+            if eos_id is not None and bool(finished.all()):
                 break
     finally:
         model.train(was_training)
@@ -193,44 +236,24 @@ def generate_stream(
 
 @torch.no_grad()
 def generate(
-    model: GPT,
+    model: LanguageModel,
     input_ids: torch.Tensor,
-    max_new_tokens: int,
+    params: SamplingParams,
     *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    eos_token_id: int | None = None,
-    seed: int | None = None,
     attention_mask: torch.Tensor | None = None,
     use_cache: bool = True,
 ) -> torch.Tensor:
-    """Continue each prompt by up to ``max_new_tokens`` tokens; return (B, T + new) token ids.
+    """Continue each prompt by up to ``params.max_new_tokens`` tokens; return (B, T + new) token ids.
 
     input_ids: (B, T) or (T,) prompt ids, left padded when rows differ in length, with ``attention_mask``
     (B, T) of 1 for tokens and 0 for padding. The result starts with the prompt as given (uncropped) and
     has fewer than ``max_new_tokens`` new columns when every row stopped at EOS early.
-    temperature: 0 = greedy; top_k >= 1 and top_p in (0, 1] filter the distribution before sampling;
-    seed makes sampling reproducible (a private generator; the global RNG is left alone).
     use_cache=False recomputes the whole window each step (slow; the reference the cache is tested on).
     """
     ids = input_ids if isinstance(input_ids, torch.Tensor) else torch.as_tensor(input_ids, dtype=torch.long)
     if ids.dim() == 1:
         ids = ids[None]
-    new = list(
-        generate_stream(
-            model,
-            ids,
-            max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            eos_token_id=eos_token_id,
-            seed=seed,
-            attention_mask=attention_mask,
-            use_cache=use_cache,
-        )
-    )
+    new = list(generate_stream(model, ids, params, attention_mask=attention_mask, use_cache=use_cache))
     if not new:
         return ids.long()
     return torch.cat([ids.long(), torch.stack(new, dim=1)], dim=1)

@@ -1,4 +1,4 @@
-"""The GPT model: a decoder-only transformer in the GPT-2 mould, in one readable file.
+"""The GPT model: a decoder-only transformer in the GPT-2 mould, in one readable file (after nanoGPT).
 
     tokens -> token embedding + learned position embedding -> dropout
            -> num_layers x Block(pre-norm: x + attn(ln_1(x)); x + mlp(ln_2(x)))
@@ -6,7 +6,8 @@
 
 Parameter names follow GPT-2 / nanoGPT (``transformer.h.0.attn.c_attn.weight`` ...), so the Hugging Face
 export is a transpose away. Attention lives in ``attention.py``, the KV cache in ``kv_cache.py``, sampling
-in ``generation.py``, the chunked LM-head loss in ``loss.py``, save/load in ``serialization.py``.
+in ``generation.py``, save/load in ``serialization.py``; the device-specific fast paths (block-causal
+attention, the bias-in-GEMM Linear, the fused LM-head loss) in ``kernels/``, so nothing here tests devices.
 """
 
 from __future__ import annotations
@@ -22,57 +23,54 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from gptrs.config import Config, ModelConfig
+from gptrs.config import Config, ModelConfig, check_model
 from gptrs.errors import ConfigError
-from gptrs.model.attention import ATTENTION_IMPLS, CausalSelfAttention, build_attention_mask
-from gptrs.model.kv_cache import KVCache
-from gptrs.model.linear import linear
-from gptrs.model.loss import IGNORE_INDEX, lm_head_cross_entropy
+from gptrs.model import generation, serialization
+from gptrs.model.attention import CausalSelfAttention
+from gptrs.model.kernels import IGNORE_INDEX, Linear, lm_head_loss
+from gptrs.model.kv_cache import KVCache, build_attention_mask
 
-ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}  # name -> nn.GELU(approximate=...)
+ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}  # model.activation -> nn.GELU(approximate=...)
 
 
 class MLP(nn.Module):
     """Position-wise feed-forward: Linear(d -> ff) -> GELU -> Linear(ff -> d) -> dropout."""
 
-    def __init__(self, embed_dim: int, ff_dim: int, dropout: float, *, bias: bool, activation: str) -> None:
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(embed_dim, ff_dim, bias=bias)
-        self.gelu = nn.GELU(approximate=ACTIVATIONS[activation])
-        self.c_proj = nn.Linear(ff_dim, embed_dim, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.c_fc = Linear(cfg.embed_dim, cfg.ff_dim, bias=cfg.bias)
+        self.gelu = nn.GELU(approximate=ACTIVATIONS[cfg.activation])
+        self.c_proj = Linear(cfg.ff_dim, cfg.embed_dim, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(linear(self.c_proj, self.gelu(linear(self.c_fc, x))))
+        x = self.c_fc(x)
+        x = self.gelu(x)
+        x = self.c_proj(x)
+        x = self.dropout(x)
+        return x
 
 
 class Block(nn.Module):
     """One pre-norm transformer block: attention then MLP, each added to the residual stream."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer_idx: int = 0) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.embed_dim, bias=cfg.bias)
-        self.attn = CausalSelfAttention(
-            cfg.embed_dim, cfg.heads, cfg.dropout, bias=cfg.bias, impl=cfg.attention
-        )
+        self.attn = CausalSelfAttention(cfg, layer_idx)
         self.ln_2 = nn.LayerNorm(cfg.embed_dim, bias=cfg.bias)
-        self.mlp = MLP(cfg.embed_dim, cfg.ff_dim, cfg.dropout, bias=cfg.bias, activation=cfg.activation)
+        self.mlp = MLP(cfg)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        attn_mask: torch.Tensor | None = None,
-        kv_cache: KVCache | None = None,
-        layer_idx: int = 0,
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), attn_mask, kv_cache, layer_idx)
-        return x + self.mlp(self.ln_2(x))
+        x = x + self.attn(self.ln_1(x), attn_mask, kv_cache)
+        x = x + self.mlp(self.ln_2(x))
+        return x
 
-    def decode(
-        self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], t: int, attn_mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        """One token per row, (B, C), against this layer's cache views ``kv``; see ``GPT.decode_step``."""
-        x = x + self.attn.decode(self.ln_1(x), kv[0], kv[1], t, attn_mask)
+    def decode(self, x: torch.Tensor, kv_cache: KVCache, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        """One token per row, (B, C), through the KV cache; see ``GPT.decode_step``."""
+        x = x + self.attn.decode(self.ln_1(x), kv_cache, attn_mask)
         if self.training:  # dropout is active: take the ordinary path
             return x + self.mlp(self.ln_2(x))
         m = self.mlp
@@ -88,26 +86,8 @@ class Trunk(nn.Module):
         self.wte = nn.Embedding(cfg.vocab_size, cfg.embed_dim)  # token embedding (tied to the LM head)
         self.wpe = nn.Embedding(cfg.max_seq_len, cfg.embed_dim)  # learned position embedding
         self.drop = nn.Dropout(cfg.dropout)
-        self.h = nn.ModuleList([Block(cfg) for _ in range(cfg.num_layers)])
+        self.h = nn.ModuleList([Block(cfg, i) for i in range(cfg.num_layers)])
         self.ln_f = nn.LayerNorm(cfg.embed_dim, bias=cfg.bias)
-
-
-def _check_model_config(cfg: ModelConfig) -> None:
-    """Reject shapes the model cannot be built with; one line naming the field."""
-    for name in ("vocab_size", "embed_dim", "ff_dim", "num_layers", "heads", "max_seq_len"):
-        value = getattr(cfg, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
-    if cfg.embed_dim % cfg.heads:
-        raise ConfigError(f"model.heads ({cfg.heads}) must divide model.embed_dim ({cfg.embed_dim})")
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise ConfigError(f"model.dropout must be in [0, 1), got {cfg.dropout!r}")
-    if cfg.activation not in ACTIVATIONS:
-        raise ConfigError(f"model.activation must be one of {', '.join(ACTIVATIONS)}, got {cfg.activation!r}")
-    if cfg.attention not in ATTENTION_IMPLS:
-        raise ConfigError(
-            f"model.attention must be one of {', '.join(ATTENTION_IMPLS)}, got {cfg.attention!r}"
-        )
 
 
 class GPT(nn.Module):
@@ -143,14 +123,13 @@ class GPT(nn.Module):
             gradient_checkpointing=gradient_checkpointing,
             vocab_size=vocab_size,
         )
-        _check_model_config(cfg)
+        check_model(cfg)
         if pad_token_id is not None and not 0 <= pad_token_id < vocab_size:
             raise ConfigError(f"pad_token_id {pad_token_id} is outside the vocabulary (size {vocab_size})")
         self._cfg = cfg
         self.pad_token_id = pad_token_id
         self.gradient_checkpointing = gradient_checkpointing
         self.residual_in_autocast_dtype = True  # keep the residual stream in bf16/fp16 under autocast
-        self.loss_chunk_size = 1024  # rows of logits alive at once in the fused LM-head loss (see loss.py)
 
         self.transformer = Trunk(cfg)
         self.lm_head = nn.Linear(embed_dim, vocab_size, bias=False)
@@ -241,9 +220,7 @@ class GPT(nn.Module):
                 logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX
             )
             return logits, loss
-        loss = lm_head_cross_entropy(
-            x.view(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1), self.loss_chunk_size
-        )
+        loss = lm_head_loss(x.view(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
         return None, loss
 
     def _embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
@@ -276,32 +253,26 @@ class GPT(nn.Module):
             raise ValueError(
                 f"sequence of {past + T} tokens is longer than the context (max_seq_len={self._cfg.max_seq_len})"
             )
-        attn_mask = None
-        if attention_mask is not None:
-            valid = attention_mask.bool()
-            if position_ids is None:
-                position_ids = (valid.long().cumsum(1) - 1).clamp(min=0)
-            if kv_cache is not None:
-                kv_cache.set_valid(valid)
-                assert kv_cache.key_valid is not None
-                valid = kv_cache.key_valid[:, : past + T]
-            if not bool(valid.all()):
-                attn_mask = build_attention_mask(valid, T)
-        elif kv_cache is not None and kv_cache.key_valid is not None:
-            # No mask for these tokens: they are real, but earlier cached positions may be padding.
-            kv_cache.key_valid[:, past : past + T] = True
-            if past > 0 and not bool(kv_cache.key_valid[:, :past].all()):
-                attn_mask = build_attention_mask(kv_cache.key_valid[:, : past + T], T)
+        valid = attention_mask.bool() if attention_mask is not None else None
         if position_ids is None:
-            position_ids = torch.arange(past, past + T, device=input_ids.device)[None]
+            if valid is not None:  # each row's positions start at 0 at its first token
+                position_ids = (valid.long().cumsum(1) - 1).clamp(min=0)
+            else:
+                position_ids = torch.arange(past, past + T, device=input_ids.device)[None]
+        if kv_cache is not None:
+            attn_mask = kv_cache.mask(T, valid)  # the cache remembers which earlier keys were padding
+        elif valid is not None and not bool(valid.all()):
+            attn_mask = build_attention_mask(valid, T)
+        else:
+            attn_mask = None
 
         x = self._embed(input_ids, position_ids)
         checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        for i, block in enumerate(self.transformer.h):
+        for block in self.transformer.h:
             if checkpointing:
-                x = checkpoint(block, x, attn_mask, None, i, use_reentrant=False)
+                x = checkpoint(block, x, attn_mask, None, use_reentrant=False)
             else:
-                x = block(x, attn_mask, kv_cache, i)
+                x = block(x, attn_mask, kv_cache)
         if kv_cache is not None:
             kv_cache.advance(T)
         x = self.transformer.ln_f(x)
@@ -316,21 +287,15 @@ class GPT(nn.Module):
         needs. Per token it saves about a third of the time on the 6/6/384 model (fp32, one thread:
         3.2 ms instead of 4.1 ms, of which ~2.2 ms is reading the weights from memory).
         """
-        t = kv_cache.pos
-        if t >= self._cfg.max_seq_len:
+        if kv_cache.full:
             raise ValueError(f"KV cache is full (max_seq_len={self._cfg.max_seq_len})")
-        tr = self.transformer
         x = self._embed(tokens, positions)
-        attn_mask = None
-        if kv_cache.key_valid is not None:
-            kv_cache.key_valid[:, t] = True
-            if kv_cache.has_padding:
-                attn_mask = kv_cache.key_valid[:, None, None, : t + 1]
-        for block, kv in zip(tr.h, kv_cache.layers, strict=True):
+        attn_mask = kv_cache.decode_mask()
+        for block in self.transformer.h:
             assert isinstance(block, Block)
-            x = block.decode(x, kv, t, attn_mask)
+            x = block.decode(x, kv_cache, attn_mask)
         kv_cache.advance(1)
-        return self.lm_head(tr.ln_f(x))
+        return self.lm_head(self.transformer.ln_f(x))
 
     def new_kv_cache(self, batch_size: int) -> KVCache:
         """An empty KV cache for ``batch_size`` rows and the full context."""
@@ -380,77 +345,52 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------ generation and serialization
 
-    @torch.no_grad()
     def generate(
         self,
         input_ids: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        eos_token_id: int | None = None,
-        seed: int | None = None,
+        *sampling: Any,
         attention_mask: torch.Tensor | None = None,
         use_cache: bool = True,
+        **sampling_kw: Any,
     ) -> torch.Tensor:
-        """Continue each prompt; see :func:`gptrs.model.generation.generate`."""
-        from gptrs.model.generation import generate
-
-        return generate(
-            self,
-            input_ids,
-            max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            eos_token_id=eos_token_id,
-            seed=seed,
-            attention_mask=attention_mask,
-            use_cache=use_cache,
+        """Continue each prompt: ``generate(input_ids, max_new_tokens, temperature=1.0, top_k=None,
+        top_p=None, eos_token_id=None, seed=None, attention_mask=None, use_cache=True)``; the sampling
+        arguments make a :class:`~gptrs.model.generation.SamplingParams`. See
+        :func:`gptrs.model.generation.generate`."""
+        params = generation.SamplingParams(*sampling, **sampling_kw)
+        return generation.generate(
+            self, input_ids, params, attention_mask=attention_mask, use_cache=use_cache
         )
 
     def generate_stream(
         self,
         input_ids: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        eos_token_id: int | None = None,
-        seed: int | None = None,
+        *sampling: Any,
         attention_mask: torch.Tensor | None = None,
         use_cache: bool = True,
+        **sampling_kw: Any,
     ) -> Iterator[torch.Tensor]:
-        """Yield each step's new tokens as a (B,) LongTensor; see :func:`gptrs.model.generation.generate_stream`."""
-        from gptrs.model.generation import generate_stream
-
-        return generate_stream(
-            self,
-            input_ids,
-            max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            eos_token_id=eos_token_id,
-            seed=seed,
-            attention_mask=attention_mask,
-            use_cache=use_cache,
+        """Yield each step's new tokens as a (B,) LongTensor; arguments as in :meth:`generate`. See
+        :func:`gptrs.model.generation.generate_stream`."""
+        params = generation.SamplingParams(*sampling, **sampling_kw)
+        return generation.generate_stream(
+            self, input_ids, params, attention_mask=attention_mask, use_cache=use_cache
         )
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
         """Write ``model.safetensors`` and ``model.json`` into ``directory`` (created if needed)."""
-        from gptrs.model.serialization import save_pretrained
-
-        save_pretrained(self, directory)
+        serialization.save_pretrained(self, directory, self.config, self.pad_token_id)
 
     @classmethod
     def from_pretrained(
         cls, directory: str | os.PathLike[str], map_location: str | torch.device = "cpu"
     ) -> GPT:
         """Load a model written by :meth:`save_pretrained` (or a trainer checkpoint directory)."""
-        from gptrs.model.serialization import load_pretrained
 
-        return load_pretrained(directory, map_location=map_location)
+        def build(cfg: ModelConfig, pad_token_id: int | None) -> GPT:
+            return cls.from_config(cfg, pad_token_id=pad_token_id)
+
+        return serialization.load_pretrained(directory, build, map_location)
 
 
 def maybe_compile(model: GPT, enabled: bool) -> nn.Module:

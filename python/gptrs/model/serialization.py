@@ -10,6 +10,8 @@ these; loading needs only the two files):
 
 Anything wrong with a directory (missing files, bad JSON, corrupt safetensors, missing, unexpected or
 misshapen tensors) raises :class:`gptrs.errors.CheckpointError` with one line naming the file and tensors.
+This module knows no model class: ``GPT.save_pretrained`` hands it the module, config and pad id, and
+``GPT.from_pretrained`` a function that builds the model from a config.
 """
 
 from __future__ import annotations
@@ -17,24 +19,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch import nn
 
 from gptrs.config import ModelConfig
 from gptrs.errors import CheckpointError, GptrsError
-
-if TYPE_CHECKING:
-    from gptrs.model.gpt import GPT
+from gptrs.files import MODEL_FILE, MODEL_JSON, atomic_path, atomic_write_text
 
 FORMAT = "gptrs-model"
 FORMAT_VERSION = 1
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "model.json"
-TIED_KEYS = ("lm_head.weight",)  # aliases of transformer.wte.weight, not stored
+
+M = TypeVar("M", bound=nn.Module)
 
 
 def _names(names: list[str], limit: int = 6) -> str:
@@ -42,25 +43,39 @@ def _names(names: list[str], limit: int = 6) -> str:
     return shown + (f" (and {len(names) - limit} more)" if len(names) > limit else "")
 
 
-def save_pretrained(model: GPT, directory: str | os.PathLike[str]) -> None:
-    """Write ``model.safetensors`` and ``model.json`` into ``directory`` (each file replaced atomically)."""
+def _tied(model: nn.Module) -> dict[str, str]:
+    """Parameters registered under a second name (tied weights, e.g. ``lm_head.weight``, which is
+    ``transformer.wte.weight``): {second name: first name}. Only the first name is stored."""
+    first: dict[int, str] = {}
+    tied: dict[str, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            tied[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return tied
+
+
+def save_pretrained(
+    model: nn.Module, directory: str | os.PathLike[str], config: ModelConfig, pad_token_id: int | None
+) -> None:
+    """Write ``model.safetensors`` (the model's state_dict, tied weights once) and ``model.json`` (``config``
+    and ``pad_token_id``) into ``directory``, each file replaced atomically and durably."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
+    tied = _tied(model)
     tensors = {
-        name: t.detach().contiguous().cpu() for name, t in model.state_dict().items() if name not in TIED_KEYS
+        name: t.detach().contiguous().cpu() for name, t in model.state_dict().items() if name not in tied
     }
-    tmp = out / (WEIGHTS_NAME + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, out / WEIGHTS_NAME)
+    with atomic_path(out / MODEL_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "config": dataclasses.asdict(model.config),
-        "pad_token_id": model.pad_token_id,
+        "config": dataclasses.asdict(config),
+        "pad_token_id": pad_token_id,
     }
-    tmp = out / (CONFIG_NAME + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / CONFIG_NAME)
+    atomic_write_text(out / MODEL_JSON, json.dumps(meta, indent=2) + "\n")
 
 
 def read_model_json(directory: str | os.PathLike[str]) -> tuple[ModelConfig, int | None]:
@@ -68,7 +83,7 @@ def read_model_json(directory: str | os.PathLike[str]) -> tuple[ModelConfig, int
     root = Path(directory)
     if not root.is_dir():
         raise CheckpointError(f"model directory not found: {root}")
-    path = root / CONFIG_NAME
+    path = root / MODEL_JSON
     if not path.is_file():
         raise CheckpointError(f"{path}: missing (not a model directory written by save_pretrained?)")
     try:
@@ -97,24 +112,40 @@ def read_model_json(directory: str | os.PathLike[str]) -> tuple[ModelConfig, int
     return ModelConfig(**fields), pad
 
 
-def load_pretrained(directory: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> GPT:
-    """Build the model described by ``model.json`` and load ``model.safetensors`` into it, exactly."""
-    from gptrs.model.gpt import GPT
-
+def load_pretrained(
+    directory: str | os.PathLike[str],
+    build: Callable[[ModelConfig, int | None], M],
+    map_location: str | torch.device = "cpu",
+) -> M:
+    """``build(config, pad_token_id)`` from ``model.json``, then ``model.safetensors`` loaded into it, exactly
+    (names, shapes and float dtypes checked; tied weights tied again)."""
     cfg, pad = read_model_json(directory)
-    config_path = Path(directory) / CONFIG_NAME
+    config_path = Path(directory) / MODEL_JSON
     if cfg.vocab_size is None:
         raise CheckpointError(f"{config_path}: config.vocab_size is missing")
     try:
         with torch.device("meta"):  # no memory and no init work: every tensor comes from the file
-            model = GPT.from_config(cfg, pad_token_id=pad)
+            model = build(cfg, pad)
     except (GptrsError, ValueError, TypeError) as e:
         raise CheckpointError(f"{config_path}: {e}") from None
 
-    path = Path(directory) / WEIGHTS_NAME
+    path = Path(directory) / MODEL_FILE
     if not path.is_file():
         raise CheckpointError(f"{path}: missing")
-    expected = {name: t.shape for name, t in model.state_dict().items() if name not in TIED_KEYS}
+    tied = _tied(model)
+    expected = {name: t.shape for name, t in model.state_dict().items() if name not in tied}
+    state = _read_tensors(path, expected, map_location)
+    model.load_state_dict(state, strict=False, assign=True)
+    for name, first in tied.items():  # re-tie: assign replaced the first name's Parameter
+        owner, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(owner), attr, model.get_parameter(first))
+    return model
+
+
+def _read_tensors(
+    path: Path, expected: dict[str, torch.Size], map_location: str | torch.device
+) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file, which must hold exactly ``expected`` (names and shapes), floats."""
     state: dict[str, Any] = {}
     try:
         with safe_open(str(path), framework="pt", device=str(torch.device(map_location))) as f:
@@ -142,6 +173,4 @@ def load_pretrained(directory: str | os.PathLike[str], map_location: str | torch
     except Exception as e:  # safetensors raises SafetensorError / OSError / RuntimeError on corrupt files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable safetensors file ({first})") from None
-    model.load_state_dict(state, strict=False, assign=True)
-    model.lm_head.weight = model.transformer.wte.weight  # re-tie: assign replaced the embedding Parameter
-    return model
+    return state

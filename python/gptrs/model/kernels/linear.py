@@ -1,4 +1,4 @@
-"""The Linear layers' training path on the CPU under bf16 autocast: the bias added inside the GEMM.
+"""``Linear``: ``nn.Linear`` whose CPU bf16 training path adds the bias inside the GEMM.
 
 Autocast runs ``nn.Linear`` as ``addmm(bias, x, W^T)``, and ATen's CPU ``addmm`` first copies the broadcast
 bias into the whole output, then accumulates the product onto it: one extra pass over every activation a
@@ -10,12 +10,14 @@ about twice as fast as ``sum(0)`` on bf16. Whole training steps, alternated with
 process: 2-4% faster on 6/6/384, 1-2% on 12/12/768, within noise (+-2%) on the 5/4/128 small preset. The
 results match the plain path to bf16 rounding (tests compare them).
 
-Anything else (fp32, CUDA, no grad, torch.compile, a torch without the kernel) takes ``module(x)``.
+Anything else (fp32, CUDA, no grad, torch.compile, a torch without the kernel) takes ``nn.Linear``'s own
+forward. The class adds no parameters or buffers: its state_dict is ``nn.Linear``'s.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -63,17 +65,29 @@ class _BiasInGemmLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
-def linear(module: nn.Linear, x: Tensor) -> Tensor:
-    """``module(x)``, through the bias-in-GEMM kernel when training on the CPU under bf16 autocast."""
-    if (
-        _FUSED_OK
-        and module.bias is not None
-        and x.device.type == "cpu"
-        and torch.is_grad_enabled()
-        and torch.is_autocast_enabled("cpu")
-        and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        and not torch.compiler.is_compiling()
-    ):
-        out: Tensor = _BiasInGemmLinear.apply(x, module.weight, module.bias)
-        return out
-    return module(x)
+class Linear(nn.Linear):
+    """``nn.Linear`` that runs the bias-in-GEMM kernel when training on the CPU under bf16 autocast."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (
+            torch.is_grad_enabled()  # first: decoding (no grad) leaves after one check
+            and _FUSED_OK
+            and self.bias is not None
+            and x.device.type == "cpu"
+            and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            and not torch.compiler.is_compiling()
+        ):
+            out: Tensor = _BiasInGemmLinear.apply(x, self.weight, self.bias)
+            return out
+        return F.linear(x, self.weight, self.bias)
+
+
+def as_plain_linears(model: nn.Module) -> nn.Module:
+    """Turn every :class:`Linear` of ``model`` back into ``nn.Linear``, in place (same parameters), and return
+    the model: for tools that match layers by their exact type, such as ``torch.ao.quantization
+    .quantize_dynamic(model, {nn.Linear})``, which would otherwise leave these layers in float."""
+    for module in model.modules():
+        if type(module) is Linear:
+            module.__class__ = nn.Linear  # type: ignore[assignment]  # same layout: Linear adds no state
+    return model

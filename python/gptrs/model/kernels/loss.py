@@ -1,8 +1,8 @@
-"""Language-model loss: the LM head and cross-entropy fused and computed in chunks of rows.
+"""``lm_head_loss``: the LM head and cross-entropy fused and computed in chunks of rows.
 
 The plain way, ``F.cross_entropy(lm_head(x).float(), targets)``, materializes the full (N, vocab) logits
 and an fp32 copy of them, and keeps both alive for backward: with vocab 8192 and 4096 tokens that is
-hundreds of MB of memory traffic per step. Here the logits of ``chunk_size`` rows at a time are made,
+hundreds of MB of memory traffic per step. Here the logits of a chunk of rows at a time are made,
 turned into the loss and, when gradients are needed, straight into the gradients of the hidden states and
 of the head weight (d loss / d logits = softmax - onehot), then dropped. The matmuls are the same three as
 in the plain path (logits, grad of x, grad of W); only the peak memory and the traffic shrink (on the
@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 
 IGNORE_INDEX = -100
-CHUNK_BYTES = 16 << 20  # cap on the logits buffer of one chunk (see _chunked_loss)
+MAX_ROWS = 1024  # rows of logits alive at once, at most
+CHUNK_BYTES = 16 << 20  # cap on the logits buffer of one chunk (see _chunk_rows)
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -27,8 +28,15 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+def _chunk_rows(n: int, vocab: int, dtype: torch.dtype, device: torch.device) -> int:
+    """Rows per chunk: at most MAX_ROWS and ``n``, and a logits buffer of at most CHUNK_BYTES, small enough
+    for the allocator to reuse between steps instead of mapping fresh pages (page faults are slow on CPU).
+    The same on every device for now (``device`` is there for a per-device budget)."""
+    return max(1, min(MAX_ROWS, n, CHUNK_BYTES // (vocab * dtype.itemsize)))
+
+
 def _chunked_loss(
-    x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int, with_grad: bool
+    x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_rows: int, with_grad: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Summed cross-entropy over valid rows, and (if with_grad) the *unscaled* gradients of x and of weight
     of the summed loss, in the compute dtype (as a Linear under autocast makes them); the caller divides by
@@ -53,9 +61,7 @@ def _chunked_loss(
     loss = torch.zeros((), dtype=torch.float32, device=x.device)
     grad_x = torch.empty(N, x.size(1), dtype=dtype, device=x.device) if with_grad else None
     grad_w = torch.empty(0) if with_grad else None  # compute dtype: the first chunk's product, then the sum
-    # Rows per chunk: at most chunk_size, and a logits buffer of at most CHUNK_BYTES, small enough for the
-    # allocator to reuse between steps instead of mapping fresh pages (page faults are slow on CPU).
-    c = max(1, min(chunk_size, N, CHUNK_BYTES // (V * dtype.itemsize)))
+    c = chunk_rows
     logits_buf = torch.empty(c, V, dtype=dtype, device=x.device)
     minus_one = torch.full((c,), -1.0, dtype=dtype, device=x.device)
     with torch.autocast(x.device.type, enabled=False):
@@ -88,9 +94,9 @@ class _FusedLMHeadLoss(torch.autograd.Function):
         x: torch.Tensor,
         weight: torch.Tensor,
         targets: torch.Tensor,
-        chunk_size: int,
+        chunk_rows: int,
     ) -> torch.Tensor:
-        loss_sum, grad_x, grad_w = _chunked_loss(x, weight, targets, chunk_size, with_grad=True)
+        loss_sum, grad_x, grad_w = _chunked_loss(x, weight, targets, chunk_rows, with_grad=True)
         assert grad_x is not None and grad_w is not None
         n_valid = (targets != IGNORE_INDEX).sum().clamp(min=1).to(torch.float32)
         ctx.save_for_backward(grad_x, grad_w, n_valid)
@@ -109,17 +115,21 @@ class _FusedLMHeadLoss(torch.autograd.Function):
 
 
 @torch.compiler.disable  # hand-fused already; under torch.compile it runs as is (a graph break at the end)
-def lm_head_cross_entropy(
-    x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int = 1024
+def lm_head_loss(
+    x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int | None = None
 ) -> torch.Tensor:
     """Mean cross-entropy of ``x @ weight.T`` against ``targets`` (rows with -100 ignored).
 
     x: (N, d) final hidden states; weight: (vocab, d) the LM head; targets: (N,) token ids or -100.
     Equal to ``F.cross_entropy((x @ weight.T).float(), targets, ignore_index=-100)`` without ever holding
-    more than ``chunk_size`` rows of logits. With every row ignored the loss is 0.
+    more than one chunk of rows of logits (:func:`_chunk_rows`; ``chunk_size`` caps it further, for tests).
+    With every row ignored the loss is 0.
     """
+    rows = _chunk_rows(x.size(0), weight.size(0), _compute_dtype(x), x.device)
+    if chunk_size is not None:
+        rows = max(1, min(rows, chunk_size))
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        out: torch.Tensor = _FusedLMHeadLoss.apply(x, weight, targets, chunk_size)
+        out: torch.Tensor = _FusedLMHeadLoss.apply(x, weight, targets, rows)
         return out
-    loss_sum, _, _ = _chunked_loss(x, weight, targets, chunk_size, with_grad=False)
+    loss_sum, _, _ = _chunked_loss(x, weight, targets, rows, with_grad=False)
     return loss_sum / (targets != IGNORE_INDEX).sum().clamp(min=1)

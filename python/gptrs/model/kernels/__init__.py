@@ -1,0 +1,58 @@
+"""The model's device kernels: fast paths the model calls through one entry point each.
+
+Each entry point chooses its kernel by device, dtype and mode itself, so the model's forward reads as plain
+math with no device tests in it (nanochat keeps its kernels apart the same way). Each kernel exists because
+the plain PyTorch call it replaces was measured slow on the CPU; the figures are in its module's docstring.
+
+- :func:`causal_attention` ``(qkv, heads, dropout_p) -> y``: causal self-attention from the fused QKV
+  projection (B, T, 3C) to (B, T, C). CPU training: block-causal attention (``block_causal.py``: blocks of
+  query rows that skip the masked half of the scores, with a hand-written backward; the CPU flash kernel's
+  backward is ~5x its forward). Anything else: ``scaled_dot_product_attention(is_causal=True)``.
+- :class:`Linear`: ``nn.Linear`` whose CPU bf16 training forward adds the bias inside the GEMM (oneDNN), not
+  in a separate pass over the output (``linear.py``; 2-4% per training step). Same parameters and
+  state_dict as ``nn.Linear``; :func:`as_plain_linears` turns them back for tools that match ``nn.Linear`` by
+  exact type (int8 dynamic quantization).
+- :func:`lm_head_loss` ``(x, weight, targets) -> loss``: LM head + cross-entropy fused and computed in
+  chunks of rows, so the (N, vocab) logits and their fp32 copy never exist (``loss.py``; ~3x the
+  plain way on the CPU). Its chunk size comes from one function, ``_chunk_rows(n, vocab, dtype, device)``.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from gptrs.model.kernels.block_causal import BLOCK_ROWS, block_causal_attention
+from gptrs.model.kernels.linear import Linear, as_plain_linears
+from gptrs.model.kernels.loss import IGNORE_INDEX, lm_head_loss
+
+__all__ = [
+    "BLOCK_ROWS",
+    "IGNORE_INDEX",
+    "Linear",
+    "as_plain_linears",
+    "block_causal_attention",
+    "causal_attention",
+    "lm_head_loss",
+]
+
+
+def causal_attention(qkv: Tensor, heads: int, dropout_p: float = 0.0) -> Tensor:
+    """Causal self-attention over a whole sequence, from the fused projection ``qkv`` (B, T, 3C): q, k, v
+    side by side, each C = heads x head_dim wide with the heads side by side. Returns (B, T, C), heads side
+    by side, ready for the output projection.
+
+    CPU training without dropout takes :func:`block_causal_attention` (no head reshapes here: it splits
+    and merges the heads in the copies its matmuls make anyway); everything else SDPA with ``is_causal``.
+    """
+    B, T, C3 = qkv.shape
+    if qkv.requires_grad and dropout_p == 0.0 and T > 1 and qkv.device.type == "cpu":
+        return block_causal_attention(qkv, heads)
+    C = C3 // 3
+    q, k, v = qkv.split(C, dim=2)
+    # (B, T, C) -> (B, heads, T, head_dim)
+    q = q.view(B, T, heads, C // heads).transpose(1, 2)
+    k = k.view(B, T, heads, C // heads).transpose(1, 2)
+    v = v.view(B, T, heads, C // heads).transpose(1, 2)
+    y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=T > 1)
+    return y.transpose(1, 2).reshape(B, T, C)
