@@ -314,3 +314,25 @@ def test_export_takes_a_run_directory(tmp_path: Path, capsys: pytest.CaptureFixt
     assert export_cli.main(["--model-path", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no complete checkpoint" in err and err.count("\n") == 1
+
+
+def test_a_run_validates_its_config_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The preset is validated when loaded and the result of --set once more; saving it to the run
+    directory, handing it to the Trainer and writing it into checkpoints check nothing again."""
+    from gptrs.config import validation
+
+    checked: list[str] = []
+    real = validation.check_relations  # the last step of every validation
+
+    def counting(cfg):
+        checked.append(f"{cfg.model.num_layers} layers")
+        return real(cfg)
+
+    monkeypatch.setattr(validation, "check_relations", counting)
+    argv = ["--out", str(tmp_path / "run"), "--device", "cpu", *sets("training.sample_tokens=0")]
+    assert train_cli.main([*argv, "--max-steps", "3"]) == 0, capsys.readouterr().err
+    assert checked == ["5 layers", "1 layers"]  # the small preset, then the preset with --set applied
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    assert (tmp_path / "run" / "checkpoints" / "last" / "config.yaml").is_file()
