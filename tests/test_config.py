@@ -16,13 +16,13 @@ from hypothesis import strategies as st
 
 import gptrs
 from gptrs.config import (
+    PRESETS_DIR,
     SECTIONS,
     Config,
     DataConfig,
     ModelConfig,
     TokenizerConfig,
     TrainingConfig,
-    PRESETS_DIR,
     apply_overrides,
     check_model,
     config_from_dict,
