@@ -15,7 +15,8 @@ and for ``Trainer.train()`` without loaders alike. In order:
    ``training.seed`` and the DDP rank, and a fixed ``EvalBatches`` for validation (``batches``).
 
 It returns a ``DataBundle`` with the samplers, the token arrays and corpus statistics, including the unigram
-baseline loss the trainer prints next to its validation loss.
+baseline loss the trainer prints next to its validation loss. Fault points (``gptrs.faults``): ``tokenizer``
+and ``tokenizer_done`` around training the tokenizer, ``cache`` and ``cache_done`` around building the cache.
 """
 
 from __future__ import annotations
