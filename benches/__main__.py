@@ -12,7 +12,6 @@ graphs and memory never colour the next) and carries on past a suite that fails 
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import subprocess
@@ -22,6 +21,7 @@ import traceback
 from typing import Any
 
 from benches import common
+from gptrs.cli import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, ArgumentParser, summary
 
 SUITES = {
     "tokenizer": "benches.bench_tokenizer",
@@ -68,7 +68,7 @@ def run_suite(suite: str, quick: bool, threads: int | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benches", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m benches", description=summary(__doc__))
     parser.add_argument("suite", nargs="?", default="all", choices=[*SUITES, "all"])
     parser.add_argument(
         "--quick", action="store_true", help="tiny shapes, 1-2 timed steps: checks each suite runs"
@@ -86,13 +86,13 @@ def main(argv: list[str] | None = None) -> int:
             status = run_suite(args.suite, args.quick, threads)
         except Exception:
             traceback.print_exc()
-            return 1
+            return EXIT_INTERNAL_ERROR
         if status == MISSING:
             print(f"error: suite {args.suite!r} is not available in this checkout", file=sys.stderr)
-            return 2
+            return EXIT_USER_ERROR
         return status
 
-    summary: dict[str, str] = {}
+    states: dict[str, str] = {}
     t0 = time.perf_counter()
     for suite in SUITES:
         cmd = [sys.executable, "-m", "benches", suite, "--threads", str(threads)] + (
@@ -101,11 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         rc = subprocess.run(cmd, cwd=common.REPO, env=os.environ.copy()).returncode
         took = f"{time.perf_counter() - t:.0f} s"
-        summary[suite] = {0: f"ok ({took})", 2: "not in this checkout"}.get(rc, f"FAILED (exit {rc}, {took})")
+        states[suite] = {0: f"ok ({took})", EXIT_USER_ERROR: "not in this checkout"}.get(
+            rc, f"FAILED (exit {rc}, {took})"
+        )
     print(f"\n=== summary ({time.perf_counter() - t0:.0f} s)")
-    for suite, state in summary.items():
+    for suite, state in states.items():
         print(f"{suite:<12} {state}")
-    return 1 if any(s.startswith("FAILED") for s in summary.values()) else 0
+    return EXIT_INTERNAL_ERROR if any(s.startswith("FAILED") for s in states.values()) else 0
 
 
 if __name__ == "__main__":

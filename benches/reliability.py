@@ -87,7 +87,7 @@ def install_hooks(spec: dict[str, Any]) -> None:
     """
     import torch
 
-    import gptrs.data as data_mod
+    import gptrs.data.pipeline as data_mod
     import gptrs.model.serialization as ser
     from gptrs.data import token_cache as tc
     from gptrs.training import checkpoint as ck

@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gptrs.data import stdlib_paths
-from gptrs.tokenizer import DEFAULT_SPECIAL_TOKENS, BPETokenizer, _infer_roles, demo, main
+from gptrs.tokenizer import DEFAULT_SPECIAL_TOKENS, BPETokenizer, _infer_roles
+from gptrs.tokenizer.__main__ import demo, main
 
 VOCAB = 600
 # Text without the special-token strings: every code point but surrogates (not encodable as UTF-8).
@@ -274,7 +275,7 @@ def test_cli_as_module_with_progress_bar(tmp_path: Path) -> None:
 
 
 def test_demo_round_trips(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr("gptrs.tokenizer._stdlib_paths", lambda: list(corpus_files(20)))
+    monkeypatch.setattr("gptrs.tokenizer.__main__.stdlib_paths", lambda: list(corpus_files(20)))
     figures = demo(vocab_size=512)
     out = capsys.readouterr().out
     assert figures["exact_round_trip"] is True and figures["vocab_size"] == 512

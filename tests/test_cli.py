@@ -3,6 +3,7 @@ resume, generate), and the table of user errors (one line on stderr, exit status
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,9 +15,11 @@ from typing import ClassVar
 import pytest
 import torch
 
+from gptrs import export as export_cli
 from gptrs import generate as generate_cli
 from gptrs import train as train_cli
 from gptrs.model import GPT
+from gptrs.tokenizer import BPETokenizer
 from gptrs.training import checkpoint as ckpt
 from gptrs.training.metrics import read_metrics
 
@@ -278,3 +281,58 @@ def test_stream_text_holds_back_split_characters() -> None:
     assert "".join(pieces) == text  # stops at EOS: the 'A' after it never shows
     assert all("\ufffd" not in p for p in pieces)
     assert pieces == ["a", "ñ", "€", "😀", "!"]
+
+
+def test_export_takes_a_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`gptrs.export --model-path RUN_DIR` exports the run's best checkpoint (as gptrs.generate picks it)."""
+    from safetensors.torch import load_file
+
+    run_dir = tmp_path / "run"
+    models = {}
+    for seed, name in ((0, "best"), (1, "last")):  # two different models: the export must take 'best'
+        torch.manual_seed(seed)
+        models[name] = GPT(300, 16, 32, 1, 2, 8, None)
+        ckpt.save_checkpoint(run_dir / "checkpoints", name, step=1, model=models[name], trainer_state={})
+    tok = BPETokenizer(vocab_size=300).train(["def f(x):\n    return x + 1\n" * 50])
+    tok.save(run_dir / "tokenizer.json")  # the run's tokenizer, beside checkpoints/
+
+    out = tmp_path / "hf"
+    assert export_cli.main(["--model-path", str(run_dir), "--format", "hf", "--out", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    exported = load_file(str(out / "model.safetensors"))
+    for name, model in models.items():
+        same = torch.equal(exported["transformer.wte.weight"], model.transformer.wte.weight)
+        assert same == (name == "best"), name
+    config = json.loads((out / "config.json").read_text())
+    assert (config["n_layer"], config["n_embd"], config["vocab_size"]) == (1, 16, 300)
+    hf_tok = json.loads((out / "tokenizer.json").read_text())  # the run's tokenizer, in HF's format
+    assert hf_tok["model"]["type"] == "BPE" and len(hf_tok["model"]["vocab"]) == tok.get_vocab_size() - 3
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+
+    # a run directory without a complete checkpoint is one line, exit 2
+    (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+    assert export_cli.main(["--model-path", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no complete checkpoint" in err and err.count("\n") == 1
+
+
+def test_a_run_validates_its_config_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The preset is validated when loaded and the result of --set once more; saving it to the run
+    directory, handing it to the Trainer and writing it into checkpoints check nothing again."""
+    from gptrs.config import validation
+
+    checked: list[str] = []
+    real = validation.check_relations  # the last step of every validation
+
+    def counting(cfg):
+        checked.append(f"{cfg.model.num_layers} layers")
+        return real(cfg)
+
+    monkeypatch.setattr(validation, "check_relations", counting)
+    argv = ["--out", str(tmp_path / "run"), "--device", "cpu", *sets("training.sample_tokens=0")]
+    assert train_cli.main([*argv, "--max-steps", "3"]) == 0, capsys.readouterr().err
+    assert checked == ["5 layers", "1 layers"]  # the small preset, then the preset with --set applied
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    assert (tmp_path / "run" / "checkpoints" / "last" / "config.yaml").is_file()

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import gptrs
 from gptrs.config import (
+    PRESETS_DIR,
     SECTIONS,
     Config,
     DataConfig,
@@ -23,6 +24,7 @@ from gptrs.config import (
     TokenizerConfig,
     TrainingConfig,
     apply_overrides,
+    check_model,
     config_from_dict,
     config_to_dict,
     count_parameters,
@@ -492,7 +494,7 @@ def test_save_keeps_old_file_when_write_fails(tmp_path: Path, monkeypatch: pytes
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", fail)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match=r"cannot write .*config\.yaml: no space left on device"):
         save_config(Config(model=ModelConfig(num_layers=7)), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
@@ -636,13 +638,18 @@ def test_any_file_gives_config_error_only(
 
 def test_describe_covers_every_field() -> None:
     text, md = describe(), describe(markdown=True)
+    lines = text.splitlines()
+    assert all(len(line) <= 110 for line in lines), max(lines, key=len)
+    heads = [i for i, line in enumerate(lines) if line and not line.startswith(" ")][1:]  # after the title
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
             assert f.metadata["help"], f"{section}.{f.name} has no description"
-            line = next(x for x in text.splitlines() if x.split()[:2] == [section, f.name])
-            assert f.metadata["help"] in line
+            start = next(i for i in heads if lines[i].startswith(f"{section}.{f.name}: "))
+            end = next((i for i in heads if i > start), len(lines))
+            entry = " ".join(" ".join(lines[start:end]).split())  # the entry, its wrapped lines joined
+            assert " ".join(f.metadata["help"].split()) in entry
             assert f"| `{f.name}` |" in md
-    assert len(text.splitlines()) == 1 + sum(len(dataclasses.fields(c)) for c in SECTIONS.values())
+    assert len(heads) == sum(len(dataclasses.fields(c)) for c in SECTIONS.values())
 
 
 def test_docs_configuration_is_up_to_date() -> None:
@@ -744,6 +751,73 @@ def test_presets_state_their_counts() -> None:
 
 
 def test_defaults_are_the_small_preset() -> None:
-    """An installed wheel has no configs/ folder: `python -m gptrs.train` then falls back to Config()."""
+    """Config() is the small preset, what `python -m gptrs.train` trains with no arguments."""
     small = load_config(Path(__file__).resolve().parents[1] / "configs" / "small.yaml")
     assert config_to_dict(Config()) == config_to_dict(small)
+
+
+def test_presets_load_by_name_from_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the presets come from the package
+    for name in ("small", "default", "large"):
+        assert load_config(name) == load_config(CONFIGS / f"{name}.yaml")
+        assert (CONFIGS / f"{name}.yaml").resolve() == (PRESETS_DIR / f"{name}.yaml").resolve()
+    (tmp_path / "small").write_text("model:\n  num_layers: 2\n", encoding="utf-8")
+    assert load_config("small").model.num_layers == 2  # a file of that name wins over the preset
+    with pytest.raises(ConfigError) as info:
+        load_config("tiny")
+    assert str(info.value) == "tiny: no such file, nor a preset (default, large, small)"
+
+
+def test_cli_list_shows_the_presets() -> None:
+    r = _cli("--list")
+    assert r.returncode == 0, r.stderr
+    names = [line.split()[0] for line in r.stdout.splitlines()]
+    assert names == ["small", "default", "large"]  # smallest first
+    for line in r.stdout.splitlines():
+        name, count = line.split()[:2]
+        assert count == f"{count_parameters(load_config(CONFIGS / f'{name}.yaml')):,}"
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        (dict(heads=3), "model.heads (3) must divide model.embed_dim (32)"),
+        (dict(num_layers=0), "model.num_layers must be a positive integer, got 0"),
+        (dict(heads="4"), "model.heads must be a positive integer, got '4'"),
+        (dict(dropout=1.0), "model.dropout must be in [0, 1), got 1.0"),
+        (dict(activation="relu"), "model.activation must be one of gelu, gelu_tanh, got 'relu'"),
+        (dict(attention="flash"), "model.attention must be one of sdpa, reference, got 'flash'"),
+        (dict(vocab_size=None), "model.vocab_size must be a positive integer, got None"),
+    ],
+)
+def test_check_model_names_the_field(kw: dict, message: str) -> None:
+    """check_model is what GPT runs when it is built: without a file to name, the sentence names the field."""
+    base = dict(vocab_size=64, embed_dim=32, ff_dim=64, num_layers=1, heads=4, max_seq_len=8)
+    check_model(ModelConfig(**base))
+    with pytest.raises(ConfigError) as info:
+        check_model(ModelConfig(**{**base, **kw}))
+    assert str(info.value) == message
+
+
+_DIM = st.integers(-1, 40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_DIM, _DIM, _DIM, _DIM, st.integers(-1, 64), st.floats(-0.5, 1.5))
+def test_check_model_agrees_with_config_validation(
+    embed_dim: int, ff_dim: int, num_layers: int, heads: int, max_seq_len: int, dropout: float
+) -> None:
+    """One set of rules: a model shape passes check_model exactly when a config holding it validates."""
+    mc = ModelConfig(embed_dim, ff_dim, num_layers, heads, max_seq_len, dropout, vocab_size=4096)
+    try:
+        check_model(mc)
+        model_ok = True
+    except ConfigError:
+        model_ok = False
+    try:
+        validate(Config(model=mc))
+        config_ok = True
+    except ConfigError as e:
+        assert str(e).startswith("<overrides>: model."), e
+        config_ok = False
+    assert model_ok == config_ok

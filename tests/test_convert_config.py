@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 import gptrs
-from gptrs.config import SECTIONS, Config, _fields, load_config
+from gptrs.config import SECTIONS, Config, load_config
+from gptrs.config.schema import fields_of
 from gptrs.convert_config import ALIASES, HARMLESS, SPECIAL, convert, convert_file
 from gptrs.errors import ConfigError
 
@@ -237,7 +238,7 @@ def test_alias_table_is_consistent() -> None:
     seen: set[str] = set()
     for target, aliases in ALIASES.items():
         section, key = target.split(".")
-        assert key in _fields(SECTIONS[section]), target
+        assert key in fields_of(SECTIONS[section]), target
         if target != "tokenizer.path":  # a flat "path" could mean anything
             assert key in aliases, f"{target}: the schema's own name must map too"
         for alias in aliases:
@@ -245,7 +246,7 @@ def test_alias_table_is_consistent() -> None:
             seen.add(alias)
     assert not seen & set(SPECIAL) and not seen & set(HARMLESS)
     # every schema key can be converted from its own (flat) name
-    every = {f"{s}.{k}" for s, cls in SECTIONS.items() for k in _fields(cls)} - {"model.vocab_size"}
+    every = {f"{s}.{k}" for s, cls in SECTIONS.items() for k in fields_of(cls)} - {"model.vocab_size"}
     assert every <= set(ALIASES)
 
 

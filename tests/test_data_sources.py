@@ -271,3 +271,39 @@ def test_split_depends_on_seed() -> None:
 def test_split_rejects_bad_fraction(f: float) -> None:
     with pytest.raises(DataError, match="validation_split must be in"):
         list(split_documents(["a", "b"], f, 0))
+
+
+def test_prepare_data_fault_points(tmp_path: Path) -> None:
+    """The pipeline announces its risky stretches (gptrs.faults): training and saving the tokenizer, building
+    the cache; a second run reuses both and announces nothing. A hook that raises stops the run there."""
+    from gptrs import faults
+    from gptrs.config import Config, ModelConfig, TokenizerConfig
+    from gptrs.data import prepare_data
+
+    text = "\n\n".join(f"def f{i}(x):\n    return x * {i} + {i * i}\n" for i in range(300))
+    (tmp_path / "a.txt").write_text(text, encoding="utf-8")
+    cfg = Config(
+        data=DataConfig(source="files", paths=[str(tmp_path / "a.txt")], validation_split=0.2),
+        tokenizer=TokenizerConfig(vocab_size=300),
+        model=ModelConfig(max_seq_len=16),
+    )
+    seen: list[str] = []
+    with faults.install(lambda name, info: seen.append(name)):
+        prepare_data(cfg, tmp_path / "run", progress=False)
+    points = [n for n in seen if n in ("tokenizer", "tokenizer_done", "cache", "cache_done")]
+    assert points == ["tokenizer", "tokenizer_done", "cache", "cache_done"]
+    assert seen.index("tokenizer_done") < seen.index("write")  # the tokenizer file is written after training
+
+    seen.clear()
+    with faults.install(lambda name, info: seen.append(name)):
+        prepare_data(cfg, tmp_path / "run", progress=False)
+    assert seen == []
+
+    def stop_at_cache(name: str, info: dict) -> None:
+        if name == "cache":
+            raise OSError(28, "No space left on device")
+
+    with faults.install(stop_at_cache), pytest.raises(OSError):
+        prepare_data(cfg, tmp_path / "run2", progress=False)
+    assert (tmp_path / "run2" / "tokenizer.json").is_file()  # done before the cache started
+    assert not (tmp_path / "run2" / "data" / "cache.json").exists()

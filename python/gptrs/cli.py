@@ -1,40 +1,81 @@
-"""Plumbing shared by the command-line tools (``gptrs.train``, ``gptrs.generate``).
+"""What every command-line tool shares: its parser, its logging and how it ends.
 
-A user's mistake (bad config, missing file, bad flag, corrupt checkpoint) prints one line on stderr and
-exits with status 2; ``--log-level DEBUG`` adds the traceback. Anything else is a bug and keeps its
-traceback. Log lines go through ``tqdm.write`` so they do not tear the progress bar.
+The tools: ``python -m gptrs.train``, ``gptrs.generate``, ``gptrs.export``, ``gptrs.tokenizer``,
+``gptrs.config`` and ``gptrs.convert_config``. Each builds its parser with :func:`make_parser` and runs
+its body through :func:`run_main`, so they all follow one convention:
+
+- exit status 0 when done; 2 for a user's mistake (bad config, missing file, bad flag, corrupt checkpoint),
+  reported as one line on stderr; 1 for an internal error (a bug), reported with its traceback;
+  130/143 when stopped by SIGINT/SIGTERM;
+- ``--log-level`` (default INFO); DEBUG also prints the traceback of a user error;
+- the usage line shows the command the user ran (``python -m gptrs.train``, or the console script
+  ``gptrs-train``); error lines start with the tool's console-script name when it has one
+  (``gptrs-train: error: ...``), else with ``error: ...``.
+
+Log lines go through ``tqdm.write`` so they do not tear a progress bar.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import re
 import sys
 import traceback
 import warnings
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-import torch
 from tqdm import tqdm
 
 from gptrs.errors import GptrsError
 
+EXIT_OK = 0
+EXIT_INTERNAL_ERROR = 1
 EXIT_USER_ERROR = 2
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+USER_ERRORS = (GptrsError, ValueError, OSError, UnicodeError)  # what a user can fix: bad input, files, flags
+
+
+def error_prefix(tag: str | None) -> str:
+    """``"gptrs-train: error: "`` for a tool with a console script, else ``"error: "``."""
+    return f"{tag}: error: " if tag else "error: "
+
+
+def summary(doc: str | None) -> str:
+    """The first paragraph of a module docstring as plain text for ``--help``: ``literal`` and :role:`x`
+    markup removed, lines joined."""
+    first = (doc or "").strip().split("\n\n")[0]
+    text = re.sub(r":[a-z]+:`([^`]*)`", r"\1", first)
+    return " ".join(text.replace("``", "").split())
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line (not usage + error) and exit status 2."""
+    """argparse, but a bad flag is one line (not usage + error) and exit status 2.
+
+    ``tag`` starts the error line (see :func:`error_prefix`); subcommand parsers inherit it.
+    """
+
+    def __init__(self, *args: Any, tag: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tag = tag
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        kwargs.setdefault("parser_class", functools.partial(ArgumentParser, tag=self.tag))
+        return super().add_subparsers(**kwargs)
 
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.stderr.write(f"{error_prefix(self.tag)}{message} (see --help)\n")
         sys.exit(EXIT_USER_ERROR)
 
 
-def add_log_level_argument(parser: argparse.ArgumentParser) -> None:
+def make_parser(prog: str, description: str, *, tag: str | None = None) -> ArgumentParser:
+    """A tool's parser: usage shows ``prog`` (what the user ran), errors start with ``tag``, and
+    ``--log-level`` is already there."""
+    parser = ArgumentParser(prog=prog, description=description, tag=tag)
     parser.add_argument(
         "--log-level",
         default="INFO",
@@ -42,6 +83,7 @@ def add_log_level_argument(parser: argparse.ArgumentParser) -> None:
         choices=LOG_LEVELS,
         help="console log level; DEBUG also shows tracebacks of errors (default INFO)",
     )
+    return parser
 
 
 class _TqdmHandler(logging.Handler):
@@ -74,18 +116,29 @@ def _show_warning(
 
 
 def one_line(e: BaseException) -> str:
-    text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
-    return text or type(e).__name__
+    """An error as one line; an OSError shows its reason, with its file name in front when it has one."""
+    raw = e.strerror if isinstance(e, OSError) and e.strerror else str(e)  # no "[Errno 2]" in front
+    text = " ".join(line.strip() for line in raw.splitlines() if line.strip()) or type(e).__name__
+    filename = getattr(e, "filename", None)
+    if isinstance(e, OSError) and filename is not None and str(filename) not in text:
+        text = f"{filename}: {text}"
+    return text
 
 
-def run_main(body: Callable[[], int | None], *, prog: str, log_level: str = "INFO") -> int:
-    """Run a CLI body and turn user errors into one line on stderr and an exit status."""
+def _is_out_of_memory(e: BaseException) -> bool:
+    torch = sys.modules.get("torch")  # never imported: then it cannot have run out of memory
+    return torch is not None and isinstance(e, torch.OutOfMemoryError)
+
+
+def run_main(body: Callable[[], int | None], *, tag: str | None = None, log_level: str = "INFO") -> int:
+    """Run a tool's body and turn what it raises into a line on stderr and an exit status (see above)."""
     debug = log_level.upper() == "DEBUG"
+    prefix = error_prefix(tag)
 
-    def fail(e: BaseException, status: int, prefix: str = "error") -> int:
-        if debug:
+    def fail(e: BaseException, status: int, what: str = "", *, bug: bool = False) -> int:
+        if debug or bug:
             traceback.print_exc()
-        sys.stderr.write(f"{prog}: {prefix}: {one_line(e)}\n")
+        sys.stderr.write(f"{prefix}{what}{one_line(e)}\n")
         sys.stderr.flush()
         return status
 
@@ -94,9 +147,11 @@ def run_main(body: Callable[[], int | None], *, prog: str, log_level: str = "INF
     except KeyboardInterrupt as e:
         if debug:
             traceback.print_exc()
-        sys.stderr.write(f"{prog}: interrupted{': ' + one_line(e) if str(e) else ''}\n")
+        sys.stderr.write(f"{tag + ': ' if tag else ''}interrupted{': ' + one_line(e) if str(e) else ''}\n")
         return EXIT_SIGINT
-    except torch.OutOfMemoryError as e:
-        return fail(e, 1, "out of memory (lower training.batch_size or model size)")
-    except (GptrsError, ValueError, OSError, UnicodeError) as e:
-        return fail(e, EXIT_USER_ERROR)
+    except Exception as e:
+        if _is_out_of_memory(e):
+            return fail(e, EXIT_INTERNAL_ERROR, "out of memory (lower training.batch_size or model size): ")
+        if isinstance(e, USER_ERRORS):
+            return fail(e, EXIT_USER_ERROR)
+        return fail(e, EXIT_INTERNAL_ERROR, "internal error (a bug; the traceback is above): ", bug=True)

@@ -10,7 +10,6 @@ naming the key; the result is validated like any config before it is written.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -18,22 +17,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gptrs.config import (
-    SECTIONS,
-    Config,
-    TokenizerConfig,
-    _build,
-    _check_values,
-    _fields,
-    _name,
-    _one_line,
-    _Problem,
-    _read_text,
-    _show,
-    _suggest,
-    save_config,
-)
-from gptrs.errors import ConfigError, GptrsError
+from gptrs.cli import make_parser, run_main, setup_logging
+from gptrs.config.io import read_text, save_config
+from gptrs.config.problems import Problem, name_of, one_line, show, suggest
+from gptrs.config.schema import SECTIONS, Config, TokenizerConfig, fields_of
+from gptrs.config.validation import build, check_values, mark_validated
+from gptrs.errors import ConfigError
 
 # Legacy spellings of each setting. A name may appear once only (a test checks it).
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -181,8 +170,8 @@ class _Assignments:
         if target in self.values and not _same(self.values[target], value):
             first = self.origin[target]
             raise ConfigError(
-                _one_line(
-                    f"{self.source}: {origin}: {_show(value)} conflicts with {first}: {_show(self.values[target])}"
+                one_line(
+                    f"{self.source}: {origin}: {show(value)} conflicts with {first}: {show(self.values[target])}"
                     f" (both set {target})"
                 )
             )
@@ -190,7 +179,7 @@ class _Assignments:
         self.origin.setdefault(target, origin)
 
     def refuse(self, origin: str, message: str) -> ConfigError:
-        return ConfigError(_one_line(f"{self.source}: {origin}: {message}"))
+        return ConfigError(one_line(f"{self.source}: {origin}: {message}"))
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -212,7 +201,7 @@ def _map_key(
     """Record one legacy key (`section` is the schema section it sat in, if any)."""
     if key in ignore or origin in ignore:
         return
-    if section is not None and key in _fields(SECTIONS[section]):
+    if section is not None and key in fields_of(SECTIONS[section]):
         target = f"{section}.{key}"
     else:
         target = _TARGET.get(key, "")
@@ -238,19 +227,19 @@ def _map_key(
         return
     if key == "betas":
         if not (isinstance(value, list) and len(value) == 2):
-            raise out.refuse(origin, f"expected [beta1, beta2], got {_show(value)}")
+            raise out.refuse(origin, f"expected [beta1, beta2], got {show(value)}")
         out.set("training.beta1", value[0], origin)
         out.set("training.beta2", value[1], origin)
     elif key in ("fp16", "bf16"):
         if not isinstance(value, bool):
-            raise out.refuse(origin, f"expected true or false, got {_show(value)}")
+            raise out.refuse(origin, f"expected true or false, got {show(value)}")
         if value:
             out.set("training.mixed_precision", key, origin)
         else:
             out.set(f"_off.{key}", False, origin)  # false alone means full precision; see _finish
     elif key == "dtype":
         if not isinstance(value, str) or value not in _DTYPES:
-            raise out.refuse(origin, f"cannot map {_show(value)} (known: {', '.join(_DTYPES)})")
+            raise out.refuse(origin, f"cannot map {show(value)} (known: {', '.join(_DTYPES)})")
         out.set("training.mixed_precision", _DTYPES[value], origin)
     elif key == "decay_lr" and value is False:
         out.set("_constant_lr", True, origin)
@@ -258,12 +247,12 @@ def _map_key(
         out.set(f"_special.{_role(key)}", value, origin)
     elif key in HARMLESS:
         if not any(_same(value, ok) for ok in HARMLESS[key]):
-            raise out.refuse(origin, f"cannot map {_show(value)} (or --ignore {origin} to drop it)")
+            raise out.refuse(origin, f"cannot map {show(value)} (or --ignore {origin} to drop it)")
     else:
         drop = f"--ignore {origin} to drop it"
         if key in HINTS:
             raise out.refuse(origin, f"cannot map this key: {HINTS[key]} (or {drop})")
-        guess = _suggest(key, _known_names())
+        guess = suggest(key, _known_names())
         if guess:
             raise out.refuse(origin, f"cannot map this key; did you mean {guess}? (or {drop})")
         raise out.refuse(origin, f"cannot map this key to the gptrs schema ({drop})")
@@ -323,22 +312,22 @@ def convert(legacy: Any, source: str = "<json>", ignore: Sequence[str] = ()) -> 
         section = SECTION_NAMES.get(key)
         if section is not None and isinstance(value, Mapping):
             for sub, sub_value in value.items():
-                _map_key(out, section, sub, sub_value, f"{key}.{_name(sub)}", skip)
+                _map_key(out, section, sub, sub_value, f"{key}.{name_of(sub)}", skip)
         elif section is not None and value is None:
             continue
         elif key in SECTIONS:
-            raise out.refuse(_name(key), f"expected an object of {section} settings, got {_show(value)}")
+            raise out.refuse(name_of(key), f"expected an object of {section} settings, got {show(value)}")
         else:
-            _map_key(out, None, key, value, _name(key), skip)
+            _map_key(out, None, key, value, name_of(key), skip)
     try:
-        cfg = _build(_finish(out))
-        _check_values(cfg)
-    except _Problem as p:
+        cfg = build(_finish(out))
+        check_values(cfg)
+    except Problem as p:
         target = p.key.split("[")[0]
         origin = out.origin.get(target)
         key = p.key if origin is None or origin == target else f"{origin} ({p.key})"
         raise p.error(source, key) from None
-    return cfg
+    return mark_validated(cfg)
 
 
 class _DuplicateKey(Exception):
@@ -357,15 +346,15 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def read_legacy(path: str | os.PathLike[str]) -> Any:
     """The parsed JSON of a legacy config; any problem is a one-line ConfigError naming the file."""
     source = os.fspath(path)
-    text = _read_text(path, source)
+    text = read_text(path, source)
     try:
         return json.loads(text, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as e:
         raise ConfigError(
-            _one_line(f"{source}: line {e.lineno}, column {e.colno}: invalid JSON: {e.msg}")
+            one_line(f"{source}: line {e.lineno}, column {e.colno}: invalid JSON: {e.msg}")
         ) from None
     except _DuplicateKey as e:
-        raise ConfigError(_one_line(f"{source}: invalid JSON: duplicate key {_show(e.args[0])}")) from None
+        raise ConfigError(one_line(f"{source}: invalid JSON: duplicate key {show(e.args[0])}")) from None
     except RecursionError:
         raise ConfigError(f"{source}: invalid JSON: nested too deeply") from None
 
@@ -387,25 +376,20 @@ def convert_file(
     return cfg
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m gptrs.convert_config", description="Convert a legacy JSON config to gptrs YAML."
-    )
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m gptrs.convert_config") -> int:
+    parser = make_parser(prog, "Convert a legacy JSON config to gptrs YAML.")
     parser.add_argument("--input", required=True, help="legacy config.json (flat or sectioned)")
     parser.add_argument("--output", required=True, help="YAML file to write")
     parser.add_argument("--force", action="store_true", help="overwrite --output if it exists")
     parser.add_argument("--ignore", action="append", default=[], metavar="KEY", help="drop a legacy key")
     args = parser.parse_args(argv)
-    try:
+    setup_logging(args.log_level)
+
+    def body() -> None:
         convert_file(args.input, args.output, force=args.force, ignore=args.ignore)
-    except GptrsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(_one_line(f"error: {args.output}: cannot write: {e.strerror or e}"), file=sys.stderr)
-        return 2
-    print(f"wrote {args.output}; check it with: python -m gptrs.config --check {args.output}")
-    return 0
+        print(f"wrote {args.output}; check it with: python -m gptrs.config --check {args.output}")
+
+    return run_main(body, log_level=args.log_level)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""Export a gptrs model directory to the Hugging Face ``transformers`` GPT-2 format.
+"""Export a gptrs model to the Hugging Face ``transformers`` GPT-2 format.
 
-    python -m gptrs.export --model-path runs/x/best --format hf --out hf_model [--tokenizer tok.json]
+    python -m gptrs.export --model-path runs/small --format hf --out hf_model [--tokenizer tok.json]
 
+``--model-path`` is a model directory (``save_pretrained``), a checkpoint, or a run directory (then its best
+checkpoint, else the last, as ``gptrs.generate`` picks it). The export
 writes ``config.json`` + ``model.safetensors`` that ``transformers.GPT2LMHeadModel.from_pretrained`` loads
 with the same logits, and the tokenizer as a Hugging Face ``tokenizer.json`` when one is given or found in
 the model directory. The mapping is direct because our parameter names are GPT-2's; GPT-2 keeps its
@@ -12,17 +14,28 @@ with a message naming the option. ``transformers`` is not needed to export, only
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from gptrs.cli import make_parser, run_main, setup_logging, summary
 from gptrs.errors import GptrsError
+from gptrs.files import (
+    CHECKPOINTS_DIR,
+    HF_CONFIG_FILE,
+    MODEL_FILE,
+    MODEL_JSON,
+    TOKENIZER_FILE,
+    atomic_path,
+    atomic_write_text,
+)
 from gptrs.model.gpt import GPT
+from gptrs.training.checkpoint import resolve_model_dir
 
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new"}  # ours -> GPT-2 activation_function
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -91,7 +104,8 @@ def _save_tokenizer(path: Path, out: Path, explicit: bool) -> tuple[int | None, 
         import gptrs_tok
 
         tok = gptrs_tok.Tokenizer.load(str(path))
-        tok.save_hf(str(out / "tokenizer.json"))
+        with atomic_path(out / TOKENIZER_FILE) as tmp:
+            tok.save_hf(str(tmp))
     except GptrsError:
         raise
     except Exception as e:
@@ -108,48 +122,63 @@ def _save_tokenizer(path: Path, out: Path, explicit: bool) -> tuple[int | None, 
     return ids[0], ids[1]
 
 
+def _model_dir(model_path: Path) -> tuple[Path, list[Path]]:
+    """The directory to load, and where its tokenizer may be. A run directory (``checkpoints/`` and no
+    ``model.json``) gives its best checkpoint, as ``gptrs.generate`` picks it, with the run's tokenizer as
+    a fallback; any other path is loaded as it is (``GPT.from_pretrained`` says what is wrong with it)."""
+    if not (model_path / MODEL_JSON).exists() and (model_path / CHECKPOINTS_DIR).is_dir():
+        directory = resolve_model_dir(model_path)
+        return directory, [directory / TOKENIZER_FILE, model_path / TOKENIZER_FILE]
+    return model_path, [model_path / TOKENIZER_FILE]
+
+
 def export_hf(model_path: str | Path, out: str | Path, tokenizer: str | Path | None = None) -> Path:
-    """Export the model directory ``model_path`` to a GPT2LMHeadModel directory ``out``; return ``out``."""
-    model = GPT.from_pretrained(model_path)
+    """Export ``model_path`` (a model, checkpoint or run directory) to a GPT2LMHeadModel directory ``out``;
+    return ``out``. Every file is written atomically."""
+    directory, tok_candidates = _model_dir(Path(model_path))
+    model = GPT.from_pretrained(directory)
     out = Path(out)
-    tok_path = Path(tokenizer) if tokenizer is not None else Path(model_path) / "tokenizer.json"
-    if tokenizer is not None and not tok_path.is_file():
-        raise ExportError(f"tokenizer file not found: {tok_path}")
+    tok_path = (
+        Path(tokenizer) if tokenizer is not None else next((p for p in tok_candidates if p.is_file()), None)
+    )
+    if tokenizer is not None and not Path(tokenizer).is_file():
+        raise ExportError(f"tokenizer file not found: {tokenizer}")
     config = hf_gpt2_config(model)  # refuses what GPT-2 cannot express before anything is written
     tensors = hf_gpt2_state_dict(model)
     out.mkdir(parents=True, exist_ok=True)
     eos = bos = None
-    if tok_path.is_file():
+    if tok_path is not None:
         eos, bos = _save_tokenizer(tok_path, out, explicit=tokenizer is not None)
     config = hf_gpt2_config(model, eos_token_id=eos, bos_token_id=bos)
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    with atomic_path(out / MODEL_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    atomic_write_text(out / HF_CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gptrs.export", description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m gptrs.export") -> int:
+    parser = make_parser(prog, summary(__doc__))
     parser.add_argument(
-        "--model-path", required=True, help="model directory (model.json + model.safetensors)"
+        "--model-path",
+        required=True,
+        metavar="DIR",
+        help="model directory (model.json + model.safetensors), checkpoint, or run directory",
     )
     parser.add_argument(
         "--format", choices=["hf"], default="hf", help="output format: hf (transformers GPT-2)"
     )
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     parser.add_argument(
-        "--tokenizer", help="tokenizer file to export (default: tokenizer.json in --model-path)"
+        "--tokenizer", metavar="PATH", help="tokenizer file to export (default: the model's tokenizer.json)"
     )
-    parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
     args = parser.parse_args(argv)
-    try:
+    setup_logging(args.log_level)
+
+    def body() -> None:
         path = export_hf(args.model_path, args.out, args.tokenizer)
-    except GptrsError as e:
-        if args.traceback:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {path} (load with transformers.GPT2LMHeadModel.from_pretrained({str(path)!r}))")
-    return 0
+        print(f"wrote {path} (load with transformers.GPT2LMHeadModel.from_pretrained({str(path)!r}))")
+
+    return run_main(body, log_level=args.log_level)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Generate text from a trained model: ``python -m gptrs.generate`` (console script ``gptrs-generate``).
+"""Generate text with a trained gptrs model: ``python -m gptrs.generate`` (or ``gptrs-generate``).
 
     python -m gptrs.generate --model-path runs/small --prompt "def parse(" --max-new-tokens 100
     python -m gptrs.generate --model-path runs/small --interactive     # prompts until EOF or /quit
@@ -21,11 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gptrs.cli import ArgumentParser, add_log_level_argument, run_main, setup_logging
+from gptrs.cli import make_parser, run_main, setup_logging, summary
 from gptrs.errors import CheckpointError, GptrsError
+from gptrs.files import CONFIG_FILE, TOKENIZER_FILE
 from gptrs.host_memory import tune_host_allocator
 
 log = logging.getLogger("gptrs.generate")
+
+TAG = "gptrs-generate"  # the console script; error lines start with it
 
 
 @dataclass
@@ -88,7 +91,7 @@ def load_for_inference(model_path: str, device: Any, quantize: str | None) -> tu
     """(model, tokenizer, separator) from a checkpoint or run directory."""
     from gptrs.model import GPT
     from gptrs.tokenizer import BPETokenizer
-    from gptrs.training.checkpoint import CONFIG_FILE, TOKENIZER_FILE, resolve_model_dir
+    from gptrs.training.checkpoint import resolve_model_dir
 
     directory = resolve_model_dir(model_path)
     log.info("loading %s", directory)
@@ -216,8 +219,8 @@ def _int_or_none(value: str) -> int | None:
         raise argparse.ArgumentTypeError(f"invalid int value: {value!r}") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="gptrs-generate", description="Generate text with a trained gptrs model.")
+def build_parser(prog: str = TAG) -> argparse.ArgumentParser:
+    p = make_parser(prog, summary(__doc__), tag=TAG)
     p.add_argument(
         "--model-path", required=True, metavar="DIR", help="checkpoint directory, or a run directory"
     )
@@ -241,7 +244,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interactive", action="store_true", help="read prompts from stdin until EOF or /quit")
     p.add_argument("--quantize", choices=["int8"], help="int8 dynamic quantization of Linear layers (CPU)")
     p.add_argument("--device", default="auto", metavar="DEVICE", help="auto (default), cpu, cuda or mps")
-    add_log_level_argument(p)
     return p
 
 
@@ -270,12 +272,13 @@ def generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, prog: str = TAG) -> int:
+    """Entry point of ``gptrs-generate`` and ``python -m gptrs.generate``; returns the exit status."""
+    args = build_parser(prog).parse_args(argv)
     setup_logging(args.log_level)
     tune_host_allocator()
-    return run_main(lambda: generate(args), prog="gptrs-generate", log_level=args.log_level)
+    return run_main(lambda: generate(args), tag=TAG, log_level=args.log_level)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m gptrs.generate"))

@@ -1,14 +1,17 @@
-"""Train a GPT from the command line: ``python -m gptrs.train`` (console script ``gptrs-train``).
+"""Train a GPT on the built-in corpus, local files or a Hub dataset: ``python -m gptrs.train``.
 
 With no arguments it trains the small preset on the built-in corpus (the standard library's ``.py``
 files) into ``runs/small``, then prints the validation loss next to the unigram baseline and a sample.
+The console script ``gptrs-train`` is the same command.
 
-    python -m gptrs.train --config configs/small.yaml --out runs/mine --set training.max_steps=500
-    python -m gptrs.train --out runs/mine --resume            # continue from the newest checkpoint
-    torchrun --nproc_per_node 2 -m gptrs.train --config ...   # DistributedDataParallel
+    python -m gptrs.train --config small --out runs/mine --set training.max_steps=500
+    python -m gptrs.train --config my.yaml --out runs/mine --resume   # continue from the newest checkpoint
+    torchrun --nproc_per_node 2 -m gptrs.train --config default       # DistributedDataParallel
 
-Exit status: 0 done, 2 a user error (one line on stderr), 130/143 stopped by SIGINT/SIGTERM after
-saving a checkpoint.
+The steps, each once: the config is loaded and validated (``--set`` applied), the process joins the
+distributed group (under torchrun), ``gptrs.data.prepare_data`` builds the tokenizer, token cache and
+batches, and the ``Trainer`` trains. Exit status (``gptrs.cli``): 0 done, 2 a user error (one line on
+stderr), 1 an internal error, 130/143 stopped by SIGINT/SIGTERM after saving a checkpoint.
 """
 
 from __future__ import annotations
@@ -16,49 +19,29 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gptrs.cli import ArgumentParser, add_log_level_argument, run_main, setup_logging
-from gptrs.config import Config, apply_overrides, load_config, save_config
+from gptrs.cli import make_parser, run_main, setup_logging, summary
+from gptrs.config import Config, apply_overrides, load_config, resolve_config_path, save_config
 from gptrs.errors import ConfigError, GptrsError
+from gptrs.files import CHECKPOINTS_DIR, CONFIG_FILE
 
 log = logging.getLogger("gptrs.train")
 
+TAG = "gptrs-train"  # the console script; error lines start with it
 DEFAULT_PRESET = "small"
 
 
-def presets_dir() -> Path:
-    """``configs/`` of the source tree (next to ``python/``), else ``./configs``."""
-    here = Path(__file__).resolve().parents[2] / "configs"
-    return here if here.is_dir() else Path("configs")
-
-
-def resolve_config_path(value: str) -> Path:
-    """A path, or a preset name ('small', 'default', 'large') looked up in :func:`presets_dir`."""
-    path = Path(value).expanduser()
-    if path.exists() or os.sep in value or path.suffix:
-        return path
-    preset = presets_dir() / f"{value}.yaml"
-    if preset.is_file():
-        return preset
-    known = sorted(p.stem for p in presets_dir().glob("*.yaml"))
-    raise ConfigError(f"--config {value}: no such file, nor a preset ({', '.join(known) or 'none found'})")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(
-        prog="gptrs-train",
-        description="Train a GPT on the built-in corpus, local files or a Hub dataset (see --config).",
-    )
+def build_parser(prog: str = TAG) -> argparse.ArgumentParser:
+    p = make_parser(prog, summary(__doc__), tag=TAG)
     p.add_argument(
         "--config",
         metavar="PATH|PRESET",
-        help=f"YAML config file or preset name (default: the '{DEFAULT_PRESET}' preset; with --resume, "
-        "the run's own config.yaml)",
+        help=f"YAML config file or preset name: small, default, large (default: '{DEFAULT_PRESET}'; with "
+        "--resume, the run's own config.yaml)",
     )
     p.add_argument(
         "--device", default="auto", metavar="DEVICE", help="auto (default), cpu, cuda, cuda:N or mps"
@@ -77,21 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tokenizer", metavar="PATH", help="use this tokenizer JSON instead of training one")
     p.add_argument("--max-steps", type=int, metavar="N", help="shortcut for --set training.max_steps=N")
-    add_log_level_argument(p)
     return p
 
 
 def load_run_config(args: argparse.Namespace, run_dir: Path | None) -> tuple[Config, str]:
     """The Config for this invocation and a name for it (used for the default run directory)."""
     if args.config:
-        path = resolve_config_path(args.config)
-        cfg, name = load_config(path), path.stem
+        cfg, name = load_config(args.config), resolve_config_path(args.config).stem
     elif args.resume and run_dir is not None and (saved := _saved_config(run_dir)) is not None:
         cfg, name = load_config(saved), run_dir.name
     else:
-        path = presets_dir() / f"{DEFAULT_PRESET}.yaml"
-        cfg = load_config(path) if path.is_file() else Config()
-        name = DEFAULT_PRESET
+        cfg, name = load_config(DEFAULT_PRESET), DEFAULT_PRESET
     overrides = list(args.overrides)
     if args.tokenizer:
         overrides.append(f"tokenizer.path={args.tokenizer}")
@@ -104,12 +83,12 @@ def load_run_config(args: argparse.Namespace, run_dir: Path | None) -> tuple[Con
         if warmup >= args.max_steps and not any(o.startswith("training.warmup_steps=") for o in overrides):
             overrides.append(f"training.warmup_steps={args.max_steps // 10}")
     cfg = apply_overrides(cfg, overrides, source="--set") if overrides else cfg
-    return cfg, name
+    return cfg, name  # validated once, by load_config or apply_overrides
 
 
 def _saved_config(run_dir: Path) -> Path | None:
     """The config a run was started with: its newest checkpoint's, else the copy in the run directory."""
-    from gptrs.training.checkpoint import CHECKPOINTS_DIR, CONFIG_FILE, find_latest
+    from gptrs.training.checkpoint import find_latest
 
     latest = find_latest(run_dir / CHECKPOINTS_DIR)
     for p in ([latest.path / CONFIG_FILE] if latest else []) + [run_dir / CONFIG_FILE]:
@@ -119,7 +98,7 @@ def _saved_config(run_dir: Path) -> Path | None:
 
 
 def _existing_run_error(run_dir: Path) -> GptrsError | None:
-    from gptrs.training.checkpoint import CHECKPOINTS_DIR, find_latest
+    from gptrs.training.checkpoint import find_latest
 
     latest = find_latest(run_dir / CHECKPOINTS_DIR)
     if latest is None:
@@ -142,7 +121,7 @@ def train(args: argparse.Namespace) -> int:
     run_dir = Path(args.out).expanduser() if args.out else None
     cfg, name = load_run_config(args, run_dir)
     run_dir = run_dir or Path("runs") / name
-    info, device = setup_distributed(args.device)
+    info, device = setup_distributed(args.device)  # the one place the process group is joined
     lock = RunLock(run_dir).acquire() if info.is_main else None
     try:
         if info.is_main and not args.resume:
@@ -151,7 +130,7 @@ def train(args: argparse.Namespace) -> int:
                 raise err
         if info.is_main:
             log.info("run directory: %s", run_dir)
-            save_config(cfg, run_dir / "config.yaml")
+            save_config(cfg, run_dir / CONFIG_FILE)  # validated when loaded: written as it is
         bundle = prepare_data(
             cfg,
             run_dir,
@@ -169,7 +148,7 @@ def train(args: argparse.Namespace) -> int:
         try:
             result = trainer.train(bundle.train, val, resume=args.resume)
         except TrainingInterrupted as e:
-            sys.stderr.write(f"gptrs-train: {e}\n")
+            sys.stderr.write(f"{TAG}: {e}\n")
             return 128 + e.signum
         if info.is_main:
             _report(result, bundle.stats, model, tok, cfg, device)
@@ -219,11 +198,12 @@ def _report(
     sys.stdout.flush()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, prog: str = TAG) -> int:
+    """Entry point of ``gptrs-train`` and ``python -m gptrs.train``; returns the exit status."""
+    args = build_parser(prog).parse_args(argv)
     setup_logging(args.log_level)
-    return run_main(lambda: train(args), prog="gptrs-train", log_level=args.log_level)
+    return run_main(lambda: train(args), tag=TAG, log_level=args.log_level)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m gptrs.train"))

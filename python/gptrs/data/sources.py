@@ -31,9 +31,10 @@ from typing import Any
 import numpy as np
 
 from gptrs.config import DataConfig
+from gptrs.config.schema import fields_of
 from gptrs.errors import DataError
 
-SOURCES = ("stdlib", "files", "hub")
+SOURCES: tuple[str, ...] = fields_of(DataConfig)["source"].metadata["choices"]  # stdlib, files, hub
 TEXT_SUFFIXES = (".txt",)
 JSON_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)

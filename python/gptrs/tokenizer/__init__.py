@@ -1,13 +1,9 @@
 """The tokenizer as people know it (``BPETokenizer``), a thin layer over the Rust ``gptrs_tok.Tokenizer``.
 
 ``gptrs_tok`` does the work (training, encoding, files); this adds special tokens by *role* (``bos``, ``eos``,
-``pad``, ``unk``, or any other name), the ``add_special_tokens``/``skip_special_tokens`` conventions, a
-fingerprint for caches, and a command line::
-
-    python -m gptrs.tokenizer train --input data/*.txt --vocab-size 8192 --output tok.json
-    python -m gptrs.tokenizer encode --tokenizer tok.json --text "Hello world"
-    python -m gptrs.tokenizer decode --tokenizer tok.json --ids 15496 995
-    python -m gptrs.tokenizer demo      # train on the built-in corpus, show speed and an exact round trip
+``pad``, ``unk``, or any other name), the ``add_special_tokens``/``skip_special_tokens`` conventions, and a
+fingerprint for caches. Its command line (train, encode, decode, demo) is ``python -m gptrs.tokenizer``
+(``__main__.py``).
 
 Roles are not stored in the tokenizer file (its format belongs to ``gptrs_tok``): ``load`` reads a ``"roles"``
 object when the file has one, else recognises the usual spellings (``<|bos|>``, ``<BOS>``, ``<s>``,
@@ -16,27 +12,22 @@ object when the file has one, else recognises the usual spellings (``<|bos|>``, 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import re
-import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 
 import gptrs_tok
+from gptrs.files import TOKENIZER_FILE, atomic_path
 
-__all__ = ["DEFAULT_SPECIAL_TOKENS", "BPETokenizer", "demo", "main"]
+__all__ = ["DEFAULT_SPECIAL_TOKENS", "BPETokenizer"]
 
 DEFAULT_SPECIAL_TOKENS: dict[str, str] = {"bos": "<|bos|>", "eos": "<|endoftext|>", "pad": "<|pad|>"}
-EXIT_USER_ERROR = 2
-EXIT_SIGINT = 130
 
 StrPath = str | os.PathLike[str]
 ProgressFn = Callable[[str, int, int], object]  # gptrs_tok's progress(stage, done, total)
@@ -284,8 +275,11 @@ class BPETokenizer:
     # ------------------------------------------------------------------------------------------- files
 
     def save(self, path: StrPath) -> None:
-        """Write the tokenizer as one JSON file (``gptrs_tok``'s format, written atomically)."""
-        self.tok.save(str(path))
+        """Write the tokenizer as one JSON file (``gptrs_tok``'s format), atomically and durably
+        (``gptrs.files.atomic_path``)."""
+        tok = self.tok  # an untrained tokenizer fails here, before any file is touched
+        with atomic_path(path) as tmp:
+            tok.save(str(tmp))
 
     @classmethod
     def load(cls, path: StrPath) -> BPETokenizer:
@@ -319,210 +313,8 @@ class BPETokenizer:
         save/load, so caches of token ids can be keyed on it."""
         if self._fingerprint is None:
             with tempfile.TemporaryDirectory(prefix="gptrs-tok-") as d:
-                path = os.path.join(d, "tokenizer.json")
-                self.save(path)
+                path = os.path.join(d, TOKENIZER_FILE)
+                self.tok.save(path)  # a scratch copy: no need for atomic_path's fsyncs
                 with open(path, "rb") as f:
                     self._fingerprint = hashlib.sha256(f.read()).hexdigest()
         return self._fingerprint
-
-
-# ----------------------------------------------------------------------------------------------- demo
-
-
-def _stdlib_paths() -> list[Path]:
-    from gptrs.data import stdlib_paths
-
-    return stdlib_paths()
-
-
-def demo(vocab_size: int = 4096, out: Any = None) -> dict[str, Any]:
-    """Train on the built-in corpus (the standard library's ``.py`` files), then print the training time and
-    speed, a sample encoding, and an exact round trip of the whole corpus. Returns the figures."""
-    out = out or sys.stdout
-    paths = _stdlib_paths()
-    n_bytes = sum(p.stat().st_size for p in paths)
-    print(f"corpus: {len(paths)} standard-library .py files, {n_bytes / 1e6:.1f} MB", file=out)
-    tok = BPETokenizer(vocab_size=vocab_size)
-    t0 = time.perf_counter()
-    tok.train_files(paths)
-    train_s = time.perf_counter() - t0
-    print(
-        f"trained a {tok.get_vocab_size()}-token BPE (gpt4 pattern) in {train_s:.2f} s "
-        f"({n_bytes / 1e6 / train_s:.1f} MB/s)",
-        file=out,
-    )
-    sample = "def greet(name):\n    return f'Hello, {name}!'  # 👋\n"
-    ids = tok.encode(sample)
-    pieces = [tok.tok.decode_bytes([i]) for i in ids]
-    print(f"sample: {sample!r}\n  -> {len(ids)} ids {ids}\n  -> pieces {pieces}", file=out)
-    texts = [p.read_text(encoding="utf-8") for p in paths]
-    t0 = time.perf_counter()
-    encoded = tok.encode_batch(texts)
-    encode_s = time.perf_counter() - t0
-    exact = tok.tok.decode_batch(encoded) == texts
-    n_tokens = sum(len(e) for e in encoded)
-    print(
-        f"round trip: {n_tokens:,} tokens ({n_bytes / n_tokens:.2f} bytes/token), batch-encoded in "
-        f"{encode_s:.2f} s ({n_bytes / 1e6 / encode_s:.1f} MB/s); decode(encode(text)) == text for every "
-        f"file: {exact}",
-        file=out,
-    )
-    if not exact:
-        raise RuntimeError("round trip mismatch")  # a bug, not a user error
-    return {
-        "files": len(paths),
-        "bytes": n_bytes,
-        "vocab_size": tok.get_vocab_size(),
-        "train_seconds": train_s,
-        "encode_seconds": encode_s,
-        "tokens": n_tokens,
-        "exact_round_trip": exact,
-    }
-
-
-# ----------------------------------------------------------------------------------------------- CLI
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse with a one-line error and exit status 2 for bad flags."""
-
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
-        sys.exit(EXIT_USER_ERROR)
-
-
-def _parse_specials(items: list[str] | None) -> dict[str, str]:
-    if items is None:
-        return dict(DEFAULT_SPECIAL_TOKENS)
-    roles: dict[str, str] = {}
-    for item in items:
-        role, sep, s = item.partition("=")
-        if not sep or not role or not s:
-            raise ValueError(f"--special expects ROLE=STRING (e.g. eos='<|endoftext|>'), got {item!r}")
-        roles[role] = s
-    return roles
-
-
-class _Bar:
-    """tqdm bar fed by gptrs_tok's ``progress(stage, done, total)``: one bar per stage (count, merge)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.stage: str | None = None
-        self.bar: Any = None
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        from tqdm import tqdm
-
-        if stage != self.stage:
-            self.close()
-            self.stage = stage
-            unit, desc = ("B", "reading") if stage == "count" else ("merge", stage + "s")
-            self.bar = tqdm(
-                total=total or None, unit=unit, unit_scale=stage == "count", desc=desc, file=sys.stderr
-            )
-        self.bar.update(done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    p = _ArgumentParser(prog="python -m gptrs.tokenizer", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_ArgumentParser)
-
-    t = sub.add_parser("train", help="train a tokenizer on text files")
-    t.add_argument("--input", nargs="+", required=True, metavar="PATH", help="UTF-8 text files")
-    t.add_argument(
-        "--vocab-size", type=int, required=True, help="total tokens: 256 bytes + merges + specials"
-    )
-    t.add_argument("--output", required=True, help="tokenizer JSON to write")
-    t.add_argument("--pattern", default="gpt4", help="'gpt4' (default), 'gpt2' or a regex")
-    t.add_argument(
-        "--special",
-        nargs="*",
-        metavar="ROLE=STRING",
-        help="special tokens by role (default: bos=<|bos|> eos=<|endoftext|> pad=<|pad|>; none if empty)",
-    )
-    t.add_argument("--min-frequency", type=int, default=1, help="minimum pair count for a merge")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-    e = sub.add_parser("encode", help="print the token ids of a text")
-    e.add_argument("--tokenizer", required=True, help="tokenizer JSON")
-    src = e.add_mutually_exclusive_group(required=True)
-    src.add_argument("--text", help="text to encode")
-    src.add_argument("--file", help="UTF-8 file to encode")
-    e.add_argument("--no-special", action="store_true", help="no BOS; special-token strings are plain text")
-
-    d = sub.add_parser("decode", help="print the text of token ids")
-    d.add_argument("--tokenizer", required=True, help="tokenizer JSON")
-    d.add_argument("--ids", type=int, nargs="+", required=True, help="token ids")
-    d.add_argument("--keep-special", action="store_true", help="keep special tokens in the text")
-
-    m = sub.add_parser("demo", help="train on the built-in corpus and show speed and a round trip")
-    m.add_argument("--vocab-size", type=int, default=4096)
-    return p
-
-
-def _run(args: argparse.Namespace) -> None:
-    if args.command == "train":
-        for path in args.input:
-            if not os.path.isfile(path):
-                what = "is a directory; pass files (e.g. DIR/*.txt)" if os.path.isdir(path) else "not found"
-                raise ValueError(f"--input {path}: {what}")
-        tok = BPETokenizer(
-            vocab_size=args.vocab_size,
-            special_tokens=_parse_specials(args.special),
-            pattern=args.pattern,
-            min_frequency=args.min_frequency,
-        )
-        bar = _Bar(enabled=not args.no_progress)
-        t0 = time.perf_counter()
-        try:
-            tok.train_files(args.input, progress=bar)
-        finally:
-            bar.close()
-        tok.save(args.output)
-        print(
-            f"trained {tok.get_vocab_size()} tokens in {time.perf_counter() - t0:.2f} s -> {args.output}",
-            file=sys.stderr,
-        )
-    elif args.command == "encode":
-        tok = BPETokenizer.load(args.tokenizer)
-        if args.file is not None:
-            with open(args.file, encoding="utf-8") as f:
-                text = f.read()
-        else:
-            text = args.text
-        ids = tok.encode_ordinary(text) if args.no_special else tok.encode(text)
-        print(" ".join(map(str, ids)))
-    elif args.command == "decode":
-        tok = BPETokenizer.load(args.tokenizer)
-        print(tok.decode(args.ids, skip_special_tokens=not args.keep_special))
-    elif args.command == "demo":
-        demo(vocab_size=args.vocab_size)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m gptrs.tokenizer``; returns the exit status."""
-    args = _build_parser().parse_args(argv)
-    try:
-        _run(args)
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        return EXIT_SIGINT
-    except (ValueError, OSError) as e:  # user errors: bad file, bad flag value, bad input text
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if isinstance(e, OSError) and e.filename is not None and str(e.filename) not in msg:
-            msg = f"{e.filename}: {msg}"
-        sys.stderr.write(f"error: {msg}\n")
-        return EXIT_USER_ERROR
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Describe, check or show gptrs configuration files, or list the presets that ship with gptrs.
+
+    python -m gptrs.config --describe [--markdown]                 # every key: type, default, meaning
+    python -m gptrs.config --check configs/small.yaml              # validate files (exit 2 on a problem)
+    python -m gptrs.config --show small --set model.num_layers=4   # the resolved config as YAML
+    python -m gptrs.config --list                                  # the presets shipped in the package
+
+A FILE may be a path or a preset name (small, default, large).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from gptrs.cli import make_parser, run_main, setup_logging, summary
+from gptrs.config.io import PRESETS_DIR, dump_yaml, load_config, preset_names
+from gptrs.config.overrides import apply_overrides
+from gptrs.config.schema import config_to_dict, count_parameters, describe
+from gptrs.errors import GptrsError
+
+PROG = "python -m gptrs.config"
+
+
+def list_presets() -> str:
+    """One line per packaged preset, smallest first: name, parameter count, shape."""
+    rows = []
+    for name in preset_names():
+        cfg = load_config(PRESETS_DIR / f"{name}.yaml")
+        m = cfg.model
+        shape = (
+            f"{m.num_layers} layers x {m.embed_dim} wide, {m.heads} heads, context {m.max_seq_len}, "
+            f"vocab {m.vocab_size or cfg.tokenizer.vocab_size}"
+        )
+        rows.append((count_parameters(cfg), name, shape))
+    width = max((len(n) for _, n, _ in rows), default=0)
+    return "".join(f"{name:<{width}}  {n:>13,} parameters  {shape}\n" for n, name, shape in sorted(rows))
+
+
+def _check(paths: Sequence[str], overrides: list[str], show: bool) -> int:
+    """Check (or show) each file; a bad one is an error line and exit status 2, the others still run."""
+    status = 0
+    for path in paths:
+        try:
+            cfg = apply_overrides(load_config(path), overrides)
+        except GptrsError as e:
+            print(f"error: {e}", file=sys.stderr)
+            status = 2
+            continue
+        if show:
+            sys.stdout.write(dump_yaml(config_to_dict(cfg)))
+        else:
+            print(f"{path}: ok ({count_parameters(cfg):,} parameters)")
+    return status
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
+    parser = make_parser(prog, summary(__doc__))
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--describe", action="store_true", help="print the reference of every key")
+    what.add_argument(
+        "--check", nargs="+", metavar="FILE", help="validate config files or presets (exit 2 on a problem)"
+    )
+    what.add_argument("--show", metavar="FILE", help="print the resolved config (defaults filled in) as YAML")
+    what.add_argument("--list", action="store_true", help="list the presets with their parameter counts")
+    parser.add_argument("--markdown", action="store_true", help="with --describe: a Markdown table")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
+    args = parser.parse_args(argv)
+    if args.markdown and not args.describe:
+        parser.error("--markdown goes with --describe")
+    setup_logging(args.log_level)
+
+    def body() -> int:
+        if args.describe:
+            sys.stdout.write(describe(markdown=args.markdown))
+            return 0
+        if args.list:
+            sys.stdout.write(list_presets())
+            return 0
+        return _check(args.check or [args.show], args.set, show=bool(args.show))
+
+    return run_main(body, log_level=args.log_level)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

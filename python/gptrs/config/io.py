@@ -1,0 +1,178 @@
+"""Config files: reading YAML (safely, with one-line errors), writing it atomically, and the packaged presets.
+
+    cfg = load_config("configs/small.yaml")     # a path; ConfigError names the file and the key path
+    cfg = load_config("small")                  # a preset shipped in the package (presets/<name>.yaml)
+    save_config(cfg, "run/config.yaml")         # atomic and durable (gptrs.files.atomic_path)
+
+The presets live in ``gptrs/config/presets/`` so they are in the wheel; ``configs/`` in the repository
+links to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gptrs.config.problems import one_line, show
+from gptrs.config.schema import Config, config_to_dict
+from gptrs.config.validation import config_from_dict, validate
+from gptrs.errors import ConfigError
+from gptrs.files import atomic_write_text
+
+__all__ = [
+    "MAX_CONFIG_BYTES",
+    "PRESETS_DIR",
+    "dump_yaml",
+    "load_config",
+    "preset_names",
+    "read_text",
+    "resolve_config_path",
+    "save_config",
+]
+
+MAX_CONFIG_BYTES = 1 << 20  # no real config comes near this; a bigger file is a mistake, not a config
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+
+
+class Loader(yaml.SafeLoader):
+    """SafeLoader that reads 3e-4 as a float (YAML 1.1 wants 3.0e-4) and refuses duplicate keys."""
+
+
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that quotes the strings Loader would read as floats ('1e5')."""
+
+
+for _cls in (Loader, _Dumper):
+    _cls.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+
+
+def _construct_mapping(loader: Loader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        with contextlib.suppress(TypeError):  # unhashable keys: the base constructor reports them
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {show(key)}", key_node.start_mark
+                )
+            seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=Loader)  # a SafeLoader: no Python objects are built
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = e.problem or e.context
+        # Some problems only make sense after their context: "expected a single document ... but found another"
+        if e.problem and e.problem.startswith("but ") and e.context:
+            problem = f"{e.context} {e.problem}"
+        raise ConfigError(one_line(f"{source}: {where}invalid YAML: {problem}")) from None
+    except yaml.reader.ReaderError as e:  # a control character; the reader reports a character offset
+        line = text.count("\n", 0, e.position) + 1
+        raise ConfigError(
+            f"{source}: line {line}: invalid YAML: unacceptable character #x{e.character:04x}: {e.reason}"
+        ) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(one_line(f"{source}: invalid YAML: {e}")) from None
+    except RecursionError:
+        raise ConfigError(f"{source}: invalid YAML: nested too deeply") from None
+
+
+def read_text(path: str | os.PathLike[str], source: str, limit: int = MAX_CONFIG_BYTES) -> str:
+    """The file's text, or a one-line ConfigError: missing, a directory, not a regular file, too big, not UTF-8."""
+    try:
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"{source}: is a directory, not a config file")
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or device could block or never end
+            raise ConfigError(f"{source}: not a regular file")
+        if st.st_size > limit:
+            raise ConfigError(f"{source}: {st.st_size} bytes is too large for a config file (limit {limit})")
+        with open(path, "rb") as f:
+            raw = f.read(limit + 1)
+    except (FileNotFoundError, NotADirectoryError):
+        raise ConfigError(f"{source}: no such file") from None
+    except OSError as e:
+        raise ConfigError(one_line(f"{source}: cannot read: {e.strerror or e}")) from None
+    if len(raw) > limit:
+        raise ConfigError(f"{source}: more than {limit} bytes is too large for a config file")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        start = e.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)
+        line = raw.count(b"\n", 0, start) + 1
+        raise ConfigError(f"{source}: line {line}: not UTF-8 text (byte 0x{raw[start]:02x})") from None
+    if not text.strip():
+        raise ConfigError(f"{source}: the file is empty")
+    return text
+
+
+def preset_names() -> list[str]:
+    """The presets shipped in the package: small, default, large."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(value: str | os.PathLike[str]) -> Path:
+    """A config path as given, or the packaged preset of that name when ``value`` is a bare word (no
+    directory, no suffix) that names no file here. An existing file always wins over a preset."""
+    path = Path(value).expanduser()
+    text = os.fspath(value)
+    if path.exists() or os.sep in text or "/" in text or path.suffix:
+        return path
+    preset = PRESETS_DIR / f"{text}.yaml"
+    if preset.is_file():
+        return preset
+    raise ConfigError(f"{text}: no such file, nor a preset ({', '.join(preset_names()) or 'none found'})")
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a YAML config (a path, or a preset name such as "small"); any problem is a one-line
+    ConfigError naming the file and key path."""
+    source = os.fspath(path)
+    resolved = resolve_config_path(path)
+    data = _parse_yaml(read_text(resolved, source), source)
+    if data is None:
+        raise ConfigError(f"{source}: the file has no settings, only comments")
+    return config_from_dict(data, source)
+
+
+def dump_yaml(data: dict[str, Any]) -> str:
+    """Nested plain data as YAML that ``Loader`` reads back to the same data."""
+    text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1000)
+    if yaml.load(text, Loader=Loader) != data:  # PyYAML mangles a few characters (NEL, U+0085) unescaped
+        text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=False, width=1000)
+    return text
+
+
+def save_config(config: Config, path: str | os.PathLike[str], comment: str | None = None) -> None:
+    """Write `config` as YAML, atomically and durably: never half-written.
+
+    A config from ``load_config``/``apply_overrides`` was validated there and is written as it is; one built
+    or changed in Python is validated first (ConfigError naming `path`), so an invalid file is never written.
+    """
+    path = Path(path)
+    validate(config, source=str(path))
+    header = "# gptrs configuration; `python -m gptrs.config --describe` explains every key.\n"
+    if comment:
+        header += "".join(f"# {line}\n" for line in comment.splitlines())
+    body = dump_yaml(config_to_dict(config))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, header + body)

@@ -1,0 +1,316 @@
+"""The configuration schema: four dataclass sections (data, tokenizer, model, training) and their reference.
+
+Every field has a default and a one-line description (``field(metadata={"help": ...})``); its allowed values
+sit next to it in the same metadata (``choices``, ``ge``/``gt``/``le``/``lt``, ``allow_empty``), so one table
+drives both the validation (``validation.py``) and the reference that ``describe()`` prints. The count of
+parameters a config gives (``count_parameters``) is here too: it is what the reference and ``--check`` show.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import json
+import textwrap
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "SECTIONS",
+    "SPECIAL_TOKEN_ROLES",
+    "Config",
+    "DataConfig",
+    "ModelConfig",
+    "TokenizerConfig",
+    "TrainingConfig",
+    "config_to_dict",
+    "count_parameters",
+    "describe",
+    "fields_of",
+    "hints_of",
+]
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with a default, a one-line description and its constraints (choices, ge, gt, le, lt)."""
+    if isinstance(default, (list, dict)):  # mutable: each instance gets its own copy
+        return field(default_factory=functools.partial(copy.copy, default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class DataConfig:
+    source: str = _f(
+        "stdlib",
+        "where text comes from: 'stdlib' (built-in corpus), 'files' or 'hub'",
+        choices=("stdlib", "files", "hub"),
+    )
+    paths: list[str] = _f([], "files or globs for source 'files' (.txt, .jsonl/.json, .parquet)")  # noqa: RUF009
+    text_field: str = _f(
+        "text", "field/column holding the text in .jsonl/.json/.parquet files and hub datasets"
+    )
+    dataset_name: str | None = _f(
+        None, "Hugging Face Hub dataset name for source 'hub', e.g. HuggingFaceFW/fineweb"
+    )
+    dataset_subset: str | None = _f(None, "Hub dataset subset (configuration name)")
+    dataset_split: str = _f("train", "Hub dataset split to stream")
+    num_training_samples: int | None = _f(
+        None, "cap on the number of documents read from the source (null: all)", ge=1
+    )
+    validation_split: float = _f(0.05, "fraction of documents held out for validation, in (0, 1)", gt=0, lt=1)
+    separator: str = _f(
+        "eos",
+        "special token placed between documents: 'eos' (after each) or 'bos' (before each)",
+        choices=("eos", "bos"),
+    )
+    sampling: str = _f(
+        "random",
+        "'random' windows (step-based) or 'epochs' (shuffled non-overlapping windows)",
+        choices=("random", "epochs"),
+    )
+    max_eval_tokens: int = _f(
+        131072, "cap on validation tokens covered by the fixed evaluation windows", ge=1
+    )
+    cache_dir: str | None = _f(None, "token cache directory (null: <run dir>/data)")
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = _f(4096, "total vocabulary: 256 bytes + merges + special tokens", le=2**32)
+    pattern: str = _f("gpt4", "pre-tokenization pattern: 'gpt4', 'gpt2' or a custom regex")
+    min_frequency: int = _f(1, "minimum pair count for a merge during training", ge=1)
+    special_tokens: dict[str, str] = _f(  # noqa: RUF009 (_f copies mutable defaults per instance)
+        {"bos": "<|bos|>", "eos": "<|endoftext|>", "pad": "<|pad|>"},
+        "special tokens by role (bos, eos, pad, unk) -> token string",
+    )
+    path: str | None = _f(None, "an existing tokenizer JSON to use instead of training one")
+
+
+@dataclass
+class ModelConfig:
+    embed_dim: int = _f(128, "width of the residual stream (d_model)", ge=1)
+    ff_dim: int = _f(512, "hidden width of the feed-forward layer (usually 4 * embed_dim)", ge=1)
+    num_layers: int = _f(5, "number of transformer blocks", ge=1)
+    heads: int = _f(4, "attention heads; must divide embed_dim", ge=1)
+    max_seq_len: int = _f(256, "context length (block size) in tokens", ge=1)
+    dropout: float = _f(0.0, "dropout probability in [0, 1)", ge=0, lt=1)
+    bias: bool = _f(True, "use biases in Linear and LayerNorm layers (GPT-2 does)")
+    activation: str = _f(
+        "gelu",
+        "feed-forward activation: 'gelu' (exact) or 'gelu_tanh' (GPT-2's approximation)",
+        choices=("gelu", "gelu_tanh"),
+    )
+    attention: str = _f(
+        "sdpa",
+        "attention implementation: 'sdpa' (fused) or 'reference' (explicit mask+softmax)",
+        choices=("sdpa", "reference"),
+    )
+    gradient_checkpointing: bool = _f(False, "recompute each block's activations in backward to save memory")
+    compile: bool = _f(False, "wrap the model in torch.compile")
+    vocab_size: int | None = _f(
+        None, "embedding rows; null takes the tokenizer's vocabulary size", ge=1, le=2**32
+    )
+
+
+@dataclass
+class TrainingConfig:
+    batch_size: int = _f(16, "sequences per micro-batch (per process)", ge=1)
+    gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step", ge=1)
+    max_steps: int = _f(2000, "optimizer steps to train for", ge=1)
+    epochs: int | None = _f(
+        None, "with data.sampling 'epochs': passes over the training tokens (overrides max_steps)", ge=1
+    )
+    learning_rate: float = _f(3e-3, "peak learning rate after warmup", gt=0)
+    min_lr: float = _f(3e-4, "floor of the cosine decay", ge=0)
+    warmup_steps: int = _f(100, "linear warmup steps; must be < max_steps", ge=0)
+    weight_decay: float = _f(0.1, "AdamW weight decay (not applied to norms, biases, embeddings)", ge=0)
+    beta1: float = _f(0.9, "AdamW beta1", ge=0, lt=1)
+    beta2: float = _f(0.95, "AdamW beta2", ge=0, lt=1)
+    max_grad_norm: float = _f(1.0, "gradient clipping norm (0 disables)", ge=0)
+    mixed_precision: bool | str = _f(
+        True,
+        "false | bf16 | fp16 | true (true: the best the device has)",
+        choices=(False, True, "bf16", "fp16"),
+    )
+    eval_interval: int = _f(250, "steps between evaluations", ge=1)
+    eval_batches: int | None = _f(
+        None, "cap on validation batches per evaluation (null: all fixed windows)", ge=1
+    )
+    log_interval: int = _f(10, "steps between metric logs", ge=1)
+    save_interval: int = _f(500, "steps between checkpoints", ge=1)
+    keep_last: int = _f(2, "periodic checkpoints kept besides 'best' and 'last'", ge=1)
+    early_stopping_patience: int | None = _f(
+        None, "evaluations without improvement before stopping (null: off)", ge=1
+    )
+    seed: int = _f(1337, "seed for initialisation, data split and batch sampling", ge=0, le=2**64 - 1)
+    peak_flops: float | None = _f(None, "device peak FLOP/s for MFU (null: measured at start-up)", gt=0)
+    sample_tokens: int = _f(200, "tokens generated as a sample at the end of training", ge=0)
+    sample_prompt: str = _f("def ", "prompt for the end-of-training sample", allow_empty=True)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "tokenizer": TokenizerConfig,
+    "model": ModelConfig,
+    "training": TrainingConfig,
+}
+SPECIAL_TOKEN_ROLES = ("bos", "eos", "pad", "unk")
+
+
+@functools.cache
+def hints_of(cls: type) -> dict[str, Any]:
+    """The resolved type of every field of a section class (``int``, ``str | None``, ``list[str]``...)."""
+    return typing.get_type_hints(cls)
+
+
+def fields_of(cls: type) -> dict[str, dataclasses.Field[Any]]:
+    """A section class's fields by name, in declaration order."""
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
+    """The config as nested plain data (copies), the inverse of ``config_from_dict``."""
+    return {section: dataclasses.asdict(getattr(config, section)) for section in SECTIONS}
+
+
+def count_parameters(config: Config, vocab_size: int | None = None) -> int:
+    """Parameters of our GPT for `config`, counted analytically; the LM head is tied to the token embedding.
+
+    Embedding rows as GPT.from_config picks them: model.vocab_size when set, else `vocab_size` (the loaded
+    tokenizer's, if given), else tokenizer.vocab_size. The count:
+
+    token embedding V*d + learned positions T*d
+    + per block: 2 LayerNorms, qkv (3d^2 + 3d), attention out (d^2 + d), fc (d*ff + ff), fc out (ff*d + d)
+    + final LayerNorm. Without biases the LayerNorms have weights only and the Linear layers no bias terms.
+    """
+    m = config.model
+    vocab = m.vocab_size or vocab_size or config.tokenizer.vocab_size
+    d, ff, b = m.embed_dim, m.ff_dim, int(m.bias)
+    norm = d + b * d
+    block = 2 * norm + (3 * d * d + b * 3 * d) + (d * d + b * d) + (d * ff + b * ff) + (ff * d + b * d)
+    return vocab * d + m.max_seq_len * d + m.num_layers * block + norm
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The reference (`python -m gptrs.config --describe`, docs/configuration.md)
+
+DESCRIBE_WIDTH = 110  # the plain reference wraps its lines here (the repository's line length)
+
+
+def _type_name(hint: Any) -> str:
+    """The type as the reference shows it: int, float, str, list[str], 'int or null'."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    return str(hint) if origin else hint.__name__
+
+
+def _rows() -> list[tuple[str, str, str, str, str]]:
+    """(section, key, type, default as JSON, meaning) for every field."""
+    rows = []
+    for section, cls in SECTIONS.items():
+        hints = hints_of(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            rows.append(
+                (
+                    section,
+                    f.name,
+                    _type_name(hints[f.name]),
+                    json.dumps(default, ensure_ascii=False),
+                    f.metadata["help"],
+                )
+            )
+    return rows
+
+
+_DOC_INTRO = """\
+A run is configured by one YAML file with four sections: `data`, `tokenizer`, `model` and `training`.
+Every key is optional and takes the default below when left out. The presets `small`, `default` and
+`large` ship with the package (`python -m gptrs.config --list`; `--config small` picks one from anywhere,
+and `configs/` in the repository links to them). A file is checked when it is loaded: an unknown key
+(with a "did you mean" suggestion), a wrong type or an out-of-range value stops the run with one line
+naming the file and the key, e.g. `configs/x.yaml: model.heads: 5 does not divide model.embed_dim (128)`.
+
+- Check a file: `python -m gptrs.config --check configs/small.yaml`
+- Override from the command line: `python -m gptrs.train --set model.num_layers=4 --set training.mixed_precision=bf16`
+  (values are read as YAML: `data.paths=[a.txt,b.txt]`; `tokenizer.special_tokens.unk=<|unk|>` sets one token)
+- Show the resolved config: `python -m gptrs.config --show small --set model.num_layers=4`
+- Convert a legacy JSON config: `python -m gptrs.convert_config --input config.json --output config.yaml`
+
+Rules between keys: `model.heads` divides `model.embed_dim`; `training.warmup_steps` < `training.max_steps`
+(unless `training.epochs` is set, which needs `data.sampling: epochs`); `training.min_lr` <=
+`training.learning_rate`; `tokenizer.vocab_size` >= 256 + the number of special tokens + 1;
+`model.vocab_size`, when set, >= `tokenizer.vocab_size`; source `files` needs `data.paths`, source `hub`
+needs `data.dataset_name` (and neither is accepted with another source); `data.separator` names a special
+token that exists; `data.max_eval_tokens` covers at least one window of `model.max_seq_len + 1` tokens.
+
+Parameter counts (`gptrs.config.count_parameters`, what `--check` prints) count every parameter once:
+the token embedding (V x d, tied to the LM head), learned positions (T x d), per block two LayerNorms,
+the fused QKV projection (3d^2 + 3d), the attention output (d^2 + d), the feed-forward layers
+(d x ff + ff and ff x d + d), and the final LayerNorm.
+"""
+
+
+def _markdown(rows: list[tuple[str, str, str, str, str]]) -> str:
+    def cell(text: str, code: bool = False) -> str:
+        text = text.replace("|", "\\|")  # a pipe would end the table cell, even inside backticks
+        return text if code else text.replace("<", "&lt;").replace(">", "&gt;")
+
+    out = [
+        "# Configuration reference",
+        "",
+        "<!-- generated by `python -m gptrs.config --describe --markdown`; edit python/gptrs/config/schema.py -->",
+        "",
+        _DOC_INTRO,
+    ]
+    for section in SECTIONS:
+        out += [f"## `{section}`", "", "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+        out += [
+            f"| `{cell(k, True)}` | {cell(t)} | `{cell(d, True)}` | {cell(h)} |"
+            for s, k, t, d, h in rows
+            if s == section
+        ]
+        out.append("")
+    return "\n".join(out)
+
+
+def describe(markdown: bool = False) -> str:
+    """The configuration reference: every key with its type, default and meaning.
+
+    Plain text: one entry per key, ``section.key: type = default`` and the meaning indented below it, lines
+    wrapped at ``DESCRIBE_WIDTH``; a blank line between sections. ``markdown``: the tables of
+    docs/configuration.md.
+    """
+    rows = _rows()
+    if markdown:
+        return _markdown(rows)
+    lines = ["Every key of a gptrs config: section.key: type = default, and what it means."]
+    for section in SECTIONS:
+        lines.append("")
+        for s, key, type_name, default, meaning in rows:
+            if s != section:
+                continue
+            head = f"{section}.{key}: {type_name} = {default}"
+            lines += textwrap.wrap(head, DESCRIBE_WIDTH, subsequent_indent=" " * 8, break_on_hyphens=False)
+            lines += textwrap.wrap(
+                meaning,
+                DESCRIBE_WIDTH,
+                initial_indent=" " * 4,
+                subsequent_indent=" " * 4,
+                break_on_hyphens=False,
+            )
+    return "\n".join(lines) + "\n"
