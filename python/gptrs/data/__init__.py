@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from gptrs import faults
 from gptrs.data.batches import EpochBatches, EvalBatches, RandomBatches
 from gptrs.data.sources import (
     SPLIT_METHOD,
@@ -155,7 +156,9 @@ def _resolve_tokenizer(
             return BPETokenizer.load(str(Path(path).expanduser()))
         except (OSError, ValueError) as e:  # corrupt, truncated or wrong version: the message names the file
             raise DataError(f"cannot load tokenizer {path}: {e}".splitlines()[0]) from e
+    faults.point("tokenizer")
     tok = _train_tokenizer(config, log, progress)
+    faults.point("tokenizer_done")
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = run_dir / (TOKENIZER_FILE + ".tmp")
     tok.save(str(tmp))
@@ -263,6 +266,7 @@ def prepare_data(
                 except ValueError as e:  # e.g. a lone surrogate the tokenizer refuses
                     raise DataError(f"cannot tokenize the {dc.source!r} source: {e}") from e
 
+            faults.point("cache")
             try:
                 cache = build_cache(
                     cache_dir,
@@ -277,6 +281,7 @@ def prepare_data(
                 )
             except OSError as e:  # a full disk, a read-only cache_dir, a file that vanished mid-read
                 raise DataError(f"building the token cache in {cache_dir} failed: {e}") from e
+            faults.point("cache_done")
 
     n_train, n_val = len(cache.train.tokens), len(cache.val.tokens)
     if cache.train.documents + cache.val.documents == 0:
