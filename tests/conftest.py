@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
-from tests.reliability import hostile_cases as hc
 
 from gptrs import GPT
 
@@ -65,6 +64,8 @@ def one_thread():
 @pytest.fixture(scope="session")
 def hostile_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The fixtures of ``tests/reliability/hostile_cases.py`` without a model: a small trained tokenizer."""
+    from tests.reliability import hostile_cases as hc  # here, so a test's worker process can import conftest
+
     path = tmp_path_factory.mktemp("hostile_tok")
     hc.prepare(path, model=False)
     return path
@@ -74,6 +75,8 @@ def hostile_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def hostile_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The fixtures of ``tests/reliability/hostile_cases.py`` with the tiny checkpoint (shared by the checkpoint and
     generation tables: every case tampers with a copy, never with these files)."""
+    from tests.reliability import hostile_cases as hc
+
     path = tmp_path_factory.mktemp("hostile_model")
     hc.prepare(path, model=True)
     return path

@@ -16,16 +16,18 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import tiny_gpt
 from gptrs.config import Config
 from gptrs.errors import CheckpointError, GptrsError
 from gptrs.model import GPT
 from gptrs.training import checkpoint as ckpt
 from gptrs.training.run_lock import RunLock
 
+SHAPE = dict(vocab_size=40, embed_dim=16, ff_dim=32, num_layers=1, heads=2, max_seq_len=8)
+
 
 def tiny(seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(40, 16, 32, 1, 2, 8, pad_token_id=None)
+    return tiny_gpt(seed, **SHAPE)
 
 
 def state(step: int) -> dict:
@@ -148,7 +150,7 @@ def test_malicious_trainer_state_is_refused_not_run(tmp_path: Path) -> None:
 def test_corrupt_or_mismatched_weights(tmp_path: Path) -> None:
     path = save(tmp_path, "last", 1)
     with pytest.raises(CheckpointError, match="do not match the model"):
-        ckpt.load_model_weights(GPT(40, 16, 32, 2, 2, 8, pad_token_id=None), path)
+        ckpt.load_model_weights(tiny_gpt(**{**SHAPE, "num_layers": 2}), path)
     (path / "model.safetensors").write_bytes(b"\xff" * 64)
     with pytest.raises(CheckpointError, match="cannot load weights"):
         ckpt.load_model_weights(tiny(), path)

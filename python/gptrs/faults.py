@@ -13,8 +13,8 @@ Points in use (``name``: where, and its details):
 - ``cache``, ``cache_done``: building the token cache starts / ends; ``cache:write`` (``path``) per chunk
   written.
 - ``write`` and ``rename`` (``path``): before a file is fsync'd and before it is renamed into place
-  (:func:`gptrs.files.atomic_path`, the token cache's staged files); ``rename`` also before each rename of a
-  checkpoint directory.
+  (:func:`gptrs.files.atomic_path`, the token cache's staged files); for a checkpoint directory, before each
+  of its renames and before the fsync of its parent that makes them durable.
 - ``train``: the training loop starts or resumes after an evaluation or a checkpoint.
 - ``step`` (``step``): a micro-batch starts (forward, backward, then on the last one the optimizer step).
 - ``eval``: an evaluation starts.

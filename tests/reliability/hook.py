@@ -50,6 +50,7 @@ class Hook:
         self.enospc, self.enospc_at = spec.get("enospc"), int(spec.get("enospc_at", 1))
         self.scope = ""  # the write in progress: "cache", "ckpt", "prune" or none
         self.ckpts = 0
+        self.checkpoint = ""  # the name of the checkpoint being written
         self.chunks = 0
 
     def mark(self, phase: str) -> None:
@@ -93,8 +94,8 @@ class Hook:
                 raise self.disk_full("cache", info["path"])
             self.nap()
         elif name == "ckpt":
-            self.scope, self.ckpts = "ckpt", self.ckpts + 1
-            self.mark(f"ckpt:{info['checkpoint']}")
+            self.scope, self.ckpts, self.checkpoint = "ckpt", self.ckpts + 1, info["checkpoint"]
+            self.mark(f"ckpt:{self.checkpoint}")
         elif name in ("ckpt:model", "ckpt:state"):
             self.mark(name)
             kind = name.replace(":", "_")
@@ -108,10 +109,16 @@ class Hook:
             self.scope = "prune"
             self.mark(name)
             self.nap()
-        elif name in ("write", "rename") and self.scope in ("cache", "ckpt"):
-            self.mark(f"{self.scope}:{'fsync' if name == 'write' else 'rename'}")
-            if name == "write" and self.scope == "ckpt" and self.full("ckpt_fsync", self.ckpts):
+        elif name == "write" and self.scope in ("cache", "ckpt"):
+            self.mark(f"{self.scope}:fsync")
+            if self.scope == "ckpt" and self.full("ckpt_fsync", self.ckpts):
                 raise self.disk_full("ckpt_fsync")
+            self.nap()
+        elif name == "rename" and self.scope in ("cache", "ckpt"):
+            # In a checkpoint only the renames of the directory itself (replacing best/last) are the
+            # "rename" window; a file's rename inside the temporary directory belongs to its write.
+            if self.scope == "cache" or Path(info["path"]).name == self.checkpoint:
+                self.mark(f"{self.scope}:rename")
             self.nap()
 
 

@@ -159,6 +159,7 @@ def _move_into_place(tmp: Path, target: Path) -> None:
         os.replace(target, old)
     faults.point("rename", path=target)
     os.replace(tmp, target)
+    faults.point("write", path=root)  # the directory's fsync makes the renames durable
     fsync_path(root)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
