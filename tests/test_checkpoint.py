@@ -97,6 +97,38 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch:
     assert ckpt.load_trainer_state(tmp_path / "last")["step"] == 3
 
 
+def test_fault_points_and_a_full_disk_at_each(tmp_path: Path) -> None:
+    """save_checkpoint passes its named fault points in order; a full disk at any of them (as the crash
+    harness simulates it) is one OSError line naming the file, and the previous checkpoint stays whole."""
+    import errno
+
+    from gptrs import faults
+
+    save(tmp_path, "last", 3)
+    seen: list[str] = []
+    with faults.install(lambda name, info: seen.append(name)):
+        save(tmp_path, "last", 4)
+    assert seen[0] == "ckpt" and seen[-1] == "ckpt_done"
+    for name in ("ckpt:model", "ckpt:state", "write", "rename"):
+        assert name in seen, name
+    assert seen.index("ckpt:model") < seen.index("ckpt:state")
+
+    for point, file in (("ckpt:model", "model.safetensors"), ("ckpt:state", "trainer_state.pt")):
+
+        def full(name: str, info: dict, point: str = point) -> None:
+            if name == point:
+                Path(info["path"]).write_bytes(b"partial")
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+        with faults.install(full), pytest.raises(OSError) as e:
+            save(tmp_path, "last", 5)
+        message = str(e.value)
+        assert "\n" not in message and f"{file}: no space left on device" in message
+        assert "earlier checkpoints are intact" in message
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+        assert ckpt.read_complete(tmp_path / "last")["step"] == 4
+
+
 def test_recover_after_a_crash_between_renames(tmp_path: Path) -> None:
     """Crash after 'last' was moved aside but before the new one was moved in: recover() moves it in."""
     save(tmp_path, "last", 3)

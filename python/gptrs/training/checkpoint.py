@@ -117,15 +117,17 @@ def _write_files(
     directory: Path, step: int, model: nn.Module, state: dict[str, Any], config: Any, tokenizer: Any
 ) -> None:
     """Every file of a checkpoint into ``directory``, each on disk (fsync'd) before ``COMPLETE`` is."""
-    faults.point("ckpt:model", path=directory / MODEL_FILE)
+    model_file = directory / MODEL_FILE
     save_pretrained = getattr(model, "save_pretrained", None)
     if callable(save_pretrained):
-        with _writing(directory / MODEL_FILE):
+        with _writing(model_file):
+            faults.point("ckpt:model", path=model_file)
             save_pretrained(directory)
     else:  # any nn.Module (e.g. a user's own model passed to the Trainer)
         from safetensors.torch import save_model
 
-        with atomic_path(directory / MODEL_FILE) as tmp:
+        with atomic_path(model_file) as tmp:
+            faults.point("ckpt:model", path=tmp)
             save_model(model, str(tmp))
     if config is not None:
         from gptrs.config import save_config

@@ -35,6 +35,7 @@ from torch import nn
 from gptrs import faults
 from gptrs.config import Config
 from gptrs.errors import DataError, GptrsError
+from gptrs.files import METRICS_FILE
 from gptrs.host_memory import tune_host_allocator
 from gptrs.training import checkpoint as ckpt
 from gptrs.training import state
@@ -43,7 +44,6 @@ from gptrs.training.losses import evaluate, loss_of, split_batch, to_device
 from gptrs.training.lr_schedule import WarmupCosine, total_steps
 from gptrs.training.metrics import (
     LOSS_PLOT_FILE,
-    METRICS_FILE,
     RunLog,
     log_run_start,
     measure_peak_flops,
@@ -173,9 +173,8 @@ class Trainer:
                 if log_now:
                     self._log(run, lr, grad_norm)
                 improved = False
-                if run.eval_loader is not None and (
-                    c.step % tc.eval_interval == 0 or c.step == run.max_steps
-                ):
+                eval_due = c.step % tc.eval_interval == 0 or c.step == run.max_steps
+                if run.eval_loader is not None and eval_due:
                     improved = self._evaluate_and_track(run)
                 if self._checkpoint(run, improved):
                     break
