@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from benches import hostile_cases as hc
 from hypothesis import HealthCheck, settings
 
 from gptrs import GPT
@@ -28,7 +27,9 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-def tiny_gpt(seed: int = 0, *, weight_std: float | None = None, perturb: float = 0.0, **overrides: object) -> GPT:
+def tiny_gpt(
+    seed: int = 0, *, weight_std: float | None = None, perturb: float = 0.0, **overrides: object
+) -> GPT:
     """The one tiny-model builder of the suite: ``GPT(**defaults | overrides)`` after ``manual_seed(seed)``.
 
     ``weight_std``: re-draw every matrix from N(0, weight_std / sqrt(fan_in)) so the outputs depend on the
@@ -62,7 +63,9 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def hostile_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The fixtures of ``benches/hostile_cases.py`` without a model: a small trained tokenizer."""
+    """The fixtures of ``tests/reliability/hostile_cases.py`` without a model: a small trained tokenizer."""
+    from tests.reliability import hostile_cases as hc  # here, so a test's worker process can import conftest
+
     path = tmp_path_factory.mktemp("hostile_tok")
     hc.prepare(path, model=False)
     return path
@@ -70,8 +73,10 @@ def hostile_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def hostile_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The fixtures of ``benches/hostile_cases.py`` with the tiny checkpoint (shared by the checkpoint and
+    """The fixtures of ``tests/reliability/hostile_cases.py`` with the tiny checkpoint (shared by the checkpoint and
     generation tables: every case tampers with a copy, never with these files)."""
+    from tests.reliability import hostile_cases as hc
+
     path = tmp_path_factory.mktemp("hostile_model")
     hc.prepare(path, model=True)
     return path

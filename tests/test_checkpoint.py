@@ -16,16 +16,18 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import tiny_gpt
 from gptrs.config import Config
 from gptrs.errors import CheckpointError, GptrsError
 from gptrs.model import GPT
 from gptrs.training import checkpoint as ckpt
 from gptrs.training.run_lock import RunLock
 
+SHAPE = dict(vocab_size=40, embed_dim=16, ff_dim=32, num_layers=1, heads=2, max_seq_len=8)
+
 
 def tiny(seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(40, 16, 32, 1, 2, 8, pad_token_id=None)
+    return tiny_gpt(seed, **SHAPE)
 
 
 def state(step: int) -> dict:
@@ -85,12 +87,46 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(
+        OSError, match=r"trainer_state\.pt: no space left on device .*earlier checkpoints are intact"
+    ):
         save(tmp_path, "last", 6, tiny(6))
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
     assert (tmp_path / "last" / "model.safetensors").read_bytes() == before
     assert ckpt.load_trainer_state(tmp_path / "last")["step"] == 3
+
+
+def test_fault_points_and_a_full_disk_at_each(tmp_path: Path) -> None:
+    """save_checkpoint passes its named fault points in order; a full disk at any of them (as the crash
+    harness simulates it) is one OSError line naming the file, and the previous checkpoint stays whole."""
+    import errno
+
+    from gptrs import faults
+
+    save(tmp_path, "last", 3)
+    seen: list[str] = []
+    with faults.install(lambda name, info: seen.append(name)):
+        save(tmp_path, "last", 4)
+    assert seen[0] == "ckpt" and seen[-1] == "ckpt_done"
+    for name in ("ckpt:model", "ckpt:state", "write", "rename"):
+        assert name in seen, name
+    assert seen.index("ckpt:model") < seen.index("ckpt:state")
+
+    for point, file in (("ckpt:model", "model.safetensors"), ("ckpt:state", "trainer_state.pt")):
+
+        def full(name: str, info: dict, point: str = point) -> None:
+            if name == point:
+                Path(info["path"]).write_bytes(b"partial")
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+        with faults.install(full), pytest.raises(OSError) as e:
+            save(tmp_path, "last", 5)
+        message = str(e.value)
+        assert "\n" not in message and f"{file}: no space left on device" in message
+        assert "earlier checkpoints are intact" in message
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+        assert ckpt.read_complete(tmp_path / "last")["step"] == 4
 
 
 def test_recover_after_a_crash_between_renames(tmp_path: Path) -> None:
@@ -146,7 +182,7 @@ def test_malicious_trainer_state_is_refused_not_run(tmp_path: Path) -> None:
 def test_corrupt_or_mismatched_weights(tmp_path: Path) -> None:
     path = save(tmp_path, "last", 1)
     with pytest.raises(CheckpointError, match="do not match the model"):
-        ckpt.load_model_weights(GPT(40, 16, 32, 2, 2, 8, pad_token_id=None), path)
+        ckpt.load_model_weights(tiny_gpt(**{**SHAPE, "num_layers": 2}), path)
     (path / "model.safetensors").write_bytes(b"\xff" * 64)
     with pytest.raises(CheckpointError, match="cannot load weights"):
         ckpt.load_model_weights(tiny(), path)

@@ -1,4 +1,4 @@
-"""Crash consistency of training, the short CI version of ``benches/reliability.py``.
+"""Crash consistency of training, the short CI version of ``tests/reliability/reliability.py``.
 
 ``python -m gptrs.train`` on a tiny model is killed with SIGKILL four times (while the token cache is built,
 and at random points among: a step, an evaluation, each stage of a checkpoint write, pruning), resumed each
@@ -16,11 +16,7 @@ import signal
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-from benches import reliability as rel  # noqa: E402
+from tests.reliability import reliability as rel
 
 KILLS = 4
 SEED = int(os.environ.get("GPTRS_CRASH_SEED", "0"))  # another seed: other kill moments, same guarantees
@@ -41,7 +37,7 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path: Path, reference: rel
     print("\n".join(lines))
     assert report.problems == []
     assert report.kills == KILLS and report.resumes == KILLS
-    assert report.kills_by_phase.get("cache:write", 0) + report.kills_by_phase.get("cache:npy", 0) >= 1
+    assert report.kills_by_phase.get("cache:write", 0) + report.kills_by_phase.get("cache:fsync", 0) >= 1
     assert report.checkpoints_checked >= KILLS  # there were checkpoints on disk to check
     assert report.corrupt_checkpoints == 0
     assert report.incomplete_visible == 0

@@ -14,11 +14,15 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_gpt
 from gptrs.config import Config
 from gptrs.data import RandomBatches
 from gptrs.model import GPT
 from gptrs.training import Trainer
+from gptrs.training.distributed import setup_distributed
 from gptrs.training.metrics import read_metrics
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 V, D, FF, L, H, T = 48, 32, 64, 2, 2, 16
 GLOBAL_BATCH, STEPS, WORLD = 8, 5, 2
@@ -47,8 +51,7 @@ def val_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def model() -> GPT:
-    torch.manual_seed(0)
-    return GPT(V, D, FF, L, H, T, pad_token_id=None)
+    return tiny_gpt(0, vocab_size=V, embed_dim=D, ff_dim=FF, num_layers=L, heads=H, max_seq_len=T)
 
 
 def worker(run_dir: str, accum: int) -> None:
@@ -61,7 +64,8 @@ def worker(run_dir: str, accum: int) -> None:
         x, y = x[rank * per_rank : (rank + 1) * per_rank], y[rank * per_rank : (rank + 1) * per_rank]
         mine += [(x[i : i + micro], y[i : i + micro]) for i in range(0, per_rank, micro)]
     torch.set_num_threads(1)
-    trainer = Trainer(model(), None, config(micro, accum), "cpu", run_dir=run_dir)
+    _, device = setup_distributed("cpu")  # the Trainer joins no process group itself: its caller does
+    trainer = Trainer(model(), None, config(micro, accum), device, run_dir=run_dir)
     assert trainer.dist.world_size == world and trainer.dist.rank == rank
     result = trainer.train(mine, val_batches())
     print(f"rank {rank} val_loss {result['val_loss']!r}", flush=True)
@@ -77,7 +81,6 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
     """2 ranks x 2 micro-batches of 2 rows (gradients synced on the second only) == 1 process x 8 rows."""
     accum = 2
     single = tmp_path / "single"
-    torch.set_num_threads(1)
     ref = Trainer(model(), None, config(GLOBAL_BATCH, 1), "cpu", run_dir=single).train(
         global_batches(), val_batches()
     )

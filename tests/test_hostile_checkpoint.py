@@ -1,7 +1,7 @@
 """Hostile checkpoints: missing tensors, wrong shapes, corrupt safetensors headers, broken model.json, and a
 trainer state that is a malicious pickle (its ``__reduce__`` would create a marker file: it must be refused
 by ``torch.load(weights_only=True)`` without running). Each case through the API and, for a few, the CLIs
-(exit status 2, one line, no traceback). The table is ``benches/hostile_cases.py``.
+(exit status 2, one line, no traceback). The table is ``tests/reliability/hostile_cases.py``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from benches import hostile_cases as hc
+from tests.reliability import hostile_cases as hc
 
 
 @pytest.mark.parametrize("case", hc.cases_for("checkpoint"), ids=lambda c: c.name)

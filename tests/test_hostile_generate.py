@@ -2,7 +2,7 @@
 that is not an integer: ``ValueError`` from ``GPT.generate`` and exit status 2 with one line from
 ``python -m gptrs.generate``. A prompt longer than the context is not an error: it is cropped from the left with
 one warning, and the output equals generating from the last ``max_seq_len`` tokens. The table is
-``benches/hostile_cases.py``.
+``tests/reliability/hostile_cases.py``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from benches import hostile_cases as hc
+from tests.reliability import hostile_cases as hc
 
 
 @pytest.mark.parametrize("case", hc.cases_for("generation"), ids=lambda c: c.name)

@@ -1,4 +1,4 @@
-"""Hostile tokenizer files and inputs: the tables of ``benches/hostile_cases.py`` (each case its error type and
+"""Hostile tokenizer files and inputs: the tables of ``tests/reliability/hostile_cases.py`` (each case its error type and
 one-line message, or the right result), plus properties: any text round-trips, any id list either decodes or
 raises ValueError, never a Rust panic.
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from benches import hostile_cases as hc
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.reliability import hostile_cases as hc
 
 
 @pytest.mark.parametrize("case", hc.cases_for("tokenizer file"), ids=lambda c: c.name)

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import tiny_gpt
 from gptrs.config import Config
 from gptrs.data import RandomBatches
 from gptrs.errors import CheckpointError, ConfigError, DataError
@@ -24,20 +25,13 @@ from gptrs.training.metrics import read_metrics
 from gptrs.training.precision import cpu_supports_bf16, resolve_precision
 
 V, D, FF, L, H, T = 48, 32, 64, 2, 2, 16
+SHAPE = dict(vocab_size=V, embed_dim=D, ff_dim=FF, num_layers=L, heads=H, max_seq_len=T)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models run fastest on one thread, and the test machines are shared.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(seed: int = 0, dropout: float = 0.0) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(V, D, FF, L, H, T, pad_token_id=None, dropout=dropout)
+    return tiny_gpt(seed, dropout=dropout, **SHAPE)
 
 
 def tokens(n: int = 4000, seed: int = 0) -> np.ndarray:
@@ -164,7 +158,7 @@ def test_resume_skips_an_unreadable_checkpoint(tmp_path: Path) -> None:
     other = config()
     other.model.num_layers = 1
     with pytest.raises(CheckpointError, match=r"another model config \(model.num_layers: 2 there, 1 here\)"):
-        Trainer(GPT(V, D, FF, 1, H, T, None), None, other, "cpu", run_dir=tmp_path).train(
+        Trainer(tiny_gpt(**{**SHAPE, "num_layers": 1}), None, other, "cpu", run_dir=tmp_path).train(
             RandomBatches(data, 4, T, seed=7), resume=True
         )
 

@@ -10,14 +10,17 @@ the harness loudly (it never sees that name) instead of silently disabling a fau
 Points in use (``name``: where, and its details):
 
 - ``tokenizer``, ``tokenizer_done``: training the run's tokenizer starts / ends.
-- ``cache``, ``cache_done``: building the token cache starts / ends; ``cache:write`` per chunk written.
-- ``write`` and ``rename`` (``path``): :func:`gptrs.files.atomic_path` before the fsync and before the rename.
+- ``cache``, ``cache_done``: building the token cache starts / ends; ``cache:write`` (``path``) per chunk
+  written.
+- ``write`` and ``rename`` (``path``): before a file is fsync'd and before it is renamed into place
+  (:func:`gptrs.files.atomic_path`, the token cache's staged files); for a checkpoint directory, before each
+  of its renames and before the fsync of its parent that makes them durable.
 - ``train``: the training loop starts or resumes after an evaluation or a checkpoint.
 - ``step`` (``step``): a micro-batch starts (forward, backward, then on the last one the optimizer step).
 - ``eval``: an evaluation starts.
-- ``ckpt`` (``name``, ``step``), ``ckpt:model``, ``ckpt:state`` (``path``), ``ckpt_done`` (``name``,
-  ``step``): writing a checkpoint and its parts.
-- ``prune``: old periodic checkpoints are deleted.
+- ``ckpt`` (``checkpoint``, ``step``), ``ckpt:model``, ``ckpt:state`` (``path``: the file about to be
+  written), ``ckpt_done`` (``checkpoint``, ``step``): writing a checkpoint and its parts.
+- ``prune`` (``path``): an old periodic checkpoint is about to be deleted.
 """
 
 from __future__ import annotations

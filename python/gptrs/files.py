@@ -105,11 +105,15 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, target)
         fsync_path(target.parent)
     except BaseException as e:
+        # Judged before the temporary file goes: the space it frees could hide a full disk.
+        err = (
+            None if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)) else write_error(e, target)
+        )
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+        if err is None:
             raise
-        raise write_error(e, target) from e
+        raise err from e
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

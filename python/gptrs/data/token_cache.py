@@ -11,9 +11,11 @@ plus ``train.counts.npy`` (unigram counts of the training tokens, for the baseli
 the header: format, dtype, counts, byte sizes and the *key* (tokenizer and source fingerprints, split and
 separator settings). A cache whose key matches is reused; anything else is rebuilt.
 
-Crash safety: everything is written under temporary names and renamed into place; the old header is removed
-before any data file is replaced and the new header is renamed in LAST, so a cache that has a header is
-complete, and an interrupted build leaves none. A file lock serialises builders sharing a directory (DDP ranks,
+Crash safety: everything is written under temporary names (``*.tmp``) and fsync'd, then renamed into place;
+the old header is removed before any data file is replaced and the new header is written LAST (atomically,
+:func:`gptrs.files.atomic_write_text`), so a cache that has a header is complete, and an interrupted build
+leaves none. A failed write (a full disk) is one ``OSError`` naming the file, and leaves the previous cache
+whole unless it failed while the files were being renamed into place. A file lock serialises builders sharing a directory (DDP ranks,
 or runs sharing ``data.cache_dir``): the first builds, the others wait and reuse.
 """
 
@@ -33,8 +35,10 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm import tqdm
 
+from gptrs import faults
+from gptrs.files import CACHE_HEADER, atomic_write_text, fsync_path, write_error
+
 CACHE_FORMAT = 1
-HEADER = "cache.json"
 SPLITS = ("train", "val")
 ENCODE_CHUNK_BYTES = 4 << 20  # text per encode_batch call: big enough for parallelism, small for overlap
 ENCODE_CHUNK_DOCS = 8192
@@ -99,7 +103,7 @@ def _memmap(path: Path, dtype: np.dtype, n: int) -> np.ndarray:
 
 def load_cache(directory: Path, key: dict[str, Any]) -> tuple[TokenCache | None, str]:
     """The cache in ``directory`` if it is complete and its key equals ``key``; else ``(None, why not)``."""
-    header_path = directory / HEADER
+    header_path = directory / CACHE_HEADER
     if not header_path.exists():
         return None, "no cache yet"
     try:
@@ -198,11 +202,13 @@ def _chunks(docs: Iterable[tuple[str, bool]]) -> Iterator[tuple[list[str], list[
 
 
 class _SplitWriter:
-    """Appends encoded documents (with separators) of one split to a temporary token file."""
+    """Appends encoded documents (with separators) of one split to a temporary token file (``target`` with
+    ``.tmp`` added), renamed to ``target`` when the whole cache is written."""
 
-    def __init__(self, path: Path, dtype: np.dtype, separator_id: int, sep_first: bool, count: int | None):
-        self.path = path
-        self.file = open(path, "wb")  # closed in finish() or abort()
+    def __init__(self, target: Path, dtype: np.dtype, separator_id: int, sep_first: bool, count: int | None):
+        self.target = target
+        self.path = _staged(target)
+        self.file = open(self.path, "wb")  # closed in finish() or abort()
         self.dtype = dtype
         self.sep = np.array([separator_id], dtype=dtype)
         self.sep_first = sep_first
@@ -217,7 +223,11 @@ class _SplitWriter:
         pieces: list[np.ndarray] = [self.sep] * (2 * len(arrays))
         pieces[1 if self.sep_first else 0 :: 2] = arrays
         flat = np.concatenate(pieces).astype(self.dtype, copy=False)
-        flat.tofile(self.file)
+        try:
+            faults.point("cache:write", path=self.path)
+            flat.tofile(self.file)
+        except OSError as e:
+            raise write_error(e, self.target) from e
         self.lengths.append(np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays)) + 1)
         self.tokens += len(flat)
         self.bytes += nbytes
@@ -226,9 +236,12 @@ class _SplitWriter:
 
     def finish(self) -> np.ndarray:
         """Flush to disk and return the document offsets."""
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
+        try:
+            self.file.close()
+            faults.point("write", path=self.target)
+            fsync_path(self.path)
+        except OSError as e:
+            raise write_error(e, self.target) from e
         lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, dtype=np.int64)
         return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
 
@@ -236,11 +249,41 @@ class _SplitWriter:
         self.file.close()
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
+def _staged(target: Path) -> Path:
+    """The temporary name a cache file is written under until the whole cache is renamed into place."""
+    return target.with_name(target.name + ".tmp")
+
+
+def _save_npy(target: Path, array: np.ndarray) -> None:
+    """``array`` (no pickle) under the staged name of ``target``, on disk before the commit renames it in."""
+    path = _staged(target)
+    try:
+        with open(path, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+        faults.point("write", path=target)
+        fsync_path(path)
+    except OSError as e:
+        raise write_error(e, target) from e
+
+
+def _commit(directory: Path, header: dict[str, Any]) -> None:
+    """Rename the staged files into place, then write the header: the cache exists from that moment on."""
+    # The old header goes first: from here until the new one lands, the directory holds no complete cache.
+    (directory / CACHE_HEADER).unlink(missing_ok=True)
+    for name in _cache_files():
+        target = directory / name
+        try:
+            faults.point("rename", path=target)
+            os.replace(_staged(target), target)
+        except OSError as e:
+            raise write_error(e, target) from e
+    fsync_path(directory)
+    atomic_write_text(directory / CACHE_HEADER, json.dumps(header, indent=1))
+
+
+def _cache_files() -> list[str]:
+    """The data files of a cache (the header aside), in the order they are renamed in."""
+    return [*(f for name in SPLITS for f in (f"{name}.bin", f"{name}.offsets.npy")), "train.counts.npy"]
 
 
 def build_cache(
@@ -264,9 +307,6 @@ def build_cache(
         raise ValueError(f"separator must be 'eos' or 'bos', got {separator!r}")
     directory.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(vocab_size)
-    tmp = {name: directory / f"{name}.bin.tmp" for name in SPLITS}
-    tmp_npy = {name: directory / f"{name}.offsets.npy.tmp" for name in SPLITS}
-    tmp_counts = directory / "train.counts.npy.tmp"
     writers: dict[str, _SplitWriter] = {}
     bar = tqdm(
         total=total_bytes,
@@ -281,7 +321,9 @@ def build_cache(
     try:
         for name in SPLITS:
             counts_size = vocab_size if name == "train" else None
-            writers[name] = _SplitWriter(tmp[name], dtype, separator_id, separator == "bos", counts_size)
+            writers[name] = _SplitWriter(
+                directory / f"{name}.bin", dtype, separator_id, separator == "bos", counts_size
+            )
         for texts, flags, sizes in _prefetch(_chunks(documents)):
             encoded = encode(texts)
             for name, want_val in (("train", False), ("val", True)):
@@ -290,10 +332,10 @@ def build_cache(
             bar.update(sum(sizes))
         offsets = {name: writers[name].finish() for name in SPLITS}
         for name in SPLITS:
-            _save_npy(tmp_npy[name], offsets[name])
+            _save_npy(directory / f"{name}.offsets.npy", offsets[name])
         counts = writers["train"].counts
         assert counts is not None
-        _save_npy(tmp_counts, counts)
+        _save_npy(directory / "train.counts.npy", counts)
 
         header: dict[str, Any] = {
             "format": CACHE_FORMAT,
@@ -311,32 +353,15 @@ def build_cache(
                 "bytes": w.bytes,
             }
         header["unigram_counts"] = "train.counts.npy"
-        # The old header goes first: from here until the new one lands, the directory holds no complete cache.
-        (directory / HEADER).unlink(missing_ok=True)
-        for name in SPLITS:
-            os.replace(tmp[name], directory / f"{name}.bin")
-            os.replace(tmp_npy[name], directory / f"{name}.offsets.npy")
-        os.replace(tmp_counts, directory / "train.counts.npy")
-        tmp_header = directory / (HEADER + ".tmp")
-        with open(tmp_header, "w", encoding="utf-8") as f:
-            json.dump(header, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_header, directory / HEADER)
+        _commit(directory, header)
     except BaseException:
         for w in writers.values():
             w.abort()
-        for path in [*tmp.values(), *tmp_npy.values(), tmp_counts, directory / (HEADER + ".tmp")]:
-            path.unlink(missing_ok=True)
+        for name in _cache_files():
+            _staged(directory / name).unlink(missing_ok=True)
         raise
     finally:
         bar.close()
-    with contextlib.suppress(OSError):  # make the renames durable too (not possible on every platform)
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
     cache, why = load_cache(directory, key)
     if cache is None:
         raise RuntimeError(f"the token cache just written to {directory} does not load: {why}")

@@ -12,7 +12,9 @@ Layout of ``<run_dir>/checkpoints/``::
       COMPLETE                        written last: JSON with the step and every file's size
 
 A checkpoint is written into ``.tmp-<name>-<pid>`` in the same directory, every file and the directory
-are fsync'd, ``COMPLETE`` is written, and only then is it renamed to its name. Replacing ``best`` or
+are fsync'd (files gptrs writes itself go through :func:`gptrs.files.atomic_path`), ``COMPLETE`` is
+written, and only then is it renamed to its name. A write that fails (a full disk, whatever the library
+writing the file calls it) removes the temporary directory and raises one ``OSError`` naming the file. Replacing ``best`` or
 ``last`` renames the old one aside first (``.old-<name>-<pid>``), renames the new one in, then deletes
 the old one. A crash at any moment therefore leaves every checkpoint that carries a matching
 ``COMPLETE`` whole; discovery ignores dot-directories and anything without ``COMPLETE``, and
@@ -24,12 +26,14 @@ containers (numpy arrays are stored as lists, see :func:`to_safe`), so loading o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
 import random
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,14 +42,47 @@ import numpy as np
 import torch
 from torch import nn
 
+from gptrs import faults
 from gptrs.errors import CheckpointError
+from gptrs.files import (
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    TRAINER_STATE,
+    atomic_path,
+    atomic_write_text,
+    fsync_path,
+    is_disk_full,
+    write_error,
+)
 
-CHECKPOINTS_DIR = "checkpoints"
+__all__ = [  # the file names are re-exported: callers find them here beside the layout they name
+    "CHECKPOINTS_DIR",
+    "COMPLETE",
+    "CONFIG_FILE",
+    "MODEL_FILE",
+    "TOKENIZER_FILE",
+    "TRAINER_STATE",
+    "CheckpointInfo",
+    "capture_rng_state",
+    "find_latest",
+    "from_safe",
+    "is_complete",
+    "list_checkpoints",
+    "load_model_weights",
+    "load_trainer_state",
+    "prune",
+    "read_complete",
+    "recover",
+    "resolve_model_dir",
+    "restore_rng_state",
+    "save_checkpoint",
+    "step_name",
+    "to_safe",
+]
+
 COMPLETE = "COMPLETE"
-TRAINER_STATE = "trainer_state.pt"
-MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.yaml"
-TOKENIZER_FILE = "tokenizer.json"
 _STEP_RE = re.compile(r"^step_(\d+)$")
 
 
@@ -64,41 +101,70 @@ def step_name(step: int) -> str:
 # Writing
 
 
-def _fsync_path(path: Path) -> None:
-    """fsync a file or a directory. A file whose data cannot be flushed is an error (a full disk may only show
-    up here, with delayed allocation); a directory that cannot be opened or synced (Windows, some file
-    systems) is skipped, as that only costs durability of the rename, never a torn file."""
-    is_dir = path.is_dir()
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Errors of a library writing ``path`` (its own file handling, not ``atomic_path``'s) as one OSError
+    naming it; a full disk says so whatever the library called it. Other errors (bugs) pass unchanged."""
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        if is_dir:
-            return
+        yield
+    except Exception as e:
+        if isinstance(e, OSError) or is_disk_full(e, path.parent):
+            raise write_error(e, path) from e
         raise
-    try:
-        os.fsync(fd)
-    except OSError:
-        if not is_dir:
-            raise
-    finally:
-        os.close(fd)
 
 
-def _write_error(e: OSError, target: Path) -> OSError:
-    """``e`` as one line naming the checkpoint (an fsync or a library's write may name no file at all)."""
-    where = f" ({e.filename})" if e.filename else ""
-    msg = f"cannot write checkpoint {target}: {e.strerror or e}{where}; the earlier checkpoints are intact"
-    return OSError(e.errno, msg) if e.errno is not None else OSError(msg)
-
-
-def _save_model(model: nn.Module, directory: Path) -> None:
+def _write_files(
+    directory: Path, step: int, model: nn.Module, state: dict[str, Any], config: Any, tokenizer: Any
+) -> None:
+    """Every file of a checkpoint into ``directory``, each on disk (fsync'd) before ``COMPLETE`` is."""
+    model_file = directory / MODEL_FILE
     save_pretrained = getattr(model, "save_pretrained", None)
     if callable(save_pretrained):
-        save_pretrained(directory)
+        with _writing(model_file):
+            faults.point("ckpt:model", path=model_file)
+            save_pretrained(directory)
     else:  # any nn.Module (e.g. a user's own model passed to the Trainer)
         from safetensors.torch import save_model
 
-        save_model(model, str(directory / MODEL_FILE))
+        with atomic_path(model_file) as tmp:
+            faults.point("ckpt:model", path=tmp)
+            save_model(model, str(tmp))
+    if config is not None:
+        from gptrs.config import save_config
+
+        with _writing(directory / CONFIG_FILE):
+            save_config(config, directory / CONFIG_FILE)
+    if tokenizer is not None:
+        with _writing(directory / TOKENIZER_FILE):
+            tokenizer.save(str(directory / TOKENIZER_FILE))
+    with atomic_path(directory / TRAINER_STATE) as tmp, open(tmp, "wb") as out:
+        faults.point("ckpt:state", path=tmp)
+        torch.save(state, out)  # a file object: the archive inside is named the same whatever the path
+    sizes = {}
+    for path in sorted(directory.iterdir()):
+        with _writing(path):
+            fsync_path(path)  # the model's, config's and tokenizer's own writers may not have
+        sizes[path.name] = path.stat().st_size
+    # COMPLETE goes last: its presence (with matching sizes) is what makes the directory count.
+    atomic_write_text(directory / COMPLETE, json.dumps({"step": step, "files": sizes}))
+
+
+def _move_into_place(tmp: Path, target: Path) -> None:
+    """Rename the finished ``tmp`` to ``target``; an existing ``target`` is moved aside first and deleted
+    after (:func:`recover` finishes the job if a crash falls between the renames)."""
+    root = target.parent
+    old = root / f".old-{target.name}-{os.getpid()}" if target.exists() else None
+    if old is not None:
+        if old.exists():
+            shutil.rmtree(old)
+        faults.point("rename", path=target)
+        os.replace(target, old)
+    faults.point("rename", path=target)
+    os.replace(tmp, target)
+    faults.point("write", path=root)  # the directory's fsync makes the renames durable
+    fsync_path(root)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def save_checkpoint(
@@ -111,7 +177,10 @@ def save_checkpoint(
     config: Any = None,
     tokenizer: Any = None,
 ) -> Path:
-    """Write checkpoint ``root/name`` atomically (see the module docstring) and return its path."""
+    """Write checkpoint ``root/name`` atomically (see the module docstring) and return its path.
+
+    A failed write (a full disk, say) raises one ``OSError`` line naming the file and saying that the
+    earlier checkpoints are intact: nothing of this one stays behind."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     target = root / name
@@ -119,42 +188,18 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
+    faults.point("ckpt", checkpoint=name, step=step)
     try:
-        _save_model(model, tmp)
-        if config is not None:
-            from gptrs.config import save_config
-
-            save_config(config, tmp / CONFIG_FILE)
-        if tokenizer is not None:
-            tokenizer.save(str(tmp / TOKENIZER_FILE))
-        torch.save(trainer_state, tmp / TRAINER_STATE)
-        sizes = {}
-        for f in sorted(tmp.iterdir()):
-            _fsync_path(f)
-            sizes[f.name] = f.stat().st_size
-        # COMPLETE goes last: its presence (with matching sizes) is what makes the directory count.
-        with open(tmp / COMPLETE, "w", encoding="utf-8") as fh:
-            json.dump({"step": step, "files": sizes}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        _fsync_path(tmp)
-    except OSError as e:  # disk full, quota, I/O error: nothing of this checkpoint stays behind
+        _write_files(tmp, step, model, trainer_state, config, tokenizer)
+    except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise _write_error(e, target) from e
+        msg = f"{e.strerror or e} (checkpoint {name}); the earlier checkpoints are intact"
+        raise (OSError(e.errno, msg) if e.errno is not None else OSError(msg)) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if target.exists():
-        old = root / f".old-{name}-{os.getpid()}"
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(target, old)
-        os.replace(tmp, target)
-        _fsync_path(root)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
-        _fsync_path(root)
+    _move_into_place(tmp, target)
+    faults.point("ckpt_done", checkpoint=name, step=step)
     return target
 
 
@@ -255,7 +300,7 @@ def recover(root: str | os.PathLike[str]) -> list[str]:
             shutil.rmtree(d, ignore_errors=True)
             actions.append(f"removed incomplete {d.name}")
     if actions:
-        _fsync_path(root)
+        fsync_path(root)
     return actions
 
 
@@ -269,6 +314,7 @@ def prune(root: str | os.PathLike[str], keep_last: int) -> list[Path]:
     )
     doomed = [d for _, d in periodic[: max(0, len(periodic) - keep_last)]]
     for d in doomed:
+        faults.point("prune", path=d)
         # Rename first so a crash mid-delete never leaves a step_ dir with COMPLETE but missing files.
         trash = root / f".old-{d.name}-{os.getpid()}"
         os.replace(d, trash)

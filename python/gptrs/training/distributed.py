@@ -101,6 +101,18 @@ def current_dist_info() -> DistInfo:
     return DistInfo()
 
 
+def joined_dist_info() -> DistInfo:
+    """:func:`current_dist_info`, refusing a torchrun launch whose process group was never joined: each
+    process would otherwise train alone as rank 0, all of them writing the same files."""
+    info, launched = current_dist_info(), dist_info_from_env()
+    if launched.is_distributed and not info.is_distributed:
+        raise GptrsError(
+            f"started as one of {launched.world_size} processes (torchrun) but no process group is "
+            "initialised: call gptrs.training.distributed.setup_distributed() first"
+        )
+    return info
+
+
 def cleanup_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -1,4 +1,4 @@
-"""Learning-rate schedule: linear warmup to the peak, then cosine decay to a floor.
+"""Learning-rate schedule: linear warmup to the peak, then cosine decay to a floor, over a run's steps.
 
 The rate is a pure function of the optimizer step, so a resumed run needs nothing but the step
 to continue the schedule exactly (no scheduler object to save beyond the step count).
@@ -7,7 +7,14 @@ to continue the schedule exactly (no scheduler object to save beyond the step co
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from gptrs.errors import GptrsError
+
+if TYPE_CHECKING:
+    from gptrs.config import TrainingConfig
 
 
 def lr_at(step: int, *, max_lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> float:
@@ -50,3 +57,19 @@ class WarmupCosine:
             "warmup_steps": self.warmup_steps,
             "max_steps": self.max_steps,
         }
+
+
+def total_steps(tc: TrainingConfig, loader: Iterable[Any]) -> int:
+    """Optimizer steps of a run: ``training.max_steps``, or with ``training.epochs`` as many as that many
+    passes over ``loader`` take (a gptrs ``EpochBatches`` counts its passes itself)."""
+    if tc.epochs is None:
+        return tc.max_steps
+    total = getattr(loader, "total_batches", None)
+    if total is None:
+        try:
+            total = tc.epochs * len(loader)  # type: ignore[arg-type]
+        except TypeError:
+            raise GptrsError(
+                "training.epochs needs a training loader with a length (batches per epoch)"
+            ) from None
+    return max(1, math.ceil(total / tc.gradient_accumulation_steps))

@@ -1,8 +1,10 @@
-"""Training metrics: the device's peak FLOP/s (for MFU), memory in use, and the sinks metrics go to.
+"""Training metrics: the device's peak FLOP/s (for MFU), memory in use, the training log record, and the
+sinks metrics go to.
 
-Sinks: ``metrics.jsonl`` in the run directory (one JSON object per line, the structured log),
-TensorBoard event files when ``tensorboard`` is installed, and at the end a PNG of the train and
-validation loss curves when ``matplotlib`` is installed.
+A training log record (:class:`TrainLog`) holds the loss, learning rate, gradient norm, tokens/s, MFU, time
+per step and memory; it goes to the console, the progress bar and the sinks: ``metrics.jsonl`` in the run
+directory (one JSON object per line, the structured log), TensorBoard event files when ``tensorboard`` is
+installed, and at the end a PNG of the train and validation loss curves when ``matplotlib`` is installed.
 """
 
 from __future__ import annotations
@@ -12,16 +14,19 @@ import logging
 import math
 import os
 import resource
+import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
+
+from gptrs.files import METRICS_FILE, atomic_path
 
 log = logging.getLogger("gptrs.train")
 
-METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT_FILE = "loss.png"
 
 
@@ -122,6 +127,143 @@ class MetricsLogger:
             self._tb = None
 
 
+class RunLog:
+    """Where a run's records go: ``history`` (the list saved with checkpoints), the sinks of
+    :class:`MetricsLogger`, the console and, for training records, the progress bar.
+
+    Training records measure throughput and MFU over the steps since the previous one
+    (``flops_per_token(seq_len)`` FLOPs per token against ``peak_flops`` per process). Only the main
+    process (``main``) writes files, shows the bar and logs evaluations.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str] | None,
+        history: list[dict[str, Any]],
+        *,
+        main: bool,
+        device: torch.device,
+        world_size: int,
+        peak_flops: float,
+        flops_per_token: Callable[[int | None], float],
+        max_steps: int,
+        step: int,
+        tokens: int,
+    ) -> None:
+        self.history = history
+        self.main = main
+        self.device = device
+        self.world_size = world_size
+        self.peak_flops = peak_flops
+        self.flops_per_token = flops_per_token
+        self.sink = MetricsLogger(run_dir, enabled=main)
+        self.bar = tqdm(
+            total=max_steps,
+            initial=min(step, max_steps),
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+            disable=True if not main else None,  # None: tqdm hides it when stderr is not a terminal
+            file=sys.stderr,
+        )
+        self.started = time.perf_counter()
+        self._time, self._step, self._tokens = self.started, step, tokens
+
+    def train(
+        self, *, step: int, tokens: int, loss: float, lr: float, grad_norm: float | None, seq_len: int | None
+    ) -> dict[str, Any]:
+        """Record the training metrics at ``step`` (``tokens`` seen so far); returns the record."""
+        now = time.perf_counter()
+        dt = max(now - self._time, 1e-9)
+        tok_s = (tokens - self._tokens) / dt
+        record: dict[str, Any] = {
+            "kind": "train",
+            "step": step,
+            "loss": loss,
+            "ppl": math.exp(min(loss, 50.0)),
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens_per_sec": tok_s,
+            "mfu": self.flops_per_token(seq_len) * tok_s / self.world_size / self.peak_flops,
+            "step_time_ms": 1000 * dt / max(step - self._step, 1),
+            "memory_mb": memory_bytes(self.device) / 2**20,
+            "tokens": tokens,
+            "elapsed_s": now - self.started,
+        }
+        self.history.append(record)
+        self.sink.log(record)
+        self.bar.set_postfix(
+            loss=f"{loss:.4f}",
+            lr=f"{lr:.2e}",
+            tok_s=f"{tok_s:,.0f}",
+            mfu=f"{record['mfu']:.1%}",
+            refresh=False,
+        )
+        log.info(
+            "step %d | loss %.4f | lr %.2e | grad norm %s | %.0f tok/s | MFU %.1f%% | %.0f ms/step | %.0f MB",
+            step,
+            loss,
+            lr,
+            f"{grad_norm:.3f}" if grad_norm is not None else "-",
+            tok_s,
+            100 * record["mfu"],
+            record["step_time_ms"],
+            record["memory_mb"],
+        )
+        self._time, self._step, self._tokens = now, step, tokens
+        return record
+
+    def eval(self, record: dict[str, Any], *, keep: bool = True) -> None:
+        """Show an evaluation record; with ``keep``, add it to the history and the sinks too."""
+        if keep:
+            self.history.append(record)
+            self.sink.log(record)
+        if self.main:
+            bpb = f" | {record['val_bpb']:.3f} bits/byte" if "val_bpb" in record else ""
+            log.info(
+                "step %d | val loss %.4f | ppl %.2f%s",
+                record["step"],
+                record["val_loss"],
+                record["val_ppl"],
+                bpb,
+            )
+
+    def close(self) -> None:
+        self.bar.close()
+        self.sink.close()
+
+
+def log_run_start(
+    *,
+    parameters: int,
+    device: torch.device,
+    precision: str,
+    world_size: int,
+    max_steps: int,
+    accum: int,
+    batch_size: int,
+    peak_flops: float,
+    measured: bool,
+) -> None:
+    """The line that opens a run's log: what trains where, and how big a step is."""
+    log.info(
+        "training %s parameters on %s (%s, %d process%s): %d steps of %d sequences "
+        "(%d micro-batch%s of %d per process), peak %.2f TFLOP/s%s",
+        f"{parameters:,}",
+        device,
+        precision,
+        world_size,
+        "es" if world_size > 1 else "",
+        max_steps,
+        accum * world_size * batch_size,
+        accum,
+        "es" if accum > 1 else "",
+        batch_size,
+        peak_flops / 1e12,
+        " (measured)" if measured else "",
+    )
+
+
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Records of a metrics.jsonl file; a torn last line (a crash mid-write) is skipped."""
     records: list[dict[str, Any]] = []
@@ -143,13 +285,9 @@ def truncate_metrics(path: str | os.PathLike[str], max_step: int) -> None:
     if not p.exists():
         return
     kept = [r for r in read_metrics(p) if int(r.get("step", 0)) <= max_step]
-    tmp = p.with_name(p.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(p) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for r in kept:
             f.write(json.dumps(r) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
 
 
 def plot_loss_curves(history: Iterable[Mapping[str, Any]], path: str | os.PathLike[str]) -> bool:

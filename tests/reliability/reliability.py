@@ -1,5 +1,7 @@
 """Reliability report: crash consistency under SIGKILL, signals, a full disk, and the hostile-input tables.
 
+This is a correctness harness, not a benchmark; it lives with the tests, which run short versions of it.
+
 **Crash harness.** ``python -m gptrs.train`` runs a tiny model on a slice of the built-in corpus (CPU, fp32,
 dropout on, so every RNG matters) and is killed with SIGKILL at chosen moments: while the tokenizer trains,
 while the token cache is built, during a step, during evaluation, and inside a checkpoint write (writing the
@@ -14,25 +16,25 @@ kill is followed by ``--resume`` until the run completes. After every kill the r
 
 At the end the final weights, optimizer state and logged losses must equal, bitwise, those of a run that was
 never killed (same config, same seed). To land kills inside the short windows on purpose, the killed runs go
-through :func:`child_main`, which installs test hooks (:func:`install_hooks`, configured by the
-``GPTRS_RELIABILITY_HOOKS`` environment variable) that log the current phase to a file and sleep a little
-at each step of a write; the uninterrupted reference run is plain ``python -m gptrs.train``.
+through :func:`tests.reliability.hook.child_main`, which installs a hook on gptrs' named fault points
+(``gptrs.faults``; configured by the ``GPTRS_RELIABILITY_HOOKS`` environment variable) that logs the current
+phase to a file and sleeps a little at each stage of a write; the uninterrupted reference run is plain
+``python -m gptrs.train``. A fault point the harness relies on that no process ever reached (renamed,
+removed) is a failure, not a fault silently skipped.
 
-**Report.** :func:`run` (``python -m benches reliability``) runs the harness, the SIGTERM/SIGINT and disk-full
-scenarios and every case of ``benches/hostile_cases.py``, prints one table and writes
-``benches/results/reliability.json``. ``tests/test_crash.py`` and ``tests/test_hostile_*.py`` are the short CI
-versions of the same code.
+**Report.** :func:`run` runs the harness, the SIGTERM/SIGINT and disk-full scenarios and every case of
+``tests/reliability/hostile_cases.py``, prints one table and writes ``benches/results/reliability.json``.
+``tests/test_crash.py`` and ``tests/test_hostile_*.py`` are the short CI versions of the same code.
 
-    python benches/reliability.py                 # >= 20 kills, a few minutes
-    python benches/reliability.py --kills 40 --seed 3
-    python benches/reliability.py --quick         # 2 kills, in-process hostile cases only (CI)
+    python tests/reliability/reliability.py                 # >= 20 kills, a few minutes
+    python tests/reliability/reliability.py --kills 40 --seed 3
+    python tests/reliability/reliability.py --quick         # 2 kills, in-process hostile cases only
+    python -m tests.reliability ...                         # the same
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import errno
 import json
 import os
 import random
@@ -47,8 +49,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-HOOK_ENV = "GPTRS_RELIABILITY_HOOKS"
+REPO = Path(__file__).resolve().parents[2]
+
+if __name__ == "__main__":  # run as a script: make `tests.reliability` importable
+    sys.path.insert(0, str(REPO))
+
+from tests.reliability.hook import HOOK_ENV, read_points  # noqa: E402
 
 # Environment for every child: one thread each (the machines are small and shared; also the same thread
 # count in every run, which bitwise comparisons want), no network, no progress bars.
@@ -69,221 +75,6 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         p for p in (str(REPO / "python"), str(REPO), env.get("PYTHONPATH", "")) if p
     )
     return env
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Child side: hooks installed into a training process (never imported by gptrs itself)
-
-
-def install_hooks(spec: dict[str, Any]) -> None:
-    """Instrument gptrs in this process for the harness.
-
-    ``spec``: ``phase_file`` (each phase is appended as a line when it starts), ``slow`` (seconds slept at
-    every step of a checkpoint or cache write, to widen the windows a kill should land in), and optionally
-    ``enospc`` (``"ckpt_model"``, ``"ckpt_state"``, ``"ckpt_fsync"`` or ``"cache"``) with ``enospc_at`` (the
-    n-th checkpoint, counting from 1, or the n-th cache file) to fail a write with ``ENOSPC`` as a full disk
-    would: part of the file is written, then ``OSError(ENOSPC)`` is raised (``ckpt_fsync``: the fsync of the
-    checkpoint's ``model.safetensors`` fails, as it does when delayed allocation finds the disk full).
-    """
-    import torch
-
-    import gptrs.data.pipeline as data_mod
-    import gptrs.model.serialization as ser
-    from gptrs.data import token_cache as tc
-    from gptrs.training import checkpoint as ck
-    from gptrs.training import trainer as tr
-
-    fd = os.open(spec["phase_file"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    slow = float(spec.get("slow", 0.0))
-    enospc, enospc_at = spec.get("enospc"), int(spec.get("enospc_at", 1))
-    state = {"phase": "start", "ckpts": 0, "cache_files": 0}
-
-    def mark(phase: str) -> None:
-        state["phase"] = phase
-        os.write(fd, (phase + "\n").encode())
-
-    def nap() -> None:
-        if slow:
-            time.sleep(slow)
-
-    def in_phase(prefix: str) -> bool:
-        return str(state["phase"]).startswith(prefix)
-
-    def disk_full(path: Any, partial: bytes) -> OSError:
-        with open(path, "wb") as f:  # a full disk leaves a partial file behind
-            f.write(partial)
-        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-
-    def fail_here(kind: str) -> bool:
-        return enospc == kind and state["ckpts"] == enospc_at
-
-    orig_train_tok = data_mod._train_tokenizer
-
-    def train_tokenizer(*a: Any, **k: Any) -> Any:
-        mark("tokenizer")
-        nap()
-        out = orig_train_tok(*a, **k)
-        mark("tokenizer_done")
-        return out
-
-    data_mod._train_tokenizer = train_tokenizer  # type: ignore[assignment]
-
-    orig_build = data_mod.build_cache
-
-    def build_cache(*a: Any, **k: Any) -> Any:
-        mark("cache")
-        nap()
-        out = orig_build(*a, **k)
-        mark("cache_done")
-        return out
-
-    data_mod.build_cache = build_cache  # type: ignore[assignment]
-
-    orig_add = tc._SplitWriter.add
-
-    def add(self: Any, *a: Any, **k: Any) -> Any:
-        mark("cache:write")
-        nap()
-        return orig_add(self, *a, **k)
-
-    tc._SplitWriter.add = add  # type: ignore[method-assign]
-
-    orig_npy = tc._save_npy
-
-    def save_npy(path: Path, array: Any) -> None:
-        mark("cache:npy")
-        state["cache_files"] += 1
-        if enospc == "cache" and state["cache_files"] == enospc_at:
-            raise disk_full(path, b"\x93NUMPY")
-        nap()
-        orig_npy(path, array)
-
-    tc._save_npy = save_npy  # type: ignore[assignment]
-
-    orig_replace = os.replace
-
-    def replace(src: Any, dst: Any, *a: Any, **k: Any) -> None:
-        if in_phase("cache") or in_phase("ckpt") or in_phase("prune"):
-            if not in_phase("prune"):
-                mark(str(state["phase"]).split(":")[0] + ":rename")
-            nap()
-            orig_replace(src, dst, *a, **k)
-            nap()
-        else:
-            orig_replace(src, dst, *a, **k)
-
-    os.replace = replace  # type: ignore[assignment]
-
-    orig_split = tr._split_batch
-
-    def split_batch(batch: Any) -> Any:
-        if not in_phase("eval"):
-            mark("step")  # a micro-batch starts: forward, backward, then (last one) the optimizer step
-        return orig_split(batch)
-
-    tr._split_batch = split_batch  # type: ignore[assignment]
-
-    orig_wrap = tr.Trainer._wrap_model
-
-    def wrap_model(self: Any) -> Any:
-        out = orig_wrap(self)
-        mark("train")  # the training loop starts right after this
-        return out
-
-    tr.Trainer._wrap_model = wrap_model  # type: ignore[method-assign]
-
-    orig_eval = tr.Trainer.evaluate
-
-    def evaluate(self: Any, *a: Any, **k: Any) -> Any:
-        mark("eval")
-        nap()
-        out = orig_eval(self, *a, **k)
-        mark("train")
-        return out
-
-    tr.Trainer.evaluate = evaluate  # type: ignore[method-assign]
-
-    orig_save = ck.save_checkpoint
-
-    def save_checkpoint(root: Any, name: str, *a: Any, **k: Any) -> Any:
-        state["ckpts"] += 1
-        mark(f"ckpt:{name}")
-        out = orig_save(root, name, *a, **k)
-        mark(f"ckpt_done:{name}:{k.get('step')}")
-        mark("train")
-        return out
-
-    ck.save_checkpoint = save_checkpoint  # type: ignore[assignment]
-
-    orig_save_file = ser.save_file
-
-    def save_file(tensors: Any, filename: Any, *a: Any, **k: Any) -> None:
-        if in_phase("ckpt"):
-            mark("ckpt:model")
-            if fail_here("ckpt_model"):
-                raise disk_full(filename, b"\x08\x00\x00\x00\x00\x00\x00\x00{")
-            nap()
-        orig_save_file(tensors, filename, *a, **k)
-
-    ser.save_file = save_file  # type: ignore[assignment]
-
-    orig_torch_save = torch.save
-
-    def torch_save(obj: Any, f: Any, *a: Any, **k: Any) -> None:
-        if in_phase("ckpt"):
-            mark("ckpt:state")
-            if fail_here("ckpt_state"):
-                raise disk_full(f, b"PK\x03\x04")
-            nap()
-        orig_torch_save(obj, f, *a, **k)
-
-    torch.save = torch_save
-
-    orig_fsync = os.fsync
-
-    def fsync(fileno: Any) -> None:
-        if in_phase("ckpt"):
-            mark("ckpt:fsync")
-            if fail_here("ckpt_fsync"):
-                fd = fileno if isinstance(fileno, int) else fileno.fileno()
-                target = ""
-                with contextlib.suppress(OSError):
-                    target = os.readlink(f"/proc/self/fd/{fd}")
-                if target.endswith("model.safetensors"):
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            nap()
-        orig_fsync(fileno)
-
-    os.fsync = fsync
-
-    orig_prune = ck.prune
-
-    def prune(*a: Any, **k: Any) -> Any:
-        mark("prune")
-        out = orig_prune(*a, **k)
-        mark("train")
-        return out
-
-    ck.prune = prune  # type: ignore[assignment]
-
-    orig_train = tr.Trainer.train
-
-    def train(self: Any, *a: Any, **k: Any) -> Any:
-        out = orig_train(self, *a, **k)
-        mark("done")
-        return out
-
-    tr.Trainer.train = train  # type: ignore[method-assign]
-
-
-def child_main(argv: Sequence[str]) -> int:
-    """``python -m gptrs.train ARGV`` with the hooks of ``$GPTRS_RELIABILITY_HOOKS`` installed."""
-    spec = os.environ.get(HOOK_ENV)
-    if spec:
-        install_hooks(json.loads(spec))
-    from gptrs.train import main
-
-    return main(list(argv))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -358,7 +149,7 @@ def start_train(
     if hooks is None:
         cmd = [sys.executable, "-m", "gptrs.train", *argv]
     else:
-        code = "import sys; from benches.reliability import child_main; sys.exit(child_main(sys.argv[1:]))"
+        code = "import sys; from tests.reliability.hook import child_main; sys.exit(child_main(sys.argv[1:]))"
         cmd = [sys.executable, "-c", code, *argv]
         extra[HOOK_ENV] = json.dumps(hooks)
     out = open(log, "ab") if log is not None else subprocess.DEVNULL  # a file: a pipe could fill and block
@@ -473,7 +264,8 @@ class DirCheck:
 def check_run_dir(run_dir: Path, ref: Reference) -> DirCheck:
     """Load every checkpoint that looks complete and compare it with the reference (see the module doc)."""
     from gptrs.config import load_config
-    from gptrs.data.token_cache import HEADER, load_cache
+    from gptrs.data.token_cache import load_cache
+    from gptrs.files import CACHE_HEADER
     from gptrs.model import GPT
     from gptrs.tokenizer import BPETokenizer
     from gptrs.training import checkpoint as ck
@@ -509,7 +301,7 @@ def check_run_dir(run_dir: Path, ref: Reference) -> DirCheck:
     tok = run_dir / "tokenizer.json"
     if tok.exists() and tok.read_bytes() != ref.tokenizer:
         out.corrupt.append("tokenizer.json differs from the uninterrupted run's")
-    header = run_dir / "data" / HEADER
+    header = run_dir / "data" / CACHE_HEADER
     if header.exists():
         out.cache_checked += 1
         try:
@@ -550,7 +342,7 @@ def compare_final(run_dir: Path, ref: Reference) -> list[str]:
 
 # Kill targets: a phase (prefix of a phase line) and the longest random delay after it starts, in units of
 # the hook's nap (``slow``) or in seconds for the training loop.
-EARLY_TARGETS = ("tokenizer", "cache:write", "cache:npy", "cache:rename")
+EARLY_TARGETS = ("tokenizer", "cache:write", "cache:fsync", "cache:rename")
 LATE_TARGETS = (
     "step",
     "eval",
@@ -559,6 +351,13 @@ LATE_TARGETS = (
     "ckpt:fsync",
     "ckpt:rename",
     "prune",
+)
+# The fault points a full crash run must reach (in some life): the hook aims at all of them.
+EXPECTED_POINTS = frozenset(
+    (
+        *("tokenizer", "tokenizer_done", "cache", "cache:write", "cache_done", "write", "rename"),
+        *("train", "step", "eval", "ckpt", "ckpt:model", "ckpt:state", "ckpt_done", "prune"),
+    )
 )
 
 
@@ -718,6 +517,9 @@ def crash_run(
             report.problems += diffs
     else:
         report.resumes = max(0, life - 1)
+    missing = sorted(EXPECTED_POINTS - read_points(phase_file))
+    if missing:
+        report.problems.append(f"fault points never reached (renamed or removed?): {', '.join(missing)}")
     report.kills_by_phase = dict(sorted(phases.items()))
     report.elapsed_s = time.perf_counter() - t0
     return report
@@ -812,7 +614,9 @@ def disk_full_checkpoint_scenario(run: TinyRun, work: Path, ref: Reference, kind
     problems = _stderr_problems(text)
     if rc != 2:
         problems.append(f"exit status {rc} (expected 2)")
-    if "No space left on device" not in last or "checkpoint" not in last:
+    if f"enospc:{kind}" not in read_phases(work / f"enospc_{kind}.phases"):
+        problems.append(f"the full disk ({kind}) was never simulated: its fault point was not reached")
+    if "no space left on device" not in last.lower() or "checkpoint" not in last:
         problems.append(f"last line {last!r} (expected the disk error and which checkpoint)")
     check = check_run_dir(run_dir, ref)
     problems += check.corrupt + [f"{d} visible without COMPLETE" for d in check.incomplete_visible]
@@ -830,7 +634,8 @@ def disk_full_checkpoint_scenario(run: TinyRun, work: Path, ref: Reference, kind
 def disk_full_cache_scenario(run: TinyRun, work: Path) -> ScenarioResult:
     """Rebuilding the token cache (a changed source) fails with ENOSPC: the CLI exits 2 with one line and the
     previous cache is still whole (a run with the old settings reuses it)."""
-    from gptrs.data.token_cache import HEADER, load_cache
+    from gptrs.data.token_cache import load_cache
+    from gptrs.files import CACHE_HEADER
 
     name = "disk full while building the token cache"
     run_dir, log = work / "enospc_cache", work / "enospc_cache.log"
@@ -846,12 +651,14 @@ def disk_full_cache_scenario(run: TinyRun, work: Path) -> ScenarioResult:
     problems = _stderr_problems(text)
     if rc != 2:
         problems.append(f"exit status {rc} (expected 2)")
-    if "No space left on device" not in last or "token cache" not in last:
+    if "enospc:cache" not in read_phases(work / "enospc_cache.phases"):
+        problems.append("the full disk was never simulated: the cache:write fault point was not reached")
+    if "no space left on device" not in last.lower() or "token cache" not in last:
         problems.append(f"last line {last!r}")
     after = {p.name: p.read_bytes() for p in (run_dir / "data").iterdir() if not p.name.startswith(".")}
     if after != before:
         problems.append(f"cache files changed: {sorted(set(after) ^ set(before)) or 'contents'}")
-    key = json.loads((run_dir / "data" / HEADER).read_text())["key"]
+    key = json.loads((run_dir / "data" / CACHE_HEADER).read_text())["key"]
     if load_cache(run_dir / "data", key)[0] is None:
         problems.append("the previous cache no longer loads")
     return ScenarioResult(name, not problems, "; ".join(problems) or last)
@@ -862,7 +669,7 @@ def disk_full_cache_scenario(run: TinyRun, work: Path) -> ScenarioResult:
 
 
 def _hostile_summary(work: Path, say: Callable[[str], Any], quick: bool) -> dict[str, dict[str, Any]]:
-    from benches import hostile_cases
+    from tests.reliability import hostile_cases
 
     per: dict[str, dict[str, Any]] = {}
     for case in hostile_cases.all_cases():
@@ -916,7 +723,10 @@ def run(quick: bool = False, *, kills: int | None = None, seed: int = 0) -> dict
             ]
         for s in scenarios:
             say(f"  {'ok  ' if s.ok else 'FAIL'} {s.name}: {s.detail}")
-        say("hostile inputs (benches/hostile_cases.py)" + (": in-process cases only" if quick else ""))
+        say(
+            "hostile inputs (tests/reliability/hostile_cases.py)"
+            + (": in-process cases only" if quick else "")
+        )
         hostile = _hostile_summary(work, say, quick)
 
     table = [
@@ -931,7 +741,7 @@ def run(quick: bool = False, *, kills: int | None = None, seed: int = 0) -> dict
         *[(f"bad inputs: {k}", f"{v['handled']} / {v['tried']} handled") for k, v in hostile.items()],
     ]
     return {
-        "command": f"python benches/reliability.py --kills {kills} --seed {seed}",
+        "command": f"python tests/reliability/reliability.py --kills {kills} --seed {seed}",
         "kills": kills,
         "seed": seed,
         "crash": asdict(crash),
@@ -953,7 +763,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     results = run(args.quick, kills=args.kills, seed=args.seed)
     print_table(results)
-    from benches import common
+    from benches import common  # the report goes beside the benchmark suites' results
 
     print(f"\nwrote {common.write_results('reliability', results, args.quick)}")
     ok = (
@@ -965,5 +775,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))  # `import benches` when run as a script
     sys.exit(main())

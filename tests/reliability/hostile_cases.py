@@ -8,9 +8,9 @@ wrong result. Configs have their own table in ``tests/test_config.py``.
 
 Cases that could take the process down (anything inside the Rust extension: an allocation failure aborts)
 run in a child process with a 4 GiB address-space limit; CLI cases run ``python -m gptrs.<tool>``.
-``tests/test_hostile_*.py`` run these tables under pytest; ``benches/reliability.py`` counts them.
+``tests/test_hostile_*.py`` run these tables under pytest; ``tests/reliability/reliability.py`` counts them.
 
-    python benches/hostile_cases.py [SUBSTRING ...]    # run every case (or the matching ones)
+    python tests/reliability/hostile_cases.py [SUBSTRING ...]    # run every case (or the matching ones)
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ADDRESS_SPACE_LIMIT = 4 << 30
 MARKER = "PWNED"  # the file a malicious pickle would create
 
@@ -925,7 +925,7 @@ def _env() -> dict[str, str]:
 
 def run_isolated(case: Case, fx: Fixtures) -> Outcome:
     """Run an API case in a child process (address space capped): a crash there is a failed case, not ours."""
-    code = "import sys; from benches.hostile_cases import _child_main; sys.exit(_child_main(sys.argv[1:]))"
+    code = "import sys; from tests.reliability.hostile_cases import _child_main; sys.exit(_child_main(sys.argv[1:]))"
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(
