@@ -25,6 +25,7 @@ every token attends to itself and the ``max_seq_len - 1`` tokens before it, cach
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -139,6 +140,25 @@ class Trunk(nn.Module):
         self.h = nn.ModuleList(blocks)
 
 
+@dataclass(frozen=True)
+class NanoChatArch:
+    """The shape of a NanoChat model (what ``hf_nanochat`` maps to ``NanoChatConfig``)."""
+
+    vocab_size: int
+    embed_dim: int
+    num_layers: int
+    heads: int
+    kv_heads: int
+    max_seq_len: int
+    ff_dim: int
+    rope_theta: float
+    logit_softcap: float | None
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.heads
+
+
 def _check_args(**values: Any) -> None:
     for name, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -176,7 +196,9 @@ class NanoChat(nn.Module):
             ff_dim=ff_dim,
         )
         if embed_dim % heads or (embed_dim // heads) % 2:
-            raise ConfigError(f"model.heads ({heads}) must divide model.embed_dim ({embed_dim}) into even halves")
+            raise ConfigError(
+                f"model.heads ({heads}) must divide model.embed_dim ({embed_dim}) into even halves"
+            )
         if heads % kv_heads:
             raise ConfigError(f"model.kv_heads ({kv_heads}) must divide model.heads ({heads})")
         if logit_softcap is not None and not logit_softcap > 0:
@@ -185,20 +207,20 @@ class NanoChat(nn.Module):
             raise ConfigError(f"model.rope_theta must be > 0, got {rope_theta!r}")
         if pad_token_id is not None and not 0 <= pad_token_id < vocab_size:
             raise ConfigError(f"pad_token_id {pad_token_id} is outside the vocabulary (size {vocab_size})")
-        self.arch = {
-            "vocab_size": vocab_size,
-            "embed_dim": embed_dim,
-            "num_layers": num_layers,
-            "heads": heads,
-            "kv_heads": kv_heads,
-            "max_seq_len": max_seq_len,
-            "ff_dim": ff_dim,
-            "rope_theta": float(rope_theta),
-            "logit_softcap": None if logit_softcap is None else float(logit_softcap),
-        }
+        self.arch = NanoChatArch(
+            vocab_size=vocab_size,
+            embed_dim=embed_dim,
+            num_layers=num_layers,
+            heads=heads,
+            kv_heads=kv_heads,
+            max_seq_len=max_seq_len,
+            ff_dim=ff_dim,
+            rope_theta=float(rope_theta),
+            logit_softcap=None if logit_softcap is None else float(logit_softcap),
+        )
         self.pad_token_id = pad_token_id
         self.max_seq_len = max_seq_len
-        self.logit_softcap = self.arch["logit_softcap"]
+        self.logit_softcap = self.arch.logit_softcap
         self.gradient_checkpointing = gradient_checkpointing
         self.loss_chunk_size = 1024  # rows of logits alive at once in the fused LM-head loss
         self.rotary = RotaryTables(embed_dim // heads, rope_theta, initial_positions=max_seq_len)
@@ -280,7 +302,7 @@ class NanoChat(nn.Module):
         tokens before it. With ``kv_cache`` the new keys/values are appended to it and ``attention_mask``
         covers the new tokens only (the cache remembers which earlier positions were padding).
         """
-        B, T = input_ids.shape
+        T = input_ids.size(1)
         device = input_ids.device
         valid = attention_mask.bool() if attention_mask is not None else None
         if kv_cache is not None:
@@ -307,7 +329,7 @@ class NanoChat(nn.Module):
     def new_kv_cache(self, batch_size: int) -> SlidingKVCache:
         """An empty sliding KV cache for ``batch_size`` rows and a window of ``max_seq_len`` tokens."""
         a = self.arch
-        return SlidingKVCache(a["num_layers"], batch_size, a["kv_heads"], a["max_seq_len"], a["embed_dim"] // a["heads"])
+        return SlidingKVCache(a.num_layers, batch_size, a.kv_heads, a.max_seq_len, a.head_dim)
 
     def decode_step(self, tokens: torch.Tensor, kv_cache: SlidingKVCache) -> torch.Tensor:
         """Logits (B, vocab) for one new token per row (``tokens`` (B,)), appended to ``kv_cache``. Works
@@ -326,7 +348,7 @@ class NanoChat(nn.Module):
         """Training FLOPs per token: 6 N (N without the embedding lookup) + 12 * L * d * T for attention."""
         T = self.max_seq_len if seq_len is None else seq_len
         a = self.arch
-        return 6 * self.num_parameters(non_embedding=True) + 12 * a["num_layers"] * a["embed_dim"] * T
+        return 6 * self.num_parameters(non_embedding=True) + 12 * a.num_layers * a.embed_dim * T
 
     def optimizer_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """AdamW-only parameter groups (``training.optimizer: adamw``): decay on the blocks' matrices, none
