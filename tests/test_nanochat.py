@@ -128,10 +128,13 @@ def test_fused_loss_equals_cross_entropy_of_capped_logits() -> None:
     cap=st.floats(0.5, 30.0),
     chunk=st.integers(1, 16),
     ignored=st.integers(0, 40),
+    scale=st.sampled_from([0.1, 3.0, 100.0]),  # 100: logits in the hundreds, tanh saturated
 )
-def test_softcap_loss_matches_reference(n: int, vocab: int, cap: float, chunk: int, ignored: int) -> None:
+def test_softcap_loss_matches_reference(
+    n: int, vocab: int, cap: float, chunk: int, ignored: int, scale: float
+) -> None:
     g = torch.Generator().manual_seed(n * 1000 + vocab)
-    x = (torch.randn(n, 8, generator=g) * 3).requires_grad_()
+    x = (torch.randn(n, 8, generator=g) * scale).requires_grad_()
     w = torch.randn(vocab, 8, generator=g).requires_grad_()
     t = torch.randint(0, vocab, (n,), generator=g)
     t[: min(ignored, n)] = -100
@@ -144,8 +147,11 @@ def test_softcap_loss_matches_reference(n: int, vocab: int, cap: float, chunk: i
         torch.autograd.grad(ref, (x, w)) if ref.requires_grad and not bool((t == -100).all()) else (gx, gw)
     )
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(gx, rx, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(gw, rw, rtol=1e-4, atol=1e-6)
+    # Where tanh saturates, 1 - tanh^2 (the reference's slope) and 4 g (1 - g) (ours) both lose digits to
+    # cancellation: compare the gradients absolutely there, against their scale.
+    atol = 1e-6 if scale < 100 else 1e-5
+    torch.testing.assert_close(gx, rx, rtol=1e-4, atol=atol)
+    torch.testing.assert_close(gw, rw, rtol=1e-4, atol=atol)
     with torch.no_grad():
         torch.testing.assert_close(lm_head_softcap_cross_entropy(x, w, t, cap, chunk), loss)
 

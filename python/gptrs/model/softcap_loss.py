@@ -7,7 +7,7 @@ hidden states and of the head weight, then dropped. The only change is the chain
 
     d loss / d z = (softmax(s) - onehot) * (1 - tanh(z / cap)^2),     s = cap * tanh(z / cap),  z = x W^T
 
-so each chunk keeps a second buffer with ``1 - tanh^2`` next to the logits. Kept apart from ``loss.py`` so
+so each chunk keeps a second buffer with the slope ``1 - tanh^2`` next to the logits. Kept apart from ``loss.py`` so
 the GPT-2 path (no cap) stays exactly as it is; the two share ``IGNORE_INDEX`` and ``CHUNK_BYTES``.
 """
 
@@ -35,9 +35,18 @@ def _chunked_softcap_loss(
     x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float, chunk_size: int, with_grad: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Summed cross-entropy of the capped logits over valid rows and (if with_grad) the unscaled gradients
-    of x and weight, in the compute dtype; see ``loss._chunked_loss`` for the buffer discipline."""
+    of x and weight, in the compute dtype; see ``loss._chunked_loss`` for the buffer discipline.
+
+    tanh is computed as ``2 sigmoid(2u) - 1``: ATen's CPU sigmoid is ~3x faster than its tanh, the 2/cap
+    goes into the (small) weight before the matmul, the ``- 1`` (a constant shift of every logit) does not
+    change the softmax, and the slope ``1 - tanh^2 = 4 g (1 - g)`` takes one ``addcmul``, its 4 folded into
+    the weight of the gradient matmul and a final scale of the (vocab, d) weight gradient. Per chunk that
+    is 5 passes over the (rows, vocab) block besides the matmuls and the softmax's own, instead of 8.
+    """
     dtype = _compute_dtype(x)
     xc, wc = x.to(dtype), weight.to(dtype)
+    w_in = wc * (2.0 / cap)  # u = x (2W/cap)^T = 2 z / cap
+    w_grad = wc * 4.0 if with_grad else wc  # d loss / d z = (p - onehot) * 4 g (1 - g)
     N, V = x.size(0), weight.size(0)
     valid = targets != IGNORE_INDEX
     all_valid = bool(valid.all())
@@ -54,11 +63,11 @@ def _chunked_softcap_loss(
         for start in range(0, N, c):
             end = min(start + c, N)
             n = end - start
-            z = torch.mm(xc[start:end], wc.t(), out=logits_buf[:n])
-            t = z.div_(cap).tanh_()  # in place: tanh(z / cap)
+            u = torch.mm(xc[start:end], w_in.t(), out=logits_buf[:n])
+            g = u.sigmoid_()  # tanh(z / cap) = 2 g - 1
             if slope_buf is not None:
-                slope = torch.mul(t, t, out=slope_buf[:n]).neg_().add_(1.0)  # d s / d z = 1 - tanh^2
-            s = t.mul_(cap)  # the capped logits
+                slope = torch.addcmul(g, g, g, value=-1.0, out=slope_buf[:n])  # g (1 - g) = slope / 4
+            s = g.mul_(2.0 * cap)  # the capped logits + cap: the same softmax
             p = torch.ops.aten._softmax.out(s, 1, False, out=s)  # in place
             flat_t = torch.arange(n, device=x.device) * V + safe_targets[start:end]
             nll = -p.view(-1).index_select(0, flat_t).float().clamp(min=tiny).log()
@@ -68,11 +77,13 @@ def _chunked_softcap_loss(
                 p.mul_(slope)
                 if not all_valid:
                     p.mul_(valid[start:end, None].to(dtype))
-                torch.mm(p, wc, out=grad_x[start:end])
+                torch.mm(p, w_grad, out=grad_x[start:end])
                 if start == 0:
                     grad_w = torch.mm(p.t(), xc[start:end])
                 else:
                     grad_w.addmm_(p.t(), xc[start:end])
+    if grad_w is not None:
+        grad_w.mul_(4.0)
     return loss, grad_x, grad_w
 
 
