@@ -435,3 +435,19 @@ def test_resume_is_bitwise(kind: str) -> None:
     if kind == "muon":
         with pytest.raises(ValueError, match=r"another training\.optimizer"):
             opt2.load_state_dict(torch.optim.AdamW(straight.parameters()).state_dict())
+
+
+def test_bf16_autocast_runs_attention_in_bf16() -> None:
+    """Under bf16 autocast the rotary tables, the normalised q/k and the cache take the projections' dtype
+    (no silent fp32 attention), and the loss stays close to fp32's."""
+    model = tiny_nanochat()
+    ids = torch.randint(0, VOCAB, (2, 16))
+    with torch.no_grad():
+        _, ref = model(ids, ids)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, loss = model(ids, ids)
+            cache = model.new_kv_cache(2)
+            model.hidden_states(ids, kv_cache=cache)
+    assert ref is not None and loss is not None
+    assert cache.k is not None and cache.k.dtype == torch.bfloat16
+    torch.testing.assert_close(loss, ref, rtol=0.02, atol=0.0)

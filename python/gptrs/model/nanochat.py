@@ -74,7 +74,9 @@ class Attention(nn.Module):
         v = self.c_v(x)
         cos, sin = rope
         # RoPE, then QK-norm (the order of nanochat and transformers; a rotation keeps the norm anyway)
-        q, k = rms_norm(apply_rotary(q, cos, sin)), rms_norm(apply_rotary(k, cos, sin))
+        # (.to: under autocast the norm answers in fp32; attention runs in the projections' dtype)
+        q = rms_norm(apply_rotary(q, cos, sin)).to(v.dtype)
+        k = rms_norm(apply_rotary(k, cos, sin)).to(v.dtype)
         if (
             kv_cache is None
             and attn_mask is None
@@ -314,7 +316,9 @@ class NanoChat(nn.Module):
         else:
             attn_mask = None
         x = self.transformer.wte(input_ids)
-        rope = self.rotary.at(range(start_pos, start_pos + T), device, x.dtype)
+        autocast = torch.is_autocast_enabled(device.type)
+        dtype = torch.get_autocast_dtype(device.type) if autocast else x.dtype  # the projections' dtype
+        rope = self.rotary.at(range(start_pos, start_pos + T), device, dtype)
         x = rms_norm(x)
         checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.transformer.h):
