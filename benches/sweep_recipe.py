@@ -31,7 +31,19 @@ if __package__ in (None, ""):  # run as a script: make `benches` importable
 from benches import common
 from benches.bench_recipe import GPT2_RECIPE, MODERN_RECIPE, Recipe
 
-GPT2_BASE = replace(GPT2_RECIPE, warmup_steps=36)  # ~30% of the run, as small.yaml's 100 of a ~350-step run
+GPT2_BASE = replace(GPT2_RECIPE, warmup_steps=36)
+# Stage 1's nanochat baseline: nanochat's own rates (Muon 0.02; AdamW head 0.004 and embedding 0.2 at width
+# 768, x sqrt(768 / 128) at our width; betas 0.8/0.95), Muon doubled, then a 40% linear warmdown to 0.
+SWEEP_BASE = replace(
+    MODERN_RECIPE,
+    lr=0.008,
+    embedding_lr=0.3,
+    muon_lr=0.04,
+    warmup_steps=0,
+    decay="warmdown",
+    min_lr_frac=0.0,
+    warmdown_frac=0.4,
+)  # ~30% of the run, as small.yaml's 100 of a ~350-step run
 
 
 def _worker(args: tuple[str, dict[str, Any], int]) -> dict[str, Any]:
@@ -71,17 +83,13 @@ def _worker(args: tuple[str, dict[str, Any], int]) -> dict[str, Any]:
 
 
 def stage1() -> list[tuple[str, Recipe]]:
-    m = MODERN_RECIPE
+    m = SWEEP_BASE
     out = [("nanochat base", m)]
     out += [(f"nanochat muon_lr={v}", replace(m, muon_lr=v)) for v in (0.02, 0.08)]
     assert m.embedding_lr is not None
     for k in (0.5, 2.0):
-        out.append(
-            (
-                f"nanochat adamw x{k} (head {m.lr * k:g}, emb {m.embedding_lr * k:g})",
-                replace(m, lr=m.lr * k, embedding_lr=m.embedding_lr * k),
-            )
-        )
+        label = f"nanochat adamw x{k} (head {m.lr * k:g}, emb {m.embedding_lr * k:g})"
+        out.append((label, replace(m, lr=m.lr * k, embedding_lr=m.embedding_lr * k)))
     out += [(f"gpt2 lr={v:g}", replace(GPT2_BASE, lr=v, min_lr_frac=0.1)) for v in (3e-3, 6e-3, 1e-2)]
     return out
 
@@ -121,15 +129,23 @@ def run_all(settings: list[tuple[str, Recipe]], steps: int, jobs: int) -> list[d
 
 
 def print_sweep(results: list[dict[str, Any]]) -> None:
+    def f(v: float | None) -> str:
+        return "-" if v is None else f"{v:.4f}"
+
     rows = [
-        [r["label"], r["steps"], r["tokens"], r["half_bpb"], r["bpb"], r["train_s"], r["parameters"]]
+        [
+            r["label"],
+            r["steps"],
+            r["tokens"],
+            f(r["half_bpb"]),
+            f(r["bpb"]),
+            f"{r['train_s']:.0f}",
+            r["parameters"],
+        ]
         for r in sorted(results, key=lambda r: (r["label"].split()[0], r["bpb"] or 99))
     ]
-    common.print_table(
-        ["setting", "steps", "tokens", "bpb @half", "bpb", "train s (1 thread)", "params"],
-        rows,
-        title="recipe sweep (held-out bits per byte; lower is better)",
-    )
+    headers = ["setting", "steps", "tokens", "bpb @half", "bpb", "train s (1 thread)", "params"]
+    common.print_table(headers, rows, title="recipe sweep (held-out bits per byte; lower is better)")
 
 
 def main(argv: list[str] | None = None) -> int:
