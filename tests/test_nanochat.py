@@ -451,3 +451,18 @@ def test_bf16_autocast_runs_attention_in_bf16() -> None:
     assert ref is not None and loss is not None
     assert cache.k is not None and cache.k.dtype == torch.bfloat16
     torch.testing.assert_close(loss, ref, rtol=0.02, atol=0.0)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients() -> None:
+    model = tiny_nanochat().train()
+    ids = torch.randint(0, VOCAB, (2, 16))
+    grads = []
+    for flag in (False, True):
+        model.gradient_checkpointing = flag
+        model.zero_grad()
+        _, loss = model(ids, ids.roll(-1, 1))
+        assert loss is not None
+        loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)

@@ -6,7 +6,9 @@ MLP ``fc1``/``fc2`` without bias) -> RMSNorm -> untied ``lm_head`` -> ``cap * ta
 mapping is one rename per tensor, no transposes (both sides use ``nn.Linear``).
 
 NanoChat has no biases, no learned norm weights, no learned position table and only the ReLU^2 activation
-in our sense; :func:`refuse_inexpressible` names any configured option that would need one of them. The
+in our sense; :func:`refuse_inexpressible` names any configured option that would need one of them. Within the context (up to ``max_seq_len`` tokens) the two agree; past
+it ours slides a window (each token sees the last ``max_seq_len``) while NanoChatConfig has no sliding
+window and attends to everything. The
 export CLI writes :func:`nanochat_hf_config` as ``config.json`` and :func:`nanochat_hf_state_dict` as
 ``model.safetensors``; ``transformers`` is needed only to load the result.
 """

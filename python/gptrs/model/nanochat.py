@@ -35,7 +35,7 @@ from torch.utils.checkpoint import checkpoint
 
 from gptrs.errors import ConfigError
 from gptrs.model.attention import block_causal_attention
-from gptrs.model.loss import IGNORE_INDEX
+from gptrs.model.loss import IGNORE_INDEX, lm_head_cross_entropy
 from gptrs.model.rotary import RotaryTables, apply_rotary
 from gptrs.model.sliding_cache import SlidingKVCache, window_mask
 from gptrs.model.softcap_loss import lm_head_softcap_cross_entropy, softcap
@@ -277,8 +277,6 @@ class NanoChat(nn.Module):
             return logits, loss
         flat_x, flat_t = x.view(-1, x.size(-1)), targets.reshape(-1)
         if self.logit_softcap is None:
-            from gptrs.model.loss import lm_head_cross_entropy
-
             return None, lm_head_cross_entropy(flat_x, self.lm_head.weight, flat_t, self.loss_chunk_size)
         loss = lm_head_softcap_cross_entropy(
             flat_x, self.lm_head.weight, flat_t, self.logit_softcap, self.loss_chunk_size
