@@ -28,9 +28,7 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-def tiny_gpt(
-    seed: int = 0, *, weight_std: float | None = None, perturb: float = 0.0, **overrides: object
-) -> GPT:
+def tiny_gpt(seed: int = 0, *, weight_std: float | None = None, perturb: float = 0.0, **overrides: object) -> GPT:
     """The one tiny-model builder of the suite: ``GPT(**defaults | overrides)`` after ``manual_seed(seed)``.
 
     ``weight_std``: re-draw every matrix from N(0, weight_std / sqrt(fan_in)) so the outputs depend on the
