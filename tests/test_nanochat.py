@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from conftest import tiny_gpt
 from gptrs.errors import ConfigError
 from gptrs.model.hf_nanochat import hf_name, nanochat_hf_config, nanochat_hf_state_dict, refuse_inexpressible
-from gptrs.model.nanochat import NanoChat
 from gptrs.model.kernels.softcap_loss import lm_head_softcap_cross_entropy, softcap
+from gptrs.model.nanochat import NanoChat
 from gptrs.training.muon import Muon, MuonAdamW, apply_lr, build_optimizer, split_parameters
 
 pytestmark = pytest.mark.usefixtures("one_thread")

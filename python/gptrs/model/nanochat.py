@@ -36,9 +36,9 @@ from torch.utils.checkpoint import checkpoint
 from gptrs.errors import ConfigError
 from gptrs.model.kernels.block_causal import block_causal_attention
 from gptrs.model.kernels.loss import IGNORE_INDEX, lm_head_loss
+from gptrs.model.kernels.softcap_loss import lm_head_softcap_cross_entropy, softcap
 from gptrs.model.rotary import RotaryTables, apply_rotary
 from gptrs.model.sliding_cache import SlidingKVCache, window_mask
-from gptrs.model.kernels.softcap_loss import lm_head_softcap_cross_entropy, softcap
 
 RMS_EPS = 1e-6  # transformers' NanoChatConfig.rms_norm_eps default, so exported models compute the same
 
