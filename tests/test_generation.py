@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 import gptrs.model.generation as generation
 from gptrs.model import GPT, sample_next_token
+from gptrs.training.precision import cpu_supports_bf16
 
 V, CTX = 48, 12
 
@@ -226,6 +227,11 @@ def test_bad_arguments(kw: dict, message: str) -> None:
         tiny().generate(**args)
 
 
+@pytest.mark.skipif(
+    not cpu_supports_bf16(),
+    reason="bf16 is emulated on this CPU: its GEMMs round differently for a 1-row decode step and a full "
+    "window, so near-tied greedy choices can flip (seen on an AVX2-only AMD EPYC)",
+)
 def test_cache_equals_recompute_under_bf16_autocast() -> None:
     m = tiny()
     for seed in range(3):
