@@ -1,4 +1,4 @@
-"""The benchmark suite: ``python -m benches [tokenizer|data|train|generate|reliability|all] [--quick]``.
+"""The benchmark suite: ``python -m benches [tokenizer|data|train|generate|reliability|recipe|all] [--quick]``.
 
 Each suite is a module with ``run(quick: bool) -> dict``; this entry point runs it, prints its table
 (the module's ``print_table(results)`` when it has one) and writes ``benches/results/<suite>.json`` with the
@@ -28,7 +28,8 @@ SUITES = {
     "data": "benches.bench_data",
     "train": "benches.bench_train",
     "generate": "benches.bench_generate",
-    "reliability": "benches.reliability",
+    "reliability": "tests.reliability.reliability",
+    "recipe": "benches.bench_recipe",
 }
 MISSING = 3  # exit status of a suite whose module is not in this checkout
 
