@@ -336,3 +336,18 @@ def test_a_run_validates_its_config_once(
     assert checked == ["5 layers", "1 layers"]  # the small preset, then the preset with --set applied
     assert (tmp_path / "run" / "config.yaml").is_file()
     assert (tmp_path / "run" / "checkpoints" / "last" / "config.yaml").is_file()
+
+
+def test_interactive_settings_and_bounded_set(capsys: pytest.CaptureFixture[str]) -> None:
+    """/settings prints name=value pairs, not a dataclass repr; /set of an absurd max_new_tokens is refused
+    with one line and the old value kept."""
+    from gptrs.generate import Sampling, _command
+
+    s = Sampling()
+    assert _command("/set max_new_tokens 99999999999", s)
+    assert s.max_new_tokens == 200
+    assert "error: --max-new-tokens must be in 1..16,777,216" in capsys.readouterr().err
+    assert _command("/settings", s)
+    assert (
+        capsys.readouterr().err.strip() == "max_new_tokens=200 temperature=0.8 top_k=50 top_p=none seed=none"
+    )

@@ -240,3 +240,11 @@ def test_cache_equals_recompute_under_bf16_autocast() -> None:
             cached = m.generate(x, 16, temperature=0)
             recomputed = m.generate(x, 16, temperature=0, use_cache=False)
         assert torch.equal(cached, recomputed)
+
+
+def test_max_new_tokens_is_bounded_before_any_allocation() -> None:
+    """An absurd max_new_tokens is refused by name before the token history is preallocated."""
+    with pytest.raises(
+        ValueError, match=r"max_new_tokens must be at most 16,777,216, got 1,125,899,906,842,624"
+    ):
+        tiny().generate(prompts(1, 3, seed=0), 2**50)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import dataclasses
 import logging
 import math
 import sys
@@ -42,8 +43,12 @@ class Sampling:
     seed: int | None = None
 
     def check(self) -> None:
-        if self.max_new_tokens < 1:
-            raise GptrsError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        from gptrs.model.generation import MAX_NEW_TOKENS  # torch: imported only once a model is wanted
+
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+            raise GptrsError(
+                f"--max-new-tokens must be in 1..{MAX_NEW_TOKENS:,}, got {self.max_new_tokens:,}"
+            )
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise GptrsError(f"--temperature must be a number >= 0 (0 = greedy), got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
@@ -177,7 +182,10 @@ def _command(line: str, s: Sampling) -> bool:
     if cmd in ("/quit", "/exit", "/q"):
         return False
     if cmd == "/settings":
-        sys.stderr.write(f"{s}\n")
+        shown = (
+            f"{name}={'none' if value is None else value}" for name, value in dataclasses.asdict(s).items()
+        )
+        sys.stderr.write(" ".join(shown) + "\n")
     elif cmd == "/set" and len(parts) == 3 and parts[1] in _SETTABLE:
         old = getattr(s, parts[1])
         try:

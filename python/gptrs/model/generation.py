@@ -59,6 +59,11 @@ class LanguageModel(Protocol):
     def train(self, mode: bool = True) -> object: ...
 
 
+# The token history is preallocated (prompt + max_new_tokens per row, int64), so an absurd request must be
+# refused before that allocation: 2^24 tokens is 128 MiB per row, and days of decoding on any machine.
+MAX_NEW_TOKENS = 1 << 24
+
+
 def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -88,6 +93,10 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if not _is_int(self.max_new_tokens) or self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}")
+        if self.max_new_tokens > MAX_NEW_TOKENS:
+            raise ValueError(
+                f"max_new_tokens must be at most {MAX_NEW_TOKENS:,}, got {self.max_new_tokens:,}"
+            )
         if not _is_number(self.temperature) or not self.temperature >= 0:
             raise ValueError(f"temperature must be a number >= 0, got {self.temperature!r}")
         if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
