@@ -280,3 +280,15 @@ def test_demo_round_trips(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captur
     out = capsys.readouterr().out
     assert figures["exact_round_trip"] is True and figures["vocab_size"] == 512
     assert "for every file: True" in out and "MB/s" in out
+
+
+@pytest.mark.parametrize("bad_id", [2**63, 2**64, 2**70, -(2**63) - 1])
+def test_decode_names_a_huge_id_as_given(bad_id: int) -> None:
+    """An id beyond int64 is reported as given, not wrapped by a numpy cast (-1, -2^63) or boxed."""
+    tok = BPETokenizer(vocab_size=260)
+    tok.train(["hello world"] * 10)
+    with pytest.raises(ValueError, match=rf"token id {bad_id} is out of range"):
+        tok.decode([1, bad_id])
+    if 0 <= bad_id < 2**64:
+        with pytest.raises(ValueError, match=rf"token id {bad_id} is out of range"):
+            tok.decode(np.array([1, bad_id], dtype=np.uint64))

@@ -260,9 +260,19 @@ class BPETokenizer:
         inside a character) become U+FFFD; an id outside the vocabulary is a ``ValueError``."""
         if isinstance(ids, str):
             raise ValueError("ids must be a sequence of int, not a str")
-        arr = ids if isinstance(ids, np.ndarray) else np.asarray(list(ids))
+        items = None if isinstance(ids, np.ndarray) else list(ids)
+        if items is not None:
+            # Python ints are unbounded: name an id beyond int64 as given, before numpy wraps or boxes it.
+            n_vocab = self.tok.n_vocab
+            for v in items:
+                if isinstance(v, int) and not isinstance(v, bool) and not 0 <= v < n_vocab:
+                    raise ValueError(f"token id {v} is out of range (n_vocab = {n_vocab})")
+        arr = ids if items is None else np.asarray(items)
         if arr.size == 0:
             return ""
+        if arr.dtype == np.uint64 and arr.size and int(arr.max()) >= self.tok.n_vocab:
+            bad = int(arr[arr >= self.tok.n_vocab][0])  # uint64 would wrap in the int64 cast below
+            raise ValueError(f"token id {bad} is out of range (n_vocab = {self.tok.n_vocab})")
         if arr.ndim != 1 or arr.dtype.kind not in "iu":
             raise ValueError(
                 f"ids must be a flat sequence of int, got an array of {arr.dtype} with shape {arr.shape}"
