@@ -267,7 +267,7 @@ class BPETokenizer:
             for v in items:
                 if isinstance(v, int) and not isinstance(v, bool) and not 0 <= v < n_vocab:
                     raise ValueError(f"token id {v} is out of range (n_vocab = {n_vocab})")
-        arr = ids if items is None else np.asarray(items)
+        arr: np.ndarray = np.asarray(items) if items is not None else np.asarray(ids)
         if arr.size == 0:
             return ""
         if arr.dtype == np.uint64 and arr.size and int(arr.max()) >= self.tok.n_vocab:
