@@ -16,7 +16,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check)
 step "upgrading pip"
-"${PIP[@]}" install --upgrade pip | sed "/^Requirement already satisfied/d"
+"${PIP[@]}" install --upgrade pip | sed -u "/^Requirement already satisfied/d"
 if [ "${GPTRS_TORCH:-}" = "cpu" ]; then
     step "installing CPU-only torch (GPTRS_TORCH=cpu)"
     "${PIP[@]}" install --index-url https://download.pytorch.org/whl/cpu torch
@@ -24,6 +24,6 @@ fi
 # The editable install builds gptrs_tok with maturin in release mode (about a minute of Rust compilation)
 # and links python/ into the venv. The first run downloads torch, transformers and the test tools.
 step "installing gptrs and its test/dev extras (pip shows each download; the Rust build is quiet)"
-"${PIP[@]}" install --progress-bar on -e ".[dev]" 2>&1 | sed "/^Requirement already satisfied/d"
+"${PIP[@]}" install --progress-bar on -e ".[dev]" 2>&1 | sed -u "/^Requirement already satisfied/d"
 .venv/bin/python -c "import gptrs_tok, gptrs; print('gptrs', gptrs.__version__, 'ready in .venv')"
 step "done: $(du -sh .venv 2>/dev/null | cut -f1) in .venv"
