@@ -12,7 +12,7 @@ the token cache, a tokenizer, an export, a run's ``config.yaml``) is written thr
 A write that fails (a full disk, a read-only directory) removes the temporary file and leaves the target
 as it was. Libraries report a full disk in their own words (``torch.save`` raises ``RuntimeError``,
 safetensors an ``Exception`` of its own); :func:`atomic_path` turns those into one ``OSError`` naming the
-path and "No space left on device", so every caller can treat a full disk the same way.
+path and "no space left on device", so every caller can treat a full disk the same way.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def is_disk_full(e: BaseException, where: str | os.PathLike[str]) -> bool:
 def write_error(e: BaseException, path: str | os.PathLike[str]) -> OSError:
     """``e`` as one ``OSError`` line naming ``path``: a full disk says so, whatever raised it."""
     if is_disk_full(e, Path(path).parent):
-        return OSError(errno.ENOSPC, f"cannot write {path}: {os.strerror(errno.ENOSPC)}")
+        return OSError(errno.ENOSPC, f"cannot write {path}: no space left on device")
     if isinstance(e, OSError):
         reason = e.strerror or str(e)
         return OSError(e.errno, f"cannot write {path}: {reason}") if e.errno else OSError(f"{path}: {reason}")
