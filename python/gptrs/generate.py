@@ -45,9 +45,11 @@ class Sampling:
     def check(self) -> None:
         from gptrs.model.generation import MAX_NEW_TOKENS  # torch: imported only once a model is wanted
 
-        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+        if self.max_new_tokens < 1:
+            raise GptrsError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if self.max_new_tokens > MAX_NEW_TOKENS:
             raise GptrsError(
-                f"--max-new-tokens must be in 1..{MAX_NEW_TOKENS:,}, got {self.max_new_tokens:,}"
+                f"--max-new-tokens must be at most {MAX_NEW_TOKENS:,}, got {self.max_new_tokens:,}"
             )
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise GptrsError(f"--temperature must be a number >= 0 (0 = greedy), got {self.temperature}")
