@@ -96,13 +96,13 @@ def stream_text(model: Any, tok: Any, ids: Any, **sampling: Any) -> Iterator[str
 
 def load_for_inference(model_path: str, device: Any, quantize: str | None) -> tuple[Any, Any, str]:
     """(model, tokenizer, separator) from a checkpoint or run directory."""
-    from gptrs.model import GPT
+    from gptrs.model import load_model
     from gptrs.tokenizer import BPETokenizer
     from gptrs.training.checkpoint import resolve_model_dir
 
     directory = resolve_model_dir(model_path)
     log.info("loading %s", directory)
-    model = GPT.from_pretrained(directory, map_location=device)
+    model = load_model(directory, map_location=device)  # either family, as model.json says
     candidates = [directory / TOKENIZER_FILE, directory.parent.parent / TOKENIZER_FILE]
     tok_path = next((p for p in candidates if p.is_file()), None)
     if tok_path is None:

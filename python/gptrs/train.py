@@ -1,10 +1,11 @@
-"""Train a GPT on the built-in corpus, local files or a Hub dataset: ``python -m gptrs.train``.
+"""Train a model on the built-in corpus, local files or a Hub dataset: ``python -m gptrs.train``.
 
 With no arguments it trains the small preset on the built-in corpus (the standard library's ``.py``
 files) into ``runs/small``, then prints the validation loss next to the unigram baseline and a sample.
 The console script ``gptrs-train`` is the same command.
 
     python -m gptrs.train --config small --out runs/mine --set training.max_steps=500
+    python -m gptrs.train --config nanochat-small                     # the modern recipe (Muon)
     python -m gptrs.train --config my.yaml --out runs/mine --resume   # continue from the newest checkpoint
     torchrun --nproc_per_node 2 -m gptrs.train --config default       # DistributedDataParallel
 
@@ -40,8 +41,9 @@ def build_parser(prog: str = TAG) -> argparse.ArgumentParser:
     p.add_argument(
         "--config",
         metavar="PATH|PRESET",
-        help=f"YAML config file or preset name: small, default, large (default: '{DEFAULT_PRESET}'; with "
-        "--resume, the run's own config.yaml)",
+        help="YAML config file or preset name: small, default, large (GPT-2 recipe), nanochat-small, "
+        f"nanochat-default, nanochat-large (modern recipe) (default: '{DEFAULT_PRESET}'; with --resume, "
+        "the run's own config.yaml)",
     )
     p.add_argument(
         "--device", default="auto", metavar="DEVICE", help="auto (default), cpu, cuda, cuda:N or mps"
@@ -113,7 +115,7 @@ def train(args: argparse.Namespace) -> int:
     import torch
 
     from gptrs.data import prepare_data
-    from gptrs.model import GPT
+    from gptrs.model import build_model
     from gptrs.training.distributed import cleanup_distributed, setup_distributed
     from gptrs.training.run_lock import RunLock
     from gptrs.training.trainer import Trainer, TrainingInterrupted
@@ -141,7 +143,7 @@ def train(args: argparse.Namespace) -> int:
         )
         tok = bundle.tokenizer
         torch.manual_seed(cfg.training.seed)
-        model = GPT.from_config(cfg, vocab_size=tok.get_vocab_size(), pad_token_id=tok.pad_token_id)
+        model = build_model(cfg, vocab_size=tok.get_vocab_size(), pad_token_id=tok.pad_token_id)
         trainer = Trainer(model, tok, cfg, device, run_dir=run_dir)
         trainer.data_stats = dict(bundle.stats)
         val = bundle.val.shard(info.rank, info.world_size) if info.is_distributed else bundle.val

@@ -89,8 +89,21 @@ class TokenizerConfig:
     path: str | None = _f(None, "an existing tokenizer JSON to use instead of training one")
 
 
+ARCHS = ("gpt2", "nanochat")
+NANOCHAT_ROPE_THETA = 10000.0  # model.rope_theta null: nanochat's (and transformers' NanoChatConfig's) base
+NANOCHAT_LOGIT_SOFTCAP = 15.0  # model.logit_softcap null: nanochat's cap
+
+
 @dataclass
 class ModelConfig:
+    arch: str = _f(
+        "gpt2",
+        "model family: 'gpt2' (learned positions, LayerNorm, GELU, tied LM head; the keys dropout, bias, "
+        "activation gelu/gelu_tanh, attention apply) or 'nanochat' (rotary positions, parameter-free "
+        "RMSNorm, QK-norm, ReLU^2, untied LM head, soft-capped logits; needs bias false, activation relu2, "
+        "dropout 0, attention sdpa, and takes kv_heads, rope_theta, logit_softcap)",
+        choices=ARCHS,
+    )
     embed_dim: int = _f(128, "width of the residual stream (d_model)", ge=1)
     ff_dim: int = _f(512, "hidden width of the feed-forward layer (usually 4 * embed_dim)", ge=1)
     num_layers: int = _f(5, "number of transformer blocks", ge=1)
@@ -100,8 +113,9 @@ class ModelConfig:
     bias: bool = _f(True, "use biases in Linear and LayerNorm layers (GPT-2 does)")
     activation: str = _f(
         "gelu",
-        "feed-forward activation: 'gelu' (exact) or 'gelu_tanh' (GPT-2's approximation)",
-        choices=("gelu", "gelu_tanh"),
+        "feed-forward activation: 'gelu' (exact) or 'gelu_tanh' (GPT-2's approximation), arch gpt2; "
+        "'relu2' (relu(x)^2), arch nanochat",
+        choices=("gelu", "gelu_tanh", "relu2"),
     )
     attention: str = _f(
         "sdpa",
@@ -113,6 +127,19 @@ class ModelConfig:
     vocab_size: int | None = _f(
         None, "embedding rows; null takes the tokenizer's vocabulary size", ge=1, le=2**32
     )
+    kv_heads: int | None = _f(
+        None,
+        "arch nanochat: key/value heads, dividing heads (fewer: grouped-query attention); null: heads",
+        ge=1,
+    )
+    rope_theta: float | None = _f(
+        None, f"arch nanochat: rotary base frequency; null: {NANOCHAT_ROPE_THETA:g}", gt=0
+    )
+    logit_softcap: float | None = _f(
+        None,
+        f"arch nanochat: final logits become c * tanh(logits / c); null: {NANOCHAT_LOGIT_SOFTCAP:g}, 0: no cap",
+        ge=0,
+    )
 
 
 @dataclass
@@ -123,12 +150,31 @@ class TrainingConfig:
     epochs: int | None = _f(
         None, "with data.sampling 'epochs': passes over the training tokens (overrides max_steps)", ge=1
     )
-    learning_rate: float = _f(3e-3, "peak learning rate after warmup", gt=0)
-    min_lr: float = _f(3e-4, "floor of the cosine decay", ge=0)
+    optimizer: str = _f(
+        "adamw",
+        "'adamw' (every parameter) or 'muon' (Muon on the blocks' 2-D weight matrices, AdamW on the "
+        "embeddings, the LM head and anything not 2-D)",
+        choices=("adamw", "muon"),
+    )
+    learning_rate: float = _f(
+        3e-3, "peak learning rate after warmup (AdamW's; with optimizer muon: of the LM head)", gt=0
+    )
+    min_lr: float = _f(3e-4, "floor of the cosine decay (other optimizer groups follow in proportion)", ge=0)
     warmup_steps: int = _f(100, "linear warmup steps; must be < max_steps", ge=0)
-    weight_decay: float = _f(0.1, "AdamW weight decay (not applied to norms, biases, embeddings)", ge=0)
+    weight_decay: float = _f(
+        0.1,
+        "decoupled weight decay of the hidden weight matrices (AdamW's, or Muon's with optimizer muon); "
+        "never on norms, biases, embeddings",
+        ge=0,
+    )
     beta1: float = _f(0.9, "AdamW beta1", ge=0, lt=1)
     beta2: float = _f(0.95, "AdamW beta2", ge=0, lt=1)
+    adam_eps: float = _f(1e-8, "AdamW epsilon", gt=0)
+    embedding_lr: float | None = _f(
+        None, "peak learning rate of the embeddings (AdamW, no decay); null: learning_rate", gt=0
+    )
+    muon_lr: float = _f(0.02, "optimizer muon: peak learning rate of the hidden matrices", gt=0)
+    muon_momentum: float = _f(0.95, "optimizer muon: Nesterov momentum", ge=0, lt=1)
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 disables)", ge=0)
     mixed_precision: bool | str = _f(
         True,
@@ -185,18 +231,25 @@ def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
 
 
 def count_parameters(config: Config, vocab_size: int | None = None) -> int:
-    """Parameters of our GPT for `config`, counted analytically; the LM head is tied to the token embedding.
+    """Parameters of the model `config` builds, counted analytically.
 
-    Embedding rows as GPT.from_config picks them: model.vocab_size when set, else `vocab_size` (the loaded
-    tokenizer's, if given), else tokenizer.vocab_size. The count:
+    Embedding rows as the model factory picks them: model.vocab_size when set, else `vocab_size` (the loaded
+    tokenizer's, if given), else tokenizer.vocab_size. For arch gpt2 (LM head tied to the token embedding):
 
     token embedding V*d + learned positions T*d
     + per block: 2 LayerNorms, qkv (3d^2 + 3d), attention out (d^2 + d), fc (d*ff + ff), fc out (ff*d + d)
     + final LayerNorm. Without biases the LayerNorms have weights only and the Linear layers no bias terms.
+
+    For arch nanochat (no biases, parameter-free norms, no position table, untied LM head): token embedding
+    V*d + LM head V*d + per block: queries and attention out (2 d^2), keys and values (2 d * kv_heads *
+    head_dim), fc and fc out (2 d*ff).
     """
     m = config.model
     vocab = m.vocab_size or vocab_size or config.tokenizer.vocab_size
     d, ff, b = m.embed_dim, m.ff_dim, int(m.bias)
+    if m.arch == "nanochat":
+        kv_width = (m.kv_heads or m.heads) * (d // m.heads)
+        return 2 * vocab * d + m.num_layers * (2 * d * d + 2 * d * kv_width + 2 * d * ff)
     norm = d + b * d
     block = 2 * norm + (3 * d * d + b * 3 * d) + (d * d + b * d) + (d * ff + b * ff) + (ff * d + b * d)
     return vocab * d + m.max_seq_len * d + m.num_layers * block + norm
@@ -240,7 +293,8 @@ def _rows() -> list[tuple[str, str, str, str, str]]:
 _DOC_INTRO = """\
 A run is configured by one YAML file with four sections: `data`, `tokenizer`, `model` and `training`.
 Every key is optional and takes the default below when left out. The presets `small`, `default` and
-`large` ship with the package (`python -m gptrs.config --list`; `--config small` picks one from anywhere,
+`large` (GPT-2 recipe) and `nanochat-small`, `nanochat-default` and `nanochat-large` (the modern recipe:
+`model.arch: nanochat`, `training.optimizer: muon`, at the same parameter budgets) ship with the package (`python -m gptrs.config --list`; `--config small` picks one from anywhere,
 and `configs/` in the repository links to them). A file is checked when it is loaded: an unknown key
 (with a "did you mean" suggestion), a wrong type or an out-of-range value stops the run with one line
 naming the file and the key, e.g. `configs/x.yaml: model.heads: 5 does not divide model.embed_dim (128)`.
@@ -257,11 +311,18 @@ Rules between keys: `model.heads` divides `model.embed_dim`; `training.warmup_st
 `model.vocab_size`, when set, >= `tokenizer.vocab_size`; source `files` needs `data.paths`, source `hub`
 needs `data.dataset_name` (and neither is accepted with another source); `data.separator` names a special
 token that exists; `data.max_eval_tokens` covers at least one window of `model.max_seq_len + 1` tokens.
+`model.arch: nanochat` needs `model.bias: false`, `model.activation: relu2`, `model.dropout: 0` and
+`model.attention: sdpa`, an even head size (`embed_dim / heads`), and `model.kv_heads` dividing
+`model.heads`; `model.arch: gpt2` refuses `relu2` and any of `model.kv_heads`, `model.rope_theta`,
+`model.logit_softcap` (nanochat's keys; leave them null).
 
 Parameter counts (`gptrs.config.count_parameters`, what `--check` prints) count every parameter once:
 the token embedding (V x d, tied to the LM head), learned positions (T x d), per block two LayerNorms,
 the fused QKV projection (3d^2 + 3d), the attention output (d^2 + d), the feed-forward layers
-(d x ff + ff and ff x d + d), and the final LayerNorm.
+(d x ff + ff and ff x d + d), and the final LayerNorm. For `model.arch: nanochat`: the token embedding and
+the untied LM head (2 x V x d), per block the query and output projections (2d^2), the key and value
+projections (2 x d x kv_heads x head_size) and the feed-forward layers (2 x d x ff); its norms have no
+parameters and rotary positions none.
 """
 
 

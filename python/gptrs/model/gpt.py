@@ -163,6 +163,10 @@ class GPT(nn.Module):
         to a multiple of 64 for speed), else ``vocab_size`` (the tokenizer's).
         """
         mc = cfg.model if isinstance(cfg, Config) else cfg
+        if mc.arch != "gpt2":
+            raise ConfigError(
+                f"model.arch is {mc.arch!r}, not 'gpt2' (gptrs.model.build_model builds either)"
+            )
         vocab = mc.vocab_size if mc.vocab_size is not None else vocab_size
         if vocab is None:
             raise ConfigError("model.vocab_size is not set and no tokenizer vocabulary size was given")

@@ -25,6 +25,8 @@ every token attends to itself and the ``max_seq_len - 1`` tokens before it, cach
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +35,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from gptrs.config import Config, ModelConfig, check_model
+from gptrs.config.schema import NANOCHAT_LOGIT_SOFTCAP, NANOCHAT_ROPE_THETA
 from gptrs.errors import ConfigError
+from gptrs.model import serialization, sliding_generation
+from gptrs.model.generation import SamplingParams
 from gptrs.model.kernels.block_causal import block_causal_attention
 from gptrs.model.kernels.loss import IGNORE_INDEX, lm_head_loss
 from gptrs.model.kernels.softcap_loss import lm_head_softcap_cross_entropy, softcap
@@ -221,6 +227,7 @@ class NanoChat(nn.Module):
             logit_softcap=None if logit_softcap is None else float(logit_softcap),
         )
         self.pad_token_id = pad_token_id
+        self.compile_requested = False  # model.compile as configured (the trainer does the compiling)
         self.max_seq_len = max_seq_len
         self.logit_softcap = self.arch.logit_softcap
         self.gradient_checkpointing = gradient_checkpointing
@@ -246,6 +253,85 @@ class NanoChat(nn.Module):
             assert isinstance(block, Block)
             nn.init.zeros_(block.attn.c_proj.weight)
             nn.init.zeros_(block.mlp.c_proj.weight)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_config(
+        cls, cfg: Config | ModelConfig, *, vocab_size: int | None = None, pad_token_id: int | None = None
+    ) -> NanoChat:
+        """Build from a ``Config`` (its ``model`` section) or a ``ModelConfig`` with ``arch: nanochat``.
+
+        Rows of the embedding and LM head: ``model.vocab_size`` when set, else ``vocab_size`` (the
+        tokenizer's). ``rope_theta``/``logit_softcap`` null take nanochat's values; a soft cap of 0 is none.
+        """
+        mc = cfg.model if isinstance(cfg, Config) else cfg
+        if mc.arch != "nanochat":
+            raise ConfigError(
+                f"model.arch is {mc.arch!r}, not 'nanochat' (gptrs.model.build_model builds either)"
+            )
+        vocab = mc.vocab_size if mc.vocab_size is not None else vocab_size
+        if vocab is None:
+            raise ConfigError("model.vocab_size is not set and no tokenizer vocabulary size was given")
+        if mc.vocab_size is not None and vocab_size is not None and mc.vocab_size < vocab_size:
+            raise ConfigError(
+                f"model.vocab_size ({mc.vocab_size}) is smaller than the tokenizer's vocabulary ({vocab_size})"
+            )
+        check_model(ModelConfig(**{**mc.__dict__, "vocab_size": vocab}))
+        cap = NANOCHAT_LOGIT_SOFTCAP if mc.logit_softcap is None else (mc.logit_softcap or None)
+        model = cls(
+            vocab,
+            mc.embed_dim,
+            mc.num_layers,
+            mc.heads,
+            mc.max_seq_len,
+            pad_token_id,
+            kv_heads=mc.kv_heads,
+            ff_dim=mc.ff_dim,
+            rope_theta=NANOCHAT_ROPE_THETA if mc.rope_theta is None else mc.rope_theta,
+            logit_softcap=cap,
+            gradient_checkpointing=mc.gradient_checkpointing,
+        )
+        model.compile_requested = mc.compile
+        return model
+
+    @property
+    def config(self) -> ModelConfig:
+        """The model's configuration, every value resolved (what ``model.json`` records)."""
+        a = self.arch
+        return ModelConfig(
+            arch="nanochat",
+            embed_dim=a.embed_dim,
+            ff_dim=a.ff_dim,
+            num_layers=a.num_layers,
+            heads=a.heads,
+            max_seq_len=a.max_seq_len,
+            dropout=0.0,
+            bias=False,
+            activation="relu2",
+            attention="sdpa",
+            gradient_checkpointing=self.gradient_checkpointing,
+            compile=self.compile_requested,
+            vocab_size=a.vocab_size,
+            kv_heads=a.kv_heads,
+            rope_theta=a.rope_theta,
+            logit_softcap=a.logit_softcap or 0.0,
+        )
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
+        """Write ``model.safetensors`` and ``model.json`` (with ``arch: nanochat``) into ``directory``."""
+        serialization.save_pretrained(self, directory, self.config, self.pad_token_id)
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+    ) -> NanoChat:
+        """Load a NanoChat written by :meth:`save_pretrained` (or a trainer checkpoint directory)."""
+
+        def build(cfg: ModelConfig, pad_token_id: int | None) -> NanoChat:
+            return cls.from_config(cfg, pad_token_id=pad_token_id)
+
+        return serialization.load_pretrained(directory, build, map_location)
 
     # ------------------------------------------------------------------ forward
 
@@ -337,6 +423,44 @@ class NanoChat(nn.Module):
         """Logits (B, vocab) for one new token per row (``tokens`` (B,)), appended to ``kv_cache``. Works
         past ``max_seq_len``: the window slides, no key is recomputed."""
         return self.logits(self.hidden_states(tokens[:, None], kv_cache=kv_cache))[:, -1]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.arch.vocab_size
+
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        *sampling: Any,
+        attention_mask: torch.Tensor | None = None,
+        use_cache: bool = True,
+        **sampling_kw: Any,
+    ) -> torch.Tensor:
+        """Continue each prompt, as ``GPT.generate``: ``generate(input_ids, max_new_tokens, temperature=1.0,
+        top_k=None, top_p=None, eos_token_id=None, seed=None, attention_mask=None, use_cache=True)``;
+        returns (B, T + new) ids. See :mod:`gptrs.model.sliding_generation`."""
+        ids = input_ids if isinstance(input_ids, torch.Tensor) else torch.as_tensor(input_ids)
+        ids = (ids[None] if ids.dim() == 1 else ids).long()
+        new = list(
+            self.generate_stream(
+                ids, *sampling, attention_mask=attention_mask, use_cache=use_cache, **sampling_kw
+            )
+        )
+        return torch.cat([ids, torch.stack(new, dim=1)], dim=1) if new else ids
+
+    def generate_stream(
+        self,
+        input_ids: torch.Tensor,
+        *sampling: Any,
+        attention_mask: torch.Tensor | None = None,
+        use_cache: bool = True,
+        **sampling_kw: Any,
+    ) -> Iterator[torch.Tensor]:
+        """Yield each step's new tokens as a (B,) LongTensor; arguments as in :meth:`generate`."""
+        params = SamplingParams(*sampling, **sampling_kw)
+        return sliding_generation.generate_stream(
+            self, input_ids, params, attention_mask=attention_mask, use_cache=use_cache
+        )
 
     # ------------------------------------------------------------------ accounting
 

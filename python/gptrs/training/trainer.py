@@ -50,7 +50,7 @@ from gptrs.training.metrics import (
     plot_loss_curves,
     truncate_metrics,
 )
-from gptrs.training.optim import build_optimizer
+from gptrs.training.optim import apply_lr, build_optimizer
 from gptrs.training.precision import resolve_precision
 from gptrs.training.run_lock import RunLock
 from gptrs.training.signals import StopRequest, TrainingInterrupted
@@ -189,8 +189,7 @@ class Trainer:
         Raises StopIteration when the training data runs out."""
         c, tc = self._counters, self.config.training
         accum = tc.gradient_accumulation_steps
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr
+        apply_lr(run.optimizer, lr)  # every group at lr times its lr_scale (Muon's, the embeddings')
         step_loss = torch.zeros((), device=self.device)
         for micro in range(accum):
             faults.point("step", step=c.step)
