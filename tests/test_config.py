@@ -169,7 +169,7 @@ BAD_CONFIGS = [
     (
         "activation-enum",
         "model:\n  activation: relu\n",
-        "{path}: model.activation: 'relu' is not one of 'gelu', 'gelu_tanh'; did you mean 'gelu'?",
+        "{path}: model.activation: 'relu' is not one of 'gelu', 'gelu_tanh', 'relu2'; did you mean 'relu2'?",
     ),
     (
         "files-no-paths",
@@ -744,7 +744,7 @@ def test_presets_state_their_counts() -> None:
     small = load_config(CONFIGS / "small.yaml")
     assert small.data.source == "stdlib"  # trains on a fresh machine with no download
     assert small.model.max_seq_len * small.training.batch_size * small.training.max_steps <= 16e6
-    for name in ("small", "default", "large"):
+    for name in ("small", "default", "large", "nanochat-small", "nanochat-default", "nanochat-large"):
         first = (CONFIGS / f"{name}.yaml").read_text(encoding="utf-8").splitlines()[0]
         n = count_parameters(load_config(CONFIGS / f"{name}.yaml"))
         assert first.startswith(f"# {name}: {n:,} parameters"), first
@@ -758,21 +758,29 @@ def test_defaults_are_the_small_preset() -> None:
 
 def test_presets_load_by_name_from_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # no configs/ here: the presets come from the package
-    for name in ("small", "default", "large"):
+    for name in ("small", "default", "large", "nanochat-small", "nanochat-default", "nanochat-large"):
         assert load_config(name) == load_config(CONFIGS / f"{name}.yaml")
         assert (CONFIGS / f"{name}.yaml").resolve() == (PRESETS_DIR / f"{name}.yaml").resolve()
     (tmp_path / "small").write_text("model:\n  num_layers: 2\n", encoding="utf-8")
     assert load_config("small").model.num_layers == 2  # a file of that name wins over the preset
     with pytest.raises(ConfigError) as info:
         load_config("tiny")
-    assert str(info.value) == "tiny: no such file, nor a preset (default, large, small)"
+    presets = "default, large, nanochat-default, nanochat-large, nanochat-small, small"
+    assert str(info.value) == f"tiny: no such file, nor a preset ({presets})"
 
 
 def test_cli_list_shows_the_presets() -> None:
     r = _cli("--list")
     assert r.returncode == 0, r.stderr
     names = [line.split()[0] for line in r.stdout.splitlines()]
-    assert names == ["small", "default", "large"]  # smallest first
+    assert names == [  # smallest first
+        "small",
+        "nanochat-small",
+        "default",
+        "nanochat-default",
+        "large",
+        "nanochat-large",
+    ]
     for line in r.stdout.splitlines():
         name, count = line.split()[:2]
         assert count == f"{count_parameters(load_config(CONFIGS / f'{name}.yaml')):,}"
@@ -785,7 +793,7 @@ def test_cli_list_shows_the_presets() -> None:
         (dict(num_layers=0), "model.num_layers must be a positive integer, got 0"),
         (dict(heads="4"), "model.heads must be a positive integer, got '4'"),
         (dict(dropout=1.0), "model.dropout must be in [0, 1), got 1.0"),
-        (dict(activation="relu"), "model.activation must be one of gelu, gelu_tanh, got 'relu'"),
+        (dict(activation="relu"), "model.activation must be one of gelu, gelu_tanh, relu2, got 'relu'"),
         (dict(attention="flash"), "model.attention must be one of sdpa, reference, got 'flash'"),
         (dict(vocab_size=None), "model.vocab_size must be a positive integer, got None"),
     ],

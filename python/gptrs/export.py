@@ -1,12 +1,13 @@
-"""Export a gptrs model to the Hugging Face ``transformers`` GPT-2 format.
+"""Export a gptrs model to Hugging Face ``transformers``: GPT-2 (``model.arch: gpt2``) or NanoChat (``nanochat``).
 
     python -m gptrs.export --model-path runs/small --format hf --out hf_model [--tokenizer tok.json]
 
 ``--model-path`` is a model directory (``save_pretrained``), a checkpoint, or a run directory (then its best
-checkpoint, else the last, as ``gptrs.generate`` picks it). The export
-writes ``config.json`` + ``model.safetensors`` that ``transformers.GPT2LMHeadModel.from_pretrained`` loads
-with the same logits, and the tokenizer as a Hugging Face ``tokenizer.json`` when one is given or found in
-the model directory. The mapping is direct because our parameter names are GPT-2's; GPT-2 keeps its
+checkpoint, else the last, as ``gptrs.generate`` picks it). The export writes ``config.json`` +
+``model.safetensors`` that ``transformers.AutoModelForCausalLM.from_pretrained`` loads with the same logits
+(a ``GPT2LMHeadModel``, or a ``NanoChatForCausalLM`` for the modern family, mapped by ``hf_nanochat.py``),
+and the tokenizer as a Hugging Face ``tokenizer.json`` when one is given or found in the model directory.
+For GPT-2 the mapping is direct because our parameter names are GPT-2's; GPT-2 keeps its
 linear layers as ``Conv1D`` with (in, out) weights, so Linear weights are transposed. A model built with
 ``bias=False`` is written with zero biases (the same function). Anything GPT-2 cannot express is refused
 with a message naming the option. ``transformers`` is not needed to export, only to load the result.
@@ -14,11 +15,13 @@ with a message naming the option. ``transformers`` is not needed to export, only
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -34,7 +37,8 @@ from gptrs.files import (
     atomic_path,
     atomic_write_text,
 )
-from gptrs.model.gpt import GPT
+from gptrs.model import GPT, NanoChat, load_model
+from gptrs.model.hf_nanochat import nanochat_hf_config, nanochat_hf_state_dict, refuse_inexpressible
 from gptrs.training.checkpoint import resolve_model_dir
 
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new"}  # ours -> GPT-2 activation_function
@@ -132,24 +136,39 @@ def _model_dir(model_path: Path) -> tuple[Path, list[Path]]:
     return model_path, [model_path / TOKENIZER_FILE]
 
 
+def _hf_files(model: GPT | NanoChat) -> tuple[Callable[..., dict[str, Any]], dict[str, torch.Tensor]]:
+    """The family's ``config.json`` builder (eos/bos ids as keywords) and its tensors under HF's names.
+    Refuses (ExportError naming the option) what the target class cannot express, before anything is
+    written."""
+    if isinstance(model, NanoChat):
+        cfg = model.config
+        try:
+            refuse_inexpressible({"bias": cfg.bias, "activation": cfg.activation, "dropout": cfg.dropout})
+        except GptrsError as e:
+            raise ExportError(str(e)) from None
+        return functools.partial(nanochat_hf_config, model), nanochat_hf_state_dict(model)
+    hf_gpt2_config(model)  # refuses what GPT-2 cannot express
+    return functools.partial(hf_gpt2_config, model), hf_gpt2_state_dict(model)
+
+
 def export_hf(model_path: str | Path, out: str | Path, tokenizer: str | Path | None = None) -> Path:
-    """Export ``model_path`` (a model, checkpoint or run directory) to a GPT2LMHeadModel directory ``out``;
-    return ``out``. Every file is written atomically."""
+    """Export ``model_path`` (a model, checkpoint or run directory) to a transformers directory ``out``
+    (GPT2LMHeadModel or NanoChatForCausalLM, as ``model.json``'s arch says); return ``out``. Every file is
+    written atomically."""
     directory, tok_candidates = _model_dir(Path(model_path))
-    model = GPT.from_pretrained(directory)
+    model = load_model(directory)
     out = Path(out)
     tok_path = (
         Path(tokenizer) if tokenizer is not None else next((p for p in tok_candidates if p.is_file()), None)
     )
     if tokenizer is not None and not Path(tokenizer).is_file():
         raise ExportError(f"tokenizer file not found: {tokenizer}")
-    config = hf_gpt2_config(model)  # refuses what GPT-2 cannot express before anything is written
-    tensors = hf_gpt2_state_dict(model)
+    make_config, tensors = _hf_files(model)
     out.mkdir(parents=True, exist_ok=True)
     eos = bos = None
     if tok_path is not None:
         eos, bos = _save_tokenizer(tok_path, out, explicit=tokenizer is not None)
-    config = hf_gpt2_config(model, eos_token_id=eos, bos_token_id=bos)
+    config = make_config(eos_token_id=eos, bos_token_id=bos)
     with atomic_path(out / MODEL_FILE) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
     atomic_write_text(out / HF_CONFIG_FILE, json.dumps(config, indent=2) + "\n")
@@ -165,7 +184,10 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m gptrs.expo
         help="model directory (model.json + model.safetensors), checkpoint, or run directory",
     )
     parser.add_argument(
-        "--format", choices=["hf"], default="hf", help="output format: hf (transformers GPT-2)"
+        "--format",
+        choices=["hf"],
+        default="hf",
+        help="output format: hf (transformers GPT2LMHeadModel or NanoChatForCausalLM, by the model's arch)",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     parser.add_argument(
@@ -176,7 +198,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m gptrs.expo
 
     def body() -> None:
         path = export_hf(args.model_path, args.out, args.tokenizer)
-        print(f"wrote {path} (load with transformers.GPT2LMHeadModel.from_pretrained({str(path)!r}))")
+        print(f"wrote {path} (load with transformers.AutoModelForCausalLM.from_pretrained({str(path)!r}))")
 
     return run_main(body, log_level=args.log_level)
 
