@@ -1,6 +1,7 @@
-"""DistributedDataParallel: 2 processes under torchrun (gloo, CPU) train like 1 process on the same global batch.
+"""DistributedDataParallel: 2 processes under torchrun (gloo, CPU) train like 1 process on the same global batch,
+for the GPT-2 recipe (AdamW) and the modern one (nanochat, Muon + AdamW).
 
-This file is also the worker torchrun starts (``python tests/test_ddp.py RUN_DIR ACCUM``).
+This file is also the worker torchrun starts (``python tests/test_ddp.py RUN_DIR ACCUM ARCH``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from conftest import tiny_gpt
 from gptrs.config import Config
 from gptrs.data import RandomBatches
-from gptrs.model import GPT
+from gptrs.model import GPT, NanoChat, build_model
 from gptrs.training import Trainer
 from gptrs.training.distributed import setup_distributed
 from gptrs.training.metrics import read_metrics
@@ -28,7 +29,7 @@ V, D, FF, L, H, T = 48, 32, 64, 2, 2, 16
 GLOBAL_BATCH, STEPS, WORLD = 8, 5, 2
 
 
-def config(batch_size: int, accum: int) -> Config:
+def config(batch_size: int, accum: int, arch: str = "gpt2") -> Config:
     cfg = Config()
     m = cfg.model
     m.embed_dim, m.ff_dim, m.num_layers, m.heads, m.max_seq_len = D, FF, L, H, T
@@ -36,6 +37,9 @@ def config(batch_size: int, accum: int) -> Config:
     t.batch_size, t.gradient_accumulation_steps, t.max_steps, t.warmup_steps = batch_size, accum, STEPS, 1
     t.learning_rate, t.log_interval, t.eval_interval, t.save_interval = 1e-2, 1, STEPS, 100
     t.mixed_precision, t.peak_flops = False, 1e11
+    if arch == "nanochat":  # the nanochat-small recipe's optimizer, at this size
+        m.arch, m.bias, m.activation = "nanochat", False, "relu2"
+        t.optimizer, t.muon_lr, t.embedding_lr, t.weight_decay = "muon", 0.04, 0.3, 0.0
     return cfg
 
 
@@ -50,11 +54,14 @@ def val_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     return global_batches()[:2]
 
 
-def model() -> GPT:
+def model(arch: str = "gpt2") -> GPT | NanoChat:
+    if arch == "nanochat":
+        torch.manual_seed(0)
+        return build_model(config(1, 1, arch), vocab_size=V)
     return tiny_gpt(0, vocab_size=V, embed_dim=D, ff_dim=FF, num_layers=L, heads=H, max_seq_len=T)
 
 
-def worker(run_dir: str, accum: int) -> None:
+def worker(run_dir: str, accum: int, arch: str = "gpt2") -> None:
     """One rank: its share of every global batch, split further into ``accum`` micro-batches."""
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     per_rank = GLOBAL_BATCH // world
@@ -65,7 +72,7 @@ def worker(run_dir: str, accum: int) -> None:
         mine += [(x[i : i + micro], y[i : i + micro]) for i in range(0, per_rank, micro)]
     torch.set_num_threads(1)
     _, device = setup_distributed("cpu")  # the Trainer joins no process group itself: its caller does
-    trainer = Trainer(model(), None, config(micro, accum), device, run_dir=run_dir)
+    trainer = Trainer(model(arch), None, config(micro, accum, arch), device, run_dir=run_dir)
     assert trainer.dist.world_size == world and trainer.dist.rank == rank
     result = trainer.train(mine, val_batches())
     print(f"rank {rank} val_loss {result['val_loss']!r}", flush=True)
@@ -77,11 +84,12 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "checkpoints" / "last" / "model.safetensors")
 
 
-def test_two_processes_match_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize("arch", ["gpt2", "nanochat"])
+def test_two_processes_match_one(tmp_path: Path, arch: str) -> None:
     """2 ranks x 2 micro-batches of 2 rows (gradients synced on the second only) == 1 process x 8 rows."""
     accum = 2
     single = tmp_path / "single"
-    ref = Trainer(model(), None, config(GLOBAL_BATCH, 1), "cpu", run_dir=single).train(
+    ref = Trainer(model(arch), None, config(GLOBAL_BATCH, 1, arch), "cpu", run_dir=single).train(
         global_batches(), val_batches()
     )
 
@@ -89,7 +97,7 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}"]
     r = subprocess.run(
-        [*cmd, __file__, str(ddp), str(accum)], capture_output=True, text=True, env=env, timeout=300
+        [*cmd, __file__, str(ddp), str(accum), arch], capture_output=True, text=True, env=env, timeout=300
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     # every rank saw the same (all-reduced) validation loss, equal to the single process's
@@ -162,4 +170,4 @@ def test_torchrun_cli(tmp_path: Path) -> None:
 
 
 if __name__ == "__main__":
-    worker(sys.argv[1], int(sys.argv[2]))
+    worker(sys.argv[1], int(sys.argv[2]), sys.argv[3])

@@ -1,4 +1,4 @@
-"""Export to the Hugging Face GPT-2 format: transformers loads it and computes the same logits."""
+"""Export to the Hugging Face formats (GPT-2, NanoChat): transformers loads them and computes the same logits."""
 
 from __future__ import annotations
 
@@ -106,3 +106,52 @@ def test_tokenizer_found_in_model_dir_is_exported(tmp_path: Path, monkeypatch: p
     assert _FakeTokenizer.saved == [str(tmp_path / "m" / "tokenizer.json")]
     assert json.loads((tmp_path / "o" / "tokenizer.json").read_text())["model"]["type"] == "BPE"
     assert json.loads((tmp_path / "o" / "config.json").read_text())["eos_token_id"] == 7
+
+
+@pytest.mark.parametrize("kw", [{}, dict(kv_heads=2, logit_softcap=None, rope_theta=500.0)])
+def test_nanochat_exports_as_nanochat_for_causal_lm(tmp_path: Path, kw: dict) -> None:
+    """A model.arch nanochat directory becomes a NanoChatForCausalLM (AutoModelForCausalLM picks it) with
+    the same logits; GPT-2 directories keep exporting as GPT2LMHeadModel."""
+    from gptrs.model import NanoChat
+
+    torch.manual_seed(0)
+    m = NanoChat(vocab_size=50, embed_dim=32, num_layers=2, heads=4, max_seq_len=16, pad_token_id=1, **kw)
+    with torch.no_grad():  # random weights: nanochat's init zeroes the head and the residual projections
+        for p in m.parameters():
+            p.normal_(0.0, 0.3)
+    m.eval().save_pretrained(tmp_path / "ours")
+    assert main(["--model-path", str(tmp_path / "ours"), "--out", str(tmp_path / "hf")]) == 0
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["architectures"] == ["NanoChatForCausalLM"] and config["tie_word_embeddings"] is False
+    assert config["num_key_value_heads"] == kw.get("kv_heads", 4)
+    assert config["final_logit_softcapping"] == kw.get("logit_softcap", 15.0)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert type(hf).__name__ == "NanoChatForCausalLM"
+    x = torch.randint(0, 50, (3, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours, _ = m(x)
+        theirs = hf(input_ids=x).logits
+    torch.testing.assert_close(theirs, ours, atol=2e-5, rtol=1e-5)
+    tiny().save_pretrained(tmp_path / "gpt")
+    assert main(["--model-path", str(tmp_path / "gpt"), "--out", str(tmp_path / "hf2")]) == 0
+    assert json.loads((tmp_path / "hf2" / "config.json").read_text())["architectures"] == ["GPT2LMHeadModel"]
+
+
+def test_nanochat_export_refuses_what_it_cannot_express(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An option NanoChatForCausalLM cannot express is refused by name before anything is written."""
+    import dataclasses
+
+    from gptrs.model import NanoChat
+
+    m = NanoChat(vocab_size=50, embed_dim=32, num_layers=1, heads=4, max_seq_len=16)
+    m.save_pretrained(tmp_path / "ours")
+    real = NanoChat.config.fget
+    assert real is not None
+    monkeypatch.setattr(NanoChat, "config", property(lambda self: dataclasses.replace(real(self), bias=True)))
+    with pytest.raises(ExportError, match=r"model\.bias=True cannot be expressed as NanoChatForCausalLM"):
+        from gptrs.export import export_hf
+
+        export_hf(tmp_path / "ours", tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()

@@ -325,3 +325,57 @@ def test_quick_recipe_learns_faster_than_a_coin() -> None:
         RandomBatches(tokens(), 4, T, seed=7), eval_batches()
     )
     assert result["val_loss"] < math.log(V) - 1.0
+
+
+# ----------------------------------------------------------------------------------------------- the CLIs
+
+TINY = [
+    *("data.num_training_samples=40", "data.max_eval_tokens=2048", "tokenizer.vocab_size=300"),
+    *("model.num_layers=1", "model.embed_dim=32", "model.ff_dim=64", "model.heads=2", "model.max_seq_len=32"),
+    *("training.batch_size=4", "training.eval_interval=3", "training.save_interval=3"),
+    *("training.log_interval=1", "training.sample_tokens=8", "training.peak_flops=1e11"),
+]
+
+
+def test_train_generate_and_export_a_nanochat_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`gptrs.train --config nanochat-small` trains the modern recipe; `gptrs.generate` (one prompt and
+    --interactive) decodes from its run directory through the sliding cache; `gptrs.export` writes a
+    NanoChatForCausalLM that transformers loads with our logits."""
+    import io
+
+    from gptrs import export as export_cli
+    from gptrs import generate as generate_cli
+    from gptrs import train as train_cli
+
+    run_dir = tmp_path / "run"
+    sets = [a for s in TINY for a in ("--set", s)]
+    argv = ["--config", "nanochat-small", "--out", str(run_dir), "--device", "cpu", *sets, "--max-steps", "3"]
+    assert train_cli.main(argv) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "validation loss" in out and "--- sample (8 tokens" in out
+    saved = json.loads((run_dir / "checkpoints" / "best" / "model.json").read_text())["config"]
+    assert saved["arch"] == "nanochat"
+    state = load_trainer_state(run_dir / "checkpoints" / "last")
+    assert state["optimizer"]["kind"] == "muon_adamw"
+
+    gen = ["--model-path", str(run_dir), "--temperature", "0", "--max-new-tokens", "40"]  # 40 > context 32
+    assert generate_cli.main([*gen, "--prompt", "def "]) == 0, capsys.readouterr().err
+    once = capsys.readouterr().out
+    assert once.startswith("def ")
+    monkeypatch.setattr("sys.stdin", io.StringIO("def \n/quit\n"))
+    assert generate_cli.main([*gen, "--interactive"]) == 0
+    assert "def " + capsys.readouterr().out == once  # the same greedy continuation
+
+    transformers = pytest.importorskip("transformers")
+    hf_dir = tmp_path / "hf"
+    assert export_cli.main(["--model-path", str(run_dir), "--format", "hf", "--out", str(hf_dir)]) == 0
+    assert "AutoModelForCausalLM" in capsys.readouterr().out
+    assert sorted(p.name for p in hf_dir.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    assert type(hf).__name__ == "NanoChatForCausalLM"
+    ours = load_model(run_dir / "checkpoints" / "best").eval()
+    ids = torch.randint(0, 300, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, ours(ids)[0], rtol=1e-5, atol=2e-5)
