@@ -6,7 +6,8 @@ documents, for ``--minutes`` of *their own* training time each:
 
 - **gpt2**: ``GPT`` at the small preset (5 x 128, 4 heads, ctx 256; 1,548,672 parameters), fused AdamW with
   ``configs/small.yaml``'s hyperparameters (peak 3e-3, floor 3e-4, 100 warmup steps, cosine, decay 0.1).
-- **nanochat**: ``NanoChat`` at about the same parameter count (``MODERN_SMALL``), Muon on the hidden
+- **nanochat**: ``NanoChat`` at about the same parameter count (the ``nanochat-small`` preset's model,
+  ``MODERN_SMALL``), Muon on the hidden
   matrices and AdamW on the embedding and LM head, hyperparameters from ``benches/sweep_recipe.py``.
 
 Same machine load for both. By default (``--mode parallel``) the two train at the same time, one thread
@@ -37,7 +38,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,7 @@ if __package__ in (None, ""):  # run as a script: make `benches` importable
 
 from benches import common
 from gptrs.config import Config, apply_overrides, load_config
-from gptrs.model import GPT
-from gptrs.model.nanochat import NanoChat
+from gptrs.model import build_model as build_family
 from gptrs.training.muon import apply_lr, build_optimizer
 from gptrs.training.precision import resolve_precision
 
@@ -155,11 +155,14 @@ def prepare(cfg: Config, log: Any = None) -> Any:
 
 
 def build_model(r: Recipe, cfg: Config, vocab_size: int, seed: int) -> torch.nn.Module:
+    """The recipe's model through the config factory: gpt2 from ``cfg`` (the small preset), nanochat from
+    the ``nanochat-small`` preset's model section with ``r.model`` on top, at ``cfg``'s context."""
     torch.manual_seed(seed)
     if r.arch == "gpt2":
-        return GPT.from_config(cfg, vocab_size=vocab_size)
-    shape = {"max_seq_len": cfg.model.max_seq_len, **r.model}
-    return NanoChat(vocab_size, **shape)
+        return build_family(cfg, vocab_size=vocab_size)
+    preset = load_config("nanochat-small").model
+    mc = replace(preset, **{"max_seq_len": cfg.model.max_seq_len, **r.model})
+    return build_family(mc, vocab_size=vocab_size)
 
 
 class Run:
