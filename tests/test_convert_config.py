@@ -209,7 +209,8 @@ def test_mappings(legacy: dict[str, object], check: object) -> None:
         ),
         (
             {"activation_function": "relu"},
-            "c.json: activation_function (model.activation): 'relu' is not one of 'gelu', 'gelu_tanh'; did you mean 'gelu'?",
+            "c.json: activation_function (model.activation): 'relu' is not one of 'gelu', 'gelu_tanh', 'relu2'; "
+            "did you mean 'relu2'?",
         ),
         ({"model": {"num_layers": "6"}}, "c.json: model.num_layers: expected an integer, got the string '6'"),
         (
