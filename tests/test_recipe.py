@@ -379,3 +379,27 @@ def test_train_generate_and_export_a_nanochat_run(
     ids = torch.randint(0, 300, (2, 32), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, ours(ids)[0], rtol=1e-5, atol=2e-5)
+
+
+def test_the_quick_start_trains_the_race_winner_with_its_hyperparameters() -> None:
+    """scripts/quickstart.sh trains nanochat-small, whose recipe is the one benches/bench_recipe.py raced."""
+    from benches.bench_recipe import MODERN_RECIPE, MODERN_SMALL
+
+    assert "-m gptrs.train --config nanochat-small" in (ROOT / "scripts" / "quickstart.sh").read_text()
+    cfg = load_config("nanochat-small")
+    r, t = MODERN_RECIPE, cfg.training
+    assert {k: getattr(cfg.model, k) for k in MODERN_SMALL} == MODERN_SMALL
+    assert (t.optimizer, t.learning_rate, t.embedding_lr, t.muon_lr, t.muon_momentum) == (
+        r.optimizer,
+        r.lr,
+        r.embedding_lr,
+        r.muon_lr,
+        r.muon_momentum,
+    )
+    assert ((t.beta1, t.beta2), t.adam_eps, t.warmup_steps, t.weight_decay) == (
+        r.betas,
+        r.eps,
+        r.warmup_steps,
+        r.weight_decay,
+    )
+    assert r.decay == "cosine" and t.min_lr == pytest.approx(r.min_lr_frac * t.learning_rate)

@@ -129,7 +129,7 @@ def _save_tokenizer(path: Path, out: Path, explicit: bool) -> tuple[int | None, 
 def _model_dir(model_path: Path) -> tuple[Path, list[Path]]:
     """The directory to load, and where its tokenizer may be. A run directory (``checkpoints/`` and no
     ``model.json``) gives its best checkpoint, as ``gptrs.generate`` picks it, with the run's tokenizer as
-    a fallback; any other path is loaded as it is (``GPT.from_pretrained`` says what is wrong with it)."""
+    a fallback; any other path is loaded as it is (``load_model`` says what is wrong with it)."""
     if not (model_path / MODEL_JSON).exists() and (model_path / CHECKPOINTS_DIR).is_dir():
         directory = resolve_model_dir(model_path)
         return directory, [directory / TOKENIZER_FILE, model_path / TOKENIZER_FILE]
