@@ -14,7 +14,8 @@ the plain PyTorch call it replaces was measured slow on the CPU; the figures are
   exact type (int8 dynamic quantization).
 - :func:`lm_head_loss` ``(x, weight, targets) -> loss``: LM head + cross-entropy fused and computed in
   chunks of rows, so the (N, vocab) logits and their fp32 copy never exist (``loss.py``; ~3x the
-  plain way on the CPU). Its chunk size comes from one function, ``_chunk_rows(n, vocab, dtype, device)``.
+  plain way on the CPU). The chunk loop and its size per device are in ``chunks.py`` (``chunk_rows``): small
+  chunks in reused buffers on the CPU, a few large ones with no host sync on CUDA (``torch.compile`` traces it).
 """
 
 from __future__ import annotations
