@@ -33,6 +33,9 @@ from gptrs.model.sampling import SamplingParams, sample_with_noise
 SYNC_EVERY = 8  # decode steps between host checks of "has every row finished?"
 MAX_DECODERS = 4  # captured decoders kept per model (each holds a KV cache and a graph's memory pool)
 DISABLE_ENV = "GPTRS_NO_CUDA_GRAPHS"  # set to 1: replay the static step eagerly on CUDA too (debugging)
+# Also torch.compile the step before capturing it (fewer, fused kernels per token; a one-time compile of
+# tens of seconds, so off by default: worth it for long or many generations). benches/bench_gpu.py sets it.
+COMPILE_STEP = os.environ.get("GPTRS_COMPILE_DECODE") == "1"
 
 
 class StaticModel(Protocol):
@@ -102,6 +105,9 @@ class StaticDecoder:
         sampling = params.temperature > 0
         self.noise = torch.rand(B, cfg.vocab_size, device=device) if sampling else None
         self.graph: Any = None
+        self._run = self._step
+        if COMPILE_STEP:
+            self._run = torch.compile(self._step, dynamic=False)
         if device.type == "cuda" and os.environ.get(DISABLE_ENV) != "1":
             self._capture()
 
@@ -136,13 +142,13 @@ class StaticDecoder:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):
-                self._step()
+                self._run()
         torch.cuda.current_stream().wait_stream(stream)
         for t, saved in zip((self.tokens, self.positions, self.slot, self.finished), state, strict=True):
             t.copy_(saved)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self._step()
+            self._run()
         self.graph = graph
 
     # ------------------------------------------------------------------ driving it
@@ -175,7 +181,7 @@ class StaticDecoder:
         if self.graph is not None:
             self.graph.replay()
         else:
-            self._step()
+            self._run()
         return self.tokens
 
 
@@ -200,6 +206,7 @@ def decoder_for(
         params.top_p,
         params.eos_token_id,
         fill_id,
+        COMPILE_STEP,
     )
     per_model = _decoders.setdefault(model, {})
     decoder = per_model.pop(key, None)
