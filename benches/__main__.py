@@ -1,4 +1,4 @@
-"""The benchmark suite: ``python -m benches [tokenizer|data|train|generate|reliability|recipe|all] [--quick]``.
+"""The benchmark suite: ``python -m benches [tokenizer|data|train|generate|reliability|recipe|gpu|all] [--quick]``.
 
 Each suite is a module with ``run(quick: bool) -> dict``; this entry point runs it, prints its table
 (the module's ``print_table(results)`` when it has one) and writes ``benches/results/<suite>.json`` with the
@@ -30,6 +30,7 @@ SUITES = {
     "generate": "benches.bench_generate",
     "reliability": "tests.reliability.reliability",
     "recipe": "benches.bench_recipe",
+    "gpu": "benches.bench_gpu",
 }
 MISSING = 3  # exit status of a suite whose module is not in this checkout
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 from gptrs.model import GPT
 from gptrs.model.kernels import BLOCK_ROWS, block_causal_attention
@@ -148,3 +149,34 @@ def test_decode_step_refuses_a_full_cache() -> None:
         m.hidden_states(torch.ones(1, 40, dtype=torch.long), kv_cache=c)
         with pytest.raises(ValueError, match="KV cache is full"):
             m.decode_step(torch.ones(1, dtype=torch.long), torch.full((1,), 40), c)
+
+
+def test_row_head_follows_its_weight() -> None:
+    """The LM head's transposed copy (generation rows on the CPU) is remade when the weight changes in place
+    or is replaced, and the head stays an nn.Linear everywhere else (gradients, (B, T, C) inputs)."""
+    from gptrs.model.kernels import RowHead
+
+    head = RowHead(8, 20, bias=False)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(head(x), F.linear(x, head.weight))
+        head.weight.mul_(2.0)  # an optimizer step: in place
+        torch.testing.assert_close(head(x), F.linear(x, head.weight))
+        head.weight = nn.Parameter(torch.randn(20, 8))  # replaced (load, tying)
+        torch.testing.assert_close(head(x), F.linear(x, head.weight))
+        assert torch.equal(head(x[:, None])[:, 0], F.linear(x, head.weight))  # 3-D: nn.Linear's own
+    y = head(x.requires_grad_())
+    assert torch.equal(y, F.linear(x, head.weight)) and y.requires_grad
+    assert "_rows_weight" not in head.state_dict() and len(list(head.buffers())) == 0
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_for_small_rows_is_gelu(approximate: str) -> None:
+    from gptrs.model.kernels import gelu
+
+    x = torch.randn(2, 300) * 4
+    with torch.no_grad():
+        torch.testing.assert_close(gelu(x, approximate), F.gelu(x, approximate=approximate))
+        big = torch.randn(4, 5000)
+        assert torch.equal(gelu(big, approximate), F.gelu(big, approximate=approximate))
+    assert torch.backends.mkldnn.enabled  # switched back on after the call

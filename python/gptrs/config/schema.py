@@ -123,7 +123,10 @@ class ModelConfig:
         choices=("sdpa", "reference"),
     )
     gradient_checkpointing: bool = _f(False, "recompute each block's activations in backward to save memory")
-    compile: bool = _f(False, "wrap the model in torch.compile")
+    compile: bool | None = _f(
+        None,
+        "torch.compile the model: null = on CUDA only (one-time compile, faster steps); true/false forces",
+    )
     vocab_size: int | None = _f(
         None, "embedding rows; null takes the tokenizer's vocabulary size", ge=1, le=2**32
     )

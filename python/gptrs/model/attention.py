@@ -71,6 +71,20 @@ class CausalSelfAttention(nn.Module):
         y = self.c_proj(y.view(B, -1))
         return self.resid_dropout(y) if self.training else y
 
+    def decode_static(
+        self, x: Tensor, k_cache: Tensor, v_cache: Tensor, slot: Tensor, mask: Tensor
+    ) -> Tensor:
+        """:meth:`decode` with static shapes, for a captured (CUDA graph) decode step: the new key and value go
+        into slot ``slot`` (a (1,) tensor, not a Python int) of this layer's whole buffers ``k_cache``,
+        ``v_cache`` (B, heads, max_seq_len, head_dim), and the query attends to every slot, ``mask``
+        ((B, 1, 1, max_seq_len) bool) hiding the unused ones and padding."""
+        B = x.size(0)
+        qkv = self.c_attn(x).view(B, 3, self.heads, self.head_dim)
+        k_cache.index_copy_(2, slot, qkv[:, 1, :, None].to(k_cache.dtype))
+        v_cache.index_copy_(2, slot, qkv[:, 2, :, None].to(v_cache.dtype))
+        y = self._attend(qkv[:, 0, :, None], k_cache, v_cache, mask, 0.0)
+        return self.c_proj(y.view(B, -1))
+
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, dropout_p: float) -> Tensor:
         """softmax(q k^T / sqrt(head_dim) + mask) v for q (B, heads, T_q, d) against k, v (B, heads, T_k, d),
         the queries being the last T_q positions."""

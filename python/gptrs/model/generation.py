@@ -11,20 +11,33 @@ each row's positions start at 0 at its first real token and padding is never att
 generates what it would generate alone. Each row stops at ``eos_token_id``; after that its slots are
 filled with ``pad_token_id`` (or the EOS id when the model has none). Generation ends early when every row
 has stopped.
+
+On CUDA the decode steps run by default through ``static_decode.py``: a static KV cache and the one-token
+step captured as a CUDA graph (``static_cache``; the CPU keeps the eager step, faster there).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 
 from gptrs.config import ModelConfig
+from gptrs.model import static_decode
 from gptrs.model.kv_cache import KVCache
+from gptrs.model.sampling import MAX_NEW_TOKENS, SamplingParams, filter_logits, sample_next_token
+
+__all__ = [
+    "MAX_NEW_TOKENS",
+    "LanguageModel",
+    "SamplingParams",
+    "filter_logits",
+    "generate",
+    "generate_stream",
+    "sample_next_token",
+]
 
 
 class LanguageModel(Protocol):
@@ -57,85 +70,6 @@ class LanguageModel(Protocol):
     def eval(self) -> object: ...
 
     def train(self, mode: bool = True) -> object: ...
-
-
-# The token history is preallocated (prompt + max_new_tokens per row, int64), so an absurd request must be
-# refused before that allocation: 2^24 tokens is 128 MiB per row, and days of decoding on any machine.
-MAX_NEW_TOKENS = 1 << 24
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How to pick the new tokens and when to stop; checked on construction (ValueError naming the field).
-
-    max_new_tokens: how many tokens to add at most (0 returns the prompt).
-    temperature: 0 = greedy (argmax); else the logits are divided by it before sampling.
-    top_k >= 1 and top_p in (0, 1] filter the distribution before sampling (see :func:`sample_next_token`).
-    eos_token_id: a row stops once it has generated this token.
-    seed: makes sampling reproducible (a private generator; the global RNG is left alone).
-    """
-
-    max_new_tokens: int
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    eos_token_id: int | None = None
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}")
-        if self.max_new_tokens > MAX_NEW_TOKENS:
-            raise ValueError(
-                f"max_new_tokens must be at most {MAX_NEW_TOKENS:,}, got {self.max_new_tokens:,}"
-            )
-        if not _is_number(self.temperature) or not self.temperature >= 0:
-            raise ValueError(f"temperature must be a number >= 0, got {self.temperature!r}")
-        if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
-            raise ValueError(f"top_k must be an integer >= 1, got {self.top_k!r}")
-        if self.top_p is not None and (not _is_number(self.top_p) or not 0 < self.top_p <= 1):
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if self.eos_token_id is not None and not _is_int(self.eos_token_id):
-            raise ValueError(f"eos_token_id must be an integer, got {self.eos_token_id!r}")
-        if self.seed is not None and not _is_int(self.seed):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
-
-
-def sample_next_token(
-    logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Pick one token per row from logits (B, vocab). Temperature 0 is greedy (argmax; top-k/p unused).
-
-    top_k keeps the k most likely tokens; top_p keeps the smallest set of most likely tokens whose
-    probability sums to at least p (nucleus sampling). Both may be combined (top-k first).
-    """
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = F.softmax(sorted_logits, dim=-1)
-        # Drop a token when the tokens before it already reach top_p; the most likely one always stays.
-        drop = probs.cumsum(dim=-1) - probs >= top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
 
 def _prepare(
@@ -171,6 +105,17 @@ def _prepare(
     return input_ids, mask
 
 
+def _static(model: LanguageModel, device: torch.device, use_cache: bool, static_cache: bool | None) -> bool:
+    """Whether to decode with the static (CUDA-graph) step: by default on CUDA, when the model has one."""
+    if static_cache is None:
+        return use_cache and device.type == "cuda" and static_decode.supported(model)
+    if static_cache and not use_cache:
+        raise ValueError("static_cache=True needs use_cache=True")
+    if static_cache and not static_decode.supported(model):
+        raise ValueError(f"{type(model).__name__} has no static decode step (static_cache=True)")
+    return static_cache
+
+
 @torch.no_grad()
 def generate_stream(
     model: LanguageModel,
@@ -179,10 +124,12 @@ def generate_stream(
     *,
     attention_mask: torch.Tensor | None = None,
     use_cache: bool = True,
+    static_cache: bool | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the new tokens of every step as a LongTensor of shape (B,), B = number of prompts (1 for a
     1-D prompt). Rows that have stopped at EOS yield the fill id (``pad_token_id``, else EOS). Stops after
-    ``params.max_new_tokens`` steps or when every row has stopped. Arguments as in :func:`generate`."""
+    ``params.max_new_tokens`` steps or when every row has stopped. Arguments as in :func:`generate`; with
+    the static step, tokens come in small blocks (``static_decode.SYNC_EVERY``) after one host sync each."""
     ids, mask = _prepare(model, input_ids, attention_mask)
     ctx = model.config.max_seq_len
     B, T0 = ids.shape
@@ -209,7 +156,27 @@ def generate_stream(
         cache = model.new_kv_cache(B) if use_cache else None
         next_pos: torch.Tensor | None = None  # per-row position of the next token (cache path)
         n = T0
-        for _ in range(max_new):
+        if _static(model, device, use_cache, static_cache) and T0 <= ctx and max_new > 0:
+            # The static, graph-captured decode step while the context has room; the eager loop below
+            # takes over once the window has to slide (a fresh cache: it starts with a prefill).
+            prompt_mask = valid[:, :T0] if valid is not None else None
+            steps = min(max_new, ctx - T0 + 1)
+            for token in static_decode.decode(
+                model,  # type: ignore[arg-type]
+                ids,
+                prompt_mask,
+                params,
+                steps=steps,
+                fill_id=fill_id,
+                finished=finished,
+                generator=generator,
+            ):
+                seq[:, n] = token
+                n += 1
+                yield token
+            if eos_id is not None and bool(finished.all()):
+                return
+        for _ in range(max_new - (n - T0)):
             start = max(0, n - ctx)
             window_mask = valid[:, start:n] if valid is not None else None
             if cache is None or cache.pos == 0 or cache.full:
@@ -251,6 +218,7 @@ def generate(
     *,
     attention_mask: torch.Tensor | None = None,
     use_cache: bool = True,
+    static_cache: bool | None = None,
 ) -> torch.Tensor:
     """Continue each prompt by up to ``params.max_new_tokens`` tokens; return (B, T + new) token ids.
 
@@ -258,11 +226,18 @@ def generate(
     (B, T) of 1 for tokens and 0 for padding. The result starts with the prompt as given (uncropped) and
     has fewer than ``max_new_tokens`` new columns when every row stopped at EOS early.
     use_cache=False recomputes the whole window each step (slow; the reference the cache is tested on).
+    static_cache: decode with the static step of ``static_decode.py`` (captured as a CUDA graph on CUDA)
+    while the context has room; None (default) = on CUDA only. Its greedy tokens equal the eager path's;
+    its samples come from the same distribution, drawn differently (the same seed, other tokens).
     """
     ids = input_ids if isinstance(input_ids, torch.Tensor) else torch.as_tensor(input_ids, dtype=torch.long)
     if ids.dim() == 1:
         ids = ids[None]
-    new = list(generate_stream(model, ids, params, attention_mask=attention_mask, use_cache=use_cache))
+    new = list(
+        generate_stream(
+            model, ids, params, attention_mask=attention_mask, use_cache=use_cache, static_cache=static_cache
+        )
+    )
     if not new:
         return ids.long()
     return torch.cat([ids.long(), torch.stack(new, dim=1)], dim=1)

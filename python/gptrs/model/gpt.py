@@ -20,14 +20,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from gptrs.config import Config, ModelConfig, check_model
 from gptrs.errors import ConfigError
-from gptrs.model import generation, serialization
+from gptrs.model import generation, kernels, serialization
 from gptrs.model.attention import CausalSelfAttention
-from gptrs.model.kernels import IGNORE_INDEX, Linear, lm_head_loss
+from gptrs.model.kernels import IGNORE_INDEX, Linear, RowHead, lm_head_loss
 from gptrs.model.kv_cache import KVCache, build_attention_mask
 
 ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}  # model.activation -> nn.GELU(approximate=...)
@@ -45,7 +45,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.c_fc(x)
-        x = self.gelu(x)
+        x = kernels.gelu(x, self.gelu.approximate)  # = self.gelu(x), faster for a decode step's rows
         x = self.c_proj(x)
         x = self.dropout(x)
         return x
@@ -74,7 +74,14 @@ class Block(nn.Module):
         if self.training:  # dropout is active: take the ordinary path
             return x + self.mlp(self.ln_2(x))
         m = self.mlp
-        return x + m.c_proj(m.gelu(m.c_fc(self.ln_2(x))))  # fewer module calls than self.mlp (dropout is off)
+        h = kernels.gelu(m.c_fc(self.ln_2(x)), m.gelu.approximate)  # fewer module calls than self.mlp
+        return x + m.c_proj(h)
+
+    def decode_static(self, x: Tensor, kv: tuple[Tensor, Tensor], slot: Tensor, mask: Tensor) -> Tensor:
+        """:meth:`decode` with static shapes (see ``CausalSelfAttention.decode_static``); eval mode only."""
+        x = x + self.attn.decode_static(self.ln_1(x), kv[0], kv[1], slot, mask)
+        m = self.mlp
+        return x + m.c_proj(kernels.gelu(m.c_fc(self.ln_2(x)), m.gelu.approximate))
 
 
 class Trunk(nn.Module):
@@ -132,7 +139,7 @@ class GPT(nn.Module):
         self.residual_in_autocast_dtype = True  # keep the residual stream in bf16/fp16 under autocast
 
         self.transformer = Trunk(cfg)
-        self.lm_head = nn.Linear(embed_dim, vocab_size, bias=False)
+        self.lm_head = RowHead(embed_dim, vocab_size, bias=False)  # nn.Linear; faster rows for decoding
         self.lm_head.weight = self.transformer.wte.weight  # weight tying (Press & Wolf, 2017)
 
         # GPT-2 initialisation: N(0, 0.02) everywhere; the projections that write into the residual stream
@@ -301,6 +308,20 @@ class GPT(nn.Module):
         kv_cache.advance(1)
         return self.lm_head(self.transformer.ln_f(x))
 
+    def decode_step_static(
+        self, tokens: Tensor, positions: Tensor, kv_cache: KVCache, slot: Tensor, mask: Tensor
+    ) -> Tensor:
+        """:meth:`decode_step` with static shapes and no Python-side state, for a decode step captured as a
+        CUDA graph (``static_decode.py``): the new keys/values go into slot ``slot`` ((1,) tensor) of the
+        cache's preallocated buffers (filled up to it by a prefill), every query attends to all
+        ``max_seq_len`` slots under ``mask`` ((B, 1, 1, max_seq_len) bool). The cache's ``pos`` is not
+        advanced: the caller owns ``slot``. Eval mode only (no dropout)."""
+        x = self._embed(tokens, positions)
+        for block, kv in zip(self.transformer.h, kv_cache.layers, strict=True):
+            assert isinstance(block, Block)
+            x = block.decode_static(x, kv, slot, mask)
+        return self.lm_head(self.transformer.ln_f(x))
+
     def new_kv_cache(self, batch_size: int) -> KVCache:
         """An empty KV cache for ``batch_size`` rows and the full context."""
         c = self._cfg
@@ -355,15 +376,22 @@ class GPT(nn.Module):
         *sampling: Any,
         attention_mask: torch.Tensor | None = None,
         use_cache: bool = True,
+        static_cache: bool | None = None,
         **sampling_kw: Any,
     ) -> torch.Tensor:
         """Continue each prompt: ``generate(input_ids, max_new_tokens, temperature=1.0, top_k=None,
-        top_p=None, eos_token_id=None, seed=None, attention_mask=None, use_cache=True)``; the sampling
+        top_p=None, eos_token_id=None, seed=None, attention_mask=None, use_cache=True, static_cache=None)``;
+        the sampling
         arguments make a :class:`~gptrs.model.generation.SamplingParams`. See
         :func:`gptrs.model.generation.generate`."""
         params = generation.SamplingParams(*sampling, **sampling_kw)
         return generation.generate(
-            self, input_ids, params, attention_mask=attention_mask, use_cache=use_cache
+            self,
+            input_ids,
+            params,
+            attention_mask=attention_mask,
+            use_cache=use_cache,
+            static_cache=static_cache,
         )
 
     def generate_stream(
@@ -372,13 +400,19 @@ class GPT(nn.Module):
         *sampling: Any,
         attention_mask: torch.Tensor | None = None,
         use_cache: bool = True,
+        static_cache: bool | None = None,
         **sampling_kw: Any,
     ) -> Iterator[torch.Tensor]:
         """Yield each step's new tokens as a (B,) LongTensor; arguments as in :meth:`generate`. See
         :func:`gptrs.model.generation.generate_stream`."""
         params = generation.SamplingParams(*sampling, **sampling_kw)
         return generation.generate_stream(
-            self, input_ids, params, attention_mask=attention_mask, use_cache=use_cache
+            self,
+            input_ids,
+            params,
+            attention_mask=attention_mask,
+            use_cache=use_cache,
+            static_cache=static_cache,
         )
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> None:

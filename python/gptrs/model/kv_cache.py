@@ -64,6 +64,13 @@ class KVCache:
 
     # ------------------------------------------------------------------ keys and values
 
+    def allocate(self, dtype: torch.dtype, device: torch.device) -> None:
+        """Allocate the buffers now (else the first :meth:`update` does, in the dtype the layers produce):
+        a captured decode step needs them to exist, and to stay, before the first prefill."""
+        self.k = torch.zeros(self.shape, dtype=dtype, device=device)
+        self.v = torch.zeros(self.shape, dtype=dtype, device=device)
+        self.layers = list(zip(self.k.unbind(0), self.v.unbind(0), strict=True))
+
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write this pass's keys/values (B, heads, T, head_dim) of one layer after the cached ones; return
         views of all of them, (B, heads, pos + T, head_dim)."""
@@ -73,10 +80,8 @@ class KVCache:
             raise RuntimeError(f"KV cache overflow: {end} positions > max_seq_len {self.max_seq_len}")
         if self.k is None or self.k.dtype != k.dtype or self.k.device != k.device:
             # Allocated lazily so the buffers take the dtype the layers actually produce (bf16 under autocast).
-            self.k = torch.zeros(self.shape, dtype=k.dtype, device=k.device)
-            self.v = torch.zeros(self.shape, dtype=v.dtype, device=v.device)
-            self.layers = list(zip(self.k.unbind(0), self.v.unbind(0), strict=True))
-        assert self.v is not None
+            self.allocate(k.dtype, k.device)
+        assert self.k is not None and self.v is not None
         self.k[layer, :, :, self.pos : end] = k
         self.v[layer, :, :, self.pos : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]

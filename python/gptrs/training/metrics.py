@@ -213,6 +213,10 @@ class RunLog:
         self._time, self._step, self._tokens = now, step, tokens
         return record
 
+    def exclude_time(self, seconds: float) -> None:
+        """Leave ``seconds`` (an evaluation, a checkpoint write) out of the next record's throughput."""
+        self._time += seconds
+
     def eval(self, record: dict[str, Any], *, keep: bool = True) -> None:
         """Show an evaluation record; with ``keep``, add it to the history and the sinks too."""
         if keep:

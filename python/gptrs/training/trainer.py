@@ -39,6 +39,7 @@ from gptrs.files import METRICS_FILE
 from gptrs.host_memory import tune_host_allocator
 from gptrs.training import checkpoint as ckpt
 from gptrs.training import state
+from gptrs.training.compile import Pause, compile_model, should_compile
 from gptrs.training.distributed import all_reduce_mean, any_rank, barrier, joined_dist_info, resolve_device
 from gptrs.training.losses import evaluate, loss_of, split_batch, to_device
 from gptrs.training.lr_schedule import WarmupCosine, total_steps
@@ -174,9 +175,12 @@ class Trainer:
                     self._log(run, lr, grad_norm)
                 improved = False
                 eval_due = c.step % tc.eval_interval == 0 or c.step == run.max_steps
-                if run.eval_loader is not None and eval_due:
-                    improved = self._evaluate_and_track(run)
-                if self._checkpoint(run, improved):
+                with Pause() as pause:  # not a training step: left out of the next log line's throughput
+                    if run.eval_loader is not None and eval_due:
+                        improved = self._evaluate_and_track(run)
+                    final = self._checkpoint(run, improved)
+                run.metrics.exclude_time(pause.seconds)
+                if final:
                     break
         finally:
             run.metrics.bar.close()
@@ -464,8 +468,8 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = DDP(model, device_ids=ids)
-        if self.config.model.compile:
-            model = torch.compile(model)  # type: ignore[assignment]
+        if should_compile(self.config.model.compile, self.device):
+            model = compile_model(model, log)
             if not self.dist.is_distributed:  # evaluation runs unwrapped: reuse the compiled model there
                 self._eval_model = model
         return model

@@ -12,29 +12,63 @@ the plain PyTorch call it replaces was measured slow on the CPU; the figures are
   in a separate pass over the output (``linear.py``; 2-4% per training step). Same parameters and
   state_dict as ``nn.Linear``; :func:`as_plain_linears` turns them back for tools that match ``nn.Linear`` by
   exact type (int8 dynamic quantization).
+- :class:`RowHead`: ``nn.Linear`` for the LM head; rows (B, C) without gradients on the CPU in fp32 (every
+  generation step) multiply a kept transposed copy of the weight, which MKL's one-row GEMM streams ~2.5x
+  faster out of cache (``linear.py``).
+- :func:`gelu` ``(x, approximate) -> y``: GELU; small fp32 inputs without gradients on the CPU (decode
+  steps) run ATen's own kernel instead of oneDNN's, whose GELU costs ~45 us per call whatever the size
+  (~55 us against ~11 us for a 1536-wide row on an AVX2 AMD EPYC; 4-8% of a small model's decode step).
 - :func:`lm_head_loss` ``(x, weight, targets) -> loss``: LM head + cross-entropy fused and computed in
   chunks of rows, so the (N, vocab) logits and their fp32 copy never exist (``loss.py``; ~3x the
-  plain way on the CPU). Its chunk size comes from one function, ``_chunk_rows(n, vocab, dtype, device)``.
+  plain way on the CPU). The chunk loop and its size per device are in ``chunks.py`` (``chunk_rows``): small
+  chunks in reused buffers on the CPU, a few large ones with no host sync on CUDA (``torch.compile`` traces it).
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from gptrs.model.kernels.block_causal import BLOCK_ROWS, block_causal_attention
-from gptrs.model.kernels.linear import Linear, as_plain_linears
+from gptrs.model.kernels.linear import Linear, RowHead, as_plain_linears
 from gptrs.model.kernels.loss import IGNORE_INDEX, lm_head_loss
 
 __all__ = [
     "BLOCK_ROWS",
     "IGNORE_INDEX",
     "Linear",
+    "RowHead",
     "as_plain_linears",
     "block_causal_attention",
     "causal_attention",
+    "gelu",
     "lm_head_loss",
 ]
+
+
+SMALL_GELU = 1 << 14  # elements: below this, oneDNN's per-call setup is most of a GELU's cost
+
+
+def gelu(x: Tensor, approximate: str = "none") -> Tensor:
+    """``F.gelu(x, approximate=...)`` (what ``nn.GELU`` computes). A small fp32 input on the CPU without
+    gradients (a decode step's rows) runs ATen's own vectorized kernel, with oneDNN switched off for the
+    call: oneDNN's GELU has a fixed per-call cost (~55 us against ~11 us for a 1536-wide row on an AVX2
+    AMD EPYC). The same function to within an ulp, and the same kernel for the same small input whichever
+    path (decode step or full forward) computes it."""
+    if (
+        x.numel() > SMALL_GELU
+        or x.device.type != "cpu"
+        or x.dtype != torch.float32
+        or torch.is_grad_enabled()
+        or not torch._C._get_mkldnn_enabled()
+    ):
+        return F.gelu(x, approximate=approximate)
+    torch._C._set_mkldnn_enabled(False)
+    try:
+        return F.gelu(x, approximate=approximate)
+    finally:
+        torch._C._set_mkldnn_enabled(True)
 
 
 def causal_attention(qkv: Tensor, heads: int, dropout_p: float = 0.0) -> Tensor:

@@ -83,11 +83,42 @@ class Linear(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
+class RowHead(nn.Linear):
+    """``nn.Linear`` for the LM head, which multiplies rows (B, C) without gradients on the CPU in fp32
+    (generation: the last position of a prefill, each decode step) by a kept transposed copy of its
+    weight, (C, vocab) contiguous. MKL's one-row GEMM streams that layout faster than the (vocab, C)
+    one once the weight is out of cache (vocab 8192 x 384, AVX2 AMD EPYC: 0.7 ms instead of 1.8 ms alone;
+    ~8% of a 6-layer decode step). Every generation path goes through it, so the cached and the recompute
+    paths stay equal bitwise. Anything else (training, (B, T, C) inputs, other devices and dtypes) is
+    ``nn.Linear``'s own forward. The copy is remade when the weight changes (its storage or its in-place
+    version counter); it is not a buffer: never saved, moved or counted."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight
+        if (
+            x.dim() != 2
+            or torch.is_grad_enabled()
+            or x.device.type != "cpu"
+            or x.dtype != torch.float32
+            or w.dtype != torch.float32
+            or self.bias is not None
+        ):
+            return F.linear(x, w, self.bias)
+        key = (w.data_ptr(), w._version, tuple(w.shape))
+        cached = self.__dict__.get("_rows_weight")
+        if cached is None or cached[0] != key:
+            # The detached weight keeps its storage alive, so no new tensor can take its address while cached.
+            cached = (key, w.detach().t().contiguous(), w.detach())
+            self.__dict__["_rows_weight"] = cached
+        out: Tensor = x @ cached[1]
+        return out
+
+
 def as_plain_linears(model: nn.Module) -> nn.Module:
     """Turn every :class:`Linear` of ``model`` back into ``nn.Linear``, in place (same parameters), and return
     the model: for tools that match layers by their exact type, such as ``torch.ao.quantization
     .quantize_dynamic(model, {nn.Linear})``, which would otherwise leave these layers in float."""
     for module in model.modules():
-        if type(module) is Linear:
+        if type(module) in (Linear, RowHead):
             module.__class__ = nn.Linear  # type: ignore[assignment]  # same layout: Linear adds no state
     return model

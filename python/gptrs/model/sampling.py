@@ -1,0 +1,115 @@
+"""Sampling: the parameters of a generation request and how one token per row is picked from logits.
+
+``sample_next_token`` is the eager path's pick (``torch.multinomial``); :func:`filter_logits` (temperature,
+top-k, top-p) is shared with the static decode step (``static_decode.py``), which picks on the device with
+noise drawn outside its captured graph (:func:`sample_with_noise`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+# The token history is preallocated (prompt + max_new_tokens per row, int64), so an absurd request must be
+# refused before that allocation: 2^24 tokens is 128 MiB per row, and days of decoding on any machine.
+MAX_NEW_TOKENS = 1 << 24
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick the new tokens and when to stop; checked on construction (ValueError naming the field).
+
+    max_new_tokens: how many tokens to add at most (0 returns the prompt).
+    temperature: 0 = greedy (argmax); else the logits are divided by it before sampling.
+    top_k >= 1 and top_p in (0, 1] filter the distribution before sampling (see :func:`sample_next_token`).
+    eos_token_id: a row stops once it has generated this token.
+    seed: makes sampling reproducible (a private generator; the global RNG is left alone).
+    """
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    eos_token_id: int | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}")
+        if self.max_new_tokens > MAX_NEW_TOKENS:
+            raise ValueError(
+                f"max_new_tokens must be at most {MAX_NEW_TOKENS:,}, got {self.max_new_tokens:,}"
+            )
+        if not _is_number(self.temperature) or not self.temperature >= 0:
+            raise ValueError(f"temperature must be a number >= 0, got {self.temperature!r}")
+        if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
+            raise ValueError(f"top_k must be an integer >= 1, got {self.top_k!r}")
+        if self.top_p is not None and (not _is_number(self.top_p) or not 0 < self.top_p <= 1):
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.eos_token_id is not None and not _is_int(self.eos_token_id):
+            raise ValueError(f"eos_token_id must be an integer, got {self.eos_token_id!r}")
+        if self.seed is not None and not _is_int(self.seed):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+
+
+def filter_logits(
+    logits: torch.Tensor, temperature: float, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
+    """fp32 logits (B, vocab) divided by ``temperature`` (> 0), with the tokens top-k and top-p drop set to
+    -inf. top_k keeps the k most likely tokens; top_p keeps the smallest set of most likely tokens whose
+    probability sums to at least p (nucleus sampling); both may be combined (top-k first). Static shapes
+    only (no host sync), so a captured decode step can run it."""
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = F.softmax(sorted_logits, dim=-1)
+        # Drop a token when the tokens before it already reach top_p; the most likely one always stays.
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+def sample_next_token(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick one token per row from logits (B, vocab). Temperature 0 is greedy (argmax; top-k/p unused);
+    else a draw from the softmax of :func:`filter_logits` (``torch.multinomial``)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = F.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+def sample_with_noise(
+    logits: torch.Tensor,
+    noise: torch.Tensor,
+    temperature: float,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> torch.Tensor:
+    """A draw from the same distribution as :func:`sample_next_token`, given ``noise`` (B, vocab) uniform
+    in [0, 1) drawn beforehand: ``argmax(p / E)`` with ``E = -log(noise)`` exponential (the Gumbel-max
+    trick in the exponential form), so the step itself has no random op and can be captured in a graph
+    while the caller's generator makes the noise. Temperature 0 is greedy (the noise is unused)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = F.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
+    return (probs / -noise.log()).argmax(dim=-1)

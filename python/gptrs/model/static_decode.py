@@ -1,0 +1,256 @@
+"""Decoding with static shapes: a one-token step whose every input is a tensor, captured once as a CUDA graph.
+
+On a GPU the eager decode step is bound by launching its few hundred small kernels from Python, not by the
+GPU (GPT-2 124M, batch 1: ~2% of what reading the weights allows). Here the step has no Python-side state
+that changes from one token to the next: the KV cache is preallocated to ``max_seq_len``
+(``KVCache`` buffers), the write slot, the per-row positions, the last tokens and the finished flags are
+device tensors updated in place, attention covers all ``max_seq_len`` slots under a mask that hides the
+unused ones, and the next token is picked on the device (greedy, or a draw from the temperature/top-k/top-p
+distribution given noise made outside the step: ``sampling.sample_with_noise``). Such a step can be
+captured by ``torch.cuda.graph`` once per batch size and sampling setup and then replayed: one launch per
+token. Rows that have finished keep producing the fill id without any host-side branch; the host checks
+whether every row is done every :data:`SYNC_EVERY` steps only.
+
+The same code runs eagerly on the CPU (the capture is guarded by the device type), where tests check it
+against the eager path (``generation.py``); CPU generation keeps the eager path by default, which attends
+to the cached keys only and so does less work per token there.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from gptrs.config import ModelConfig
+from gptrs.model.kv_cache import KVCache
+from gptrs.model.sampling import SamplingParams, sample_with_noise
+
+SYNC_EVERY = 8  # decode steps between host checks of "has every row finished?"
+MAX_DECODERS = 4  # captured decoders kept per model (each holds a KV cache and a graph's memory pool)
+DISABLE_ENV = "GPTRS_NO_CUDA_GRAPHS"  # set to 1: replay the static step eagerly on CUDA too (debugging)
+# Also torch.compile the step before capturing it (fewer, fused kernels per token; a one-time compile of
+# tens of seconds, so off by default: worth it for long or many generations). benches/bench_gpu.py sets it.
+COMPILE_STEP = os.environ.get("GPTRS_COMPILE_DECODE") == "1"
+
+
+class StaticModel(Protocol):
+    """What static decoding needs of a model (``GPT`` has it)."""
+
+    pad_token_id: int | None
+
+    @property
+    def config(self) -> ModelConfig: ...
+
+    def lm_head(self, x: Tensor) -> Tensor: ...
+
+    def new_kv_cache(self, batch_size: int) -> KVCache: ...
+
+    def hidden_states(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        *,
+        kv_cache: KVCache | None = None,
+        position_ids: Tensor | None = None,
+    ) -> Tensor: ...
+
+    def decode_step_static(
+        self, tokens: Tensor, positions: Tensor, kv_cache: KVCache, slot: Tensor, mask: Tensor
+    ) -> Tensor: ...
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]: ...
+
+
+def supported(model: object) -> bool:
+    """Whether ``model`` has a static decode step."""
+    return hasattr(model, "decode_step_static")
+
+
+def _compute_dtype(model: StaticModel, device: torch.device) -> torch.dtype:
+    """The dtype the layers produce keys in: the autocast dtype when autocast is on, else the weights'."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return next(model.parameters()).dtype
+
+
+class StaticDecoder:
+    """Static buffers for ``batch_size`` rows of one model and one sampling setup, the step that works on
+    them, and (on CUDA) that step captured as a graph.
+
+    ``start(prompt, mask)`` prefills the cache and returns the first new token per row; each ``step()``
+    then returns the next one (the same (B,) tensor, overwritten: clone what you keep). A step writes slot
+    ``slot`` of the cache, so at most ``max_seq_len - prompt length`` steps follow a start."""
+
+    def __init__(self, model: StaticModel, batch_size: int, params: SamplingParams, fill_id: int | None,
+                 device: torch.device) -> None:  # fmt: skip
+        cfg = model.config
+        assert cfg.vocab_size is not None
+        self.model, self.params, self.fill_id = model, params, fill_id
+        self.max_seq_len = S = cfg.max_seq_len
+        B, dtype = batch_size, _compute_dtype(model, device)
+        self.cache = model.new_kv_cache(B)
+        self.cache.allocate(dtype, device)
+        self.key_valid = torch.ones(B, S, dtype=torch.bool, device=device)  # prompt padding: False
+        self.cache.key_valid = self.key_valid  # the prefill (KVCache.mask) writes into it in place
+        self.slots = torch.arange(S, device=device)
+        self.slot = torch.zeros(1, dtype=torch.long, device=device)  # the cache slot the next step writes
+        self.tokens = torch.zeros(B, dtype=torch.long, device=device)  # the last token of each row
+        self.positions = torch.zeros(B, dtype=torch.long, device=device)  # its position in its row
+        self.finished = torch.zeros(B, dtype=torch.bool, device=device)
+        sampling = params.temperature > 0
+        self.noise = torch.rand(B, cfg.vocab_size, device=device) if sampling else None
+        self.graph: Any = None
+        self._run = self._step
+        if COMPILE_STEP:
+            self._run = torch.compile(self._step, dynamic=False)
+        if device.type == "cuda" and os.environ.get(DISABLE_ENV) != "1":
+            self._capture()
+
+    # ------------------------------------------------------------------ the step
+
+    def _pick(self, logits: Tensor) -> Tensor:
+        """The next token of every row, on the device: greedy or sampled, the fill id for finished rows."""
+        p = self.params
+        if self.noise is None:
+            token = logits.argmax(dim=-1)
+        else:
+            token = sample_with_noise(logits, self.noise, p.temperature, p.top_k, p.top_p)
+        if p.eos_token_id is not None:
+            if self.fill_id is not None:
+                token = token.masked_fill(self.finished, self.fill_id)
+            self.finished.logical_or_(token == p.eos_token_id)
+        return token
+
+    def _step(self) -> None:
+        """One token per row, every shape static and every state update in place (what a graph captures)."""
+        mask = (self.key_valid & (self.slots <= self.slot))[:, None, None, :]
+        logits = self.model.decode_step_static(self.tokens, self.positions, self.cache, self.slot, mask)
+        self.tokens.copy_(self._pick(logits))
+        self.positions.add_(1)
+        self.slot.add_(1)
+
+    def _capture(self) -> None:
+        """Warm the step up on a side stream (cuBLAS handles, workspaces), then capture it. The warm-up
+        writes cache slots 0 and 1 of an empty cache, which every prefill overwrites."""
+        state = [t.clone() for t in (self.tokens, self.positions, self.slot, self.finished)]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._run()
+        torch.cuda.current_stream().wait_stream(stream)
+        for t, saved in zip((self.tokens, self.positions, self.slot, self.finished), state, strict=True):
+            t.copy_(saved)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._run()
+        self.graph = graph
+
+    # ------------------------------------------------------------------ driving it
+
+    def _draw_noise(self, generator: torch.Generator | None) -> None:
+        if self.noise is not None:  # outside the graph: the caller's generator, one kernel
+            self.noise.uniform_(generator=generator)
+
+    def start(self, prompt: Tensor, mask: Tensor | None, generator: torch.Generator | None) -> Tensor:
+        """Prefill with ``prompt`` (B, T) (left padded where ``mask`` (B, T) is False) and return the first
+        new token of every row: the eager path's prefill, then the on-device pick."""
+        T = prompt.size(1)
+        buffers = (self.cache.k, self.cache.v)
+        self.cache.reset()
+        pos_ids = None if mask is not None else torch.arange(T, device=prompt.device)[None]
+        h = self.model.hidden_states(prompt, mask, kv_cache=self.cache, position_ids=pos_ids)
+        assert self.cache.k is buffers[0] and self.cache.v is buffers[1], "KV cache reallocated under a graph"
+        assert self.cache.key_valid is self.key_valid
+        self.key_valid[:, T:] = True  # a longer, padded prompt of an earlier call may have left False
+        self.finished.zero_()
+        self.positions.copy_(mask.sum(1) if mask is not None else torch.full_like(self.positions, T))
+        self.slot.fill_(T)
+        self._draw_noise(generator)
+        self.tokens.copy_(self._pick(self.model.lm_head(h[:, -1])))
+        return self.tokens
+
+    def step(self, generator: torch.Generator | None) -> Tensor:
+        """The next token of every row (the graph's replay on CUDA, the same step run eagerly elsewhere)."""
+        self._draw_noise(generator)
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._run()
+        return self.tokens
+
+
+_decoders: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], StaticDecoder]] = weakref.WeakKeyDictionary()
+
+
+def decoder_for(
+    model: StaticModel, batch_size: int, params: SamplingParams, fill_id: int | None, device: torch.device
+) -> StaticDecoder:
+    """The model's decoder for this batch size and sampling setup, built (and on CUDA captured) on first use
+    and kept (the newest :data:`MAX_DECODERS` per model). The key holds everything a captured graph bakes
+    in: the weights' storage, dtypes, autocast, and the sampling constants."""
+    first = next(model.parameters())
+    key = (
+        batch_size,
+        str(device),
+        first.dtype,
+        first.data_ptr(),
+        torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type),
+        params.temperature,
+        params.top_k,
+        params.top_p,
+        params.eos_token_id,
+        fill_id,
+        COMPILE_STEP,
+    )
+    per_model = _decoders.setdefault(model, {})
+    decoder = per_model.pop(key, None)
+    if decoder is None:
+        decoder = StaticDecoder(model, batch_size, params, fill_id, device)
+        while len(per_model) >= MAX_DECODERS:
+            per_model.pop(next(iter(per_model)))
+    per_model[key] = decoder  # newest last
+    return decoder
+
+
+def decode(
+    model: StaticModel,
+    prompt: Tensor,
+    mask: Tensor | None,
+    params: SamplingParams,
+    *,
+    steps: int,
+    fill_id: int | None,
+    finished: Tensor,
+    generator: torch.Generator | None,
+) -> Iterator[Tensor]:
+    """Yield up to ``steps`` new tokens per row ((B,) tensors) after ``prompt`` (B, T), T + steps - 1 <=
+    max_seq_len, stopping after the step at which every row has finished (``finished`` (B,) is updated in
+    place, as the eager loop does). Tokens come out in blocks of :data:`SYNC_EVERY`, after one host sync."""
+    eos = params.eos_token_id
+    decoder = decoder_for(model, prompt.size(0), params, fill_id, prompt.device)
+    block = [decoder.start(prompt, mask, generator).clone()]
+    done_before = finished.clone()
+    for i in range(1, steps + 1):
+        if len(block) == SYNC_EVERY or i == steps:
+            tokens = torch.stack(block, dim=1)  # (B, k)
+            block = []
+            if eos is None:
+                yield from tokens.unbind(1)
+            else:
+                done = done_before[:, None] | (tokens == eos).cummax(dim=1).values  # done after each column
+                all_done = done.all(dim=0)
+                stop = int(all_done.float().argmax()) if bool(all_done.any()) else None  # the host sync
+                cut = tokens.size(1) if stop is None else stop + 1
+                finished.copy_(done[:, cut - 1])
+                done_before = finished.clone()
+                yield from tokens[:, :cut].unbind(1)
+                if stop is not None:
+                    return
+        if i < steps:
+            block.append(decoder.step(generator).clone())
