@@ -227,7 +227,9 @@ class NanoChat(nn.Module):
             logit_softcap=None if logit_softcap is None else float(logit_softcap),
         )
         self.pad_token_id = pad_token_id
-        self.compile_requested: bool | None = None  # model.compile as configured (the trainer does the compiling)
+        self.compile_requested: bool | None = (
+            None  # model.compile as configured (the trainer does the compiling)
+        )
         self.max_seq_len = max_seq_len
         self.logit_softcap = self.arch.logit_softcap
         self.gradient_checkpointing = gradient_checkpointing
