@@ -351,3 +351,44 @@ def test_interactive_settings_and_bounded_set(capsys: pytest.CaptureFixture[str]
     assert (
         capsys.readouterr().err.strip() == "max_new_tokens=200 temperature=0.8 top_k=50 top_p=none seed=none"
     )
+
+
+def test_a_run_names_its_files_and_the_next_commands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each checkpoint and loss.png write is logged; the closing lines name the run directory and the generate,
+    export and resume commands with its real path, and those commands work as printed."""
+    import shlex
+
+    out = tmp_path / "my run"  # a space: the printed commands must quote it
+    argv = ["--out", str(out), "--device", "cpu", *sets("training.sample_tokens=0")]
+    assert train_cli.main([*argv, "--max-steps", "3"]) == 0
+    captured = capsys.readouterr()
+    assert f"saved checkpoint {out / 'checkpoints' / 'last'} (step 3)" in captured.err
+    assert f"saved checkpoint {out / 'checkpoints' / 'best'} (step 3)" in captured.err
+    assert f"wrote the loss curves to {out / 'loss.png'}" in captured.err
+    lines = captured.out.splitlines()
+    assert f"run directory: {out} (checkpoints in {out / 'checkpoints'}, metrics.jsonl, loss.png)" in lines
+    commands = {
+        line.split()[2]: shlex.split(line.split("   #")[0])
+        for line in lines
+        if line.startswith("  python -m gptrs.")
+    }
+    assert sorted(commands) == ["gptrs.export", "gptrs.generate", "gptrs.train"]
+    assert commands["gptrs.generate"][3:5] == ["--model-path", str(out)]
+    assert commands["gptrs.export"][3:] == [
+        "--model-path",
+        str(out),
+        "--format",
+        "hf",
+        "--out",
+        str(out / "hf"),
+    ]
+    assert commands["gptrs.train"][3:] == ["--out", str(out), "--resume", "--set", "training.max_steps=6"]
+
+    gen = commands["gptrs.generate"][3:]
+    gen[gen.index("--max-new-tokens") + 1] = "5"
+    assert generate_cli.main(gen) == 0
+    assert export_cli.main(commands["gptrs.export"][3:]) == 0 and (out / "hf" / "config.json").is_file()
+    assert train_cli.main([*commands["gptrs.train"][3:], "--device", "cpu"]) == 0
+    assert max(train_losses(out)) == 6

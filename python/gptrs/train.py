@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 from gptrs.cli import make_parser, run_main, setup_logging, summary
 from gptrs.config import Config, apply_overrides, load_config, resolve_config_path, save_config
 from gptrs.errors import ConfigError, GptrsError
-from gptrs.files import CHECKPOINTS_DIR, CONFIG_FILE
+from gptrs.files import CHECKPOINTS_DIR, CONFIG_FILE, METRICS_FILE
 
 log = logging.getLogger("gptrs.train")
 
@@ -152,6 +153,7 @@ def train(args: argparse.Namespace) -> int:
             return 128 + e.signum
         if info.is_main:
             _report(result, bundle.stats, model, tok, cfg, device)
+            print("\n".join(next_steps(run_dir, result["step"], cfg)), flush=True)
         return 0
     finally:
         if lock is not None:
@@ -196,6 +198,20 @@ def _report(
             sys.stdout.flush()
     sys.stdout.write("\n")
     sys.stdout.flush()
+
+
+def next_steps(run_dir: Path, step: int, cfg: Config) -> list[str]:
+    """The closing lines: where the run is, and the commands that use it (with its real path)."""
+    d = shlex.quote(str(run_dir))
+    hf = shlex.quote(str(run_dir / "hf"))
+    prompt = shlex.quote(cfg.training.sample_prompt or "def ")
+    return [
+        f"run directory: {run_dir} (checkpoints in {run_dir / CHECKPOINTS_DIR}, {METRICS_FILE}, loss.png)",
+        "next:",
+        f"  python -m gptrs.generate --model-path {d} --prompt {prompt} --max-new-tokens 100   # sample",
+        f"  python -m gptrs.export --model-path {d} --format hf --out {hf}   # for transformers",
+        f"  python -m gptrs.train --out {d} --resume --set training.max_steps={2 * max(step, 1)}   # train on",
+    ]
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = TAG) -> int:

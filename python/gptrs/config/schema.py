@@ -146,7 +146,9 @@ class TrainingConfig:
         None, "evaluations without improvement before stopping (null: off)", ge=1
     )
     seed: int = _f(1337, "seed for initialisation, data split and batch sampling", ge=0, le=2**64 - 1)
-    peak_flops: float | None = _f(None, "device peak FLOP/s for MFU (null: measured at start-up)", gt=0)
+    peak_flops: float | None = _f(
+        None, "device peak FLOP/s for MFU (null: a known GPU's datasheet figure, else measured)", gt=0
+    )
     sample_tokens: int = _f(200, "tokens generated as a sample at the end of training", ge=0)
     sample_prompt: str = _f("def ", "prompt for the end-of-training sample", allow_empty=True)
 
