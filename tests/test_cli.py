@@ -392,3 +392,31 @@ def test_a_run_names_its_files_and_the_next_commands(
     assert export_cli.main(commands["gptrs.export"][3:]) == 0 and (out / "hf" / "config.json").is_file()
     assert train_cli.main([*commands["gptrs.train"][3:], "--device", "cpu"]) == 0
     assert max(train_losses(out)) == 6
+
+
+HELP_COMMANDS = [
+    ("gptrs.train",),
+    ("gptrs.generate",),
+    ("gptrs.export",),
+    ("gptrs.tokenizer",),
+    ("gptrs.tokenizer", "train"),
+    ("gptrs.tokenizer", "encode"),
+    ("gptrs.config",),
+    ("gptrs.convert_config",),
+    ("benches",),
+]
+
+
+@pytest.mark.parametrize("command", HELP_COMMANDS, ids=[" ".join(c) for c in HELP_COMMANDS])
+def test_help_is_plain_text_and_names_the_command_run(command: tuple[str, ...]) -> None:
+    """`python -m X --help`: the usage line shows what was run, and no reStructuredText markup shows."""
+    r = run(*command, "--help", timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith(f"usage: python -m {' '.join(command)} "), r.stdout[:200]
+    assert "`" not in r.stdout, r.stdout
+
+
+def test_config_describe_lines_fit_a_terminal() -> None:
+    from gptrs.config import describe
+
+    assert max(len(line) for line in describe().splitlines()) <= 104

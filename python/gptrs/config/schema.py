@@ -72,7 +72,9 @@ class DataConfig:
         choices=("random", "epochs"),
     )
     max_eval_tokens: int = _f(
-        131072, "cap on validation tokens covered by the fixed evaluation windows", ge=1
+        131072,
+        "cap on validation tokens covered by the fixed evaluation windows (spread over the split)",
+        ge=1,
     )
     cache_dir: str | None = _f(None, "token cache directory (null: <run dir>/data)")
 
