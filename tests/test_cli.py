@@ -420,3 +420,18 @@ def test_config_describe_lines_fit_a_terminal() -> None:
     from gptrs.config import describe
 
     assert max(len(line) for line in describe().splitlines()) <= 104
+
+
+@pytest.mark.parametrize(
+    ("argv", "steps", "warmup"),
+    [
+        (["--max-steps", "20"], 20, 2),
+        (["--set", "training.max_steps=20"], 20, 2),  # the same as --max-steps, not a warmup error
+        (["--set", "training.max_steps=100"], 100, 10),
+        (["--set", "training.max_steps=500"], 500, 100),  # the preset's warmup fits: kept
+        (["--set", "training.max_steps=20", "--set", "training.warmup_steps=5"], 20, 5),
+    ],
+)
+def test_a_short_run_fits_its_warmup(argv: list[str], steps: int, warmup: int) -> None:
+    cfg, _ = train_cli.load_run_config(train_cli.build_parser().parse_args(argv), None)
+    assert (cfg.training.max_steps, cfg.training.warmup_steps) == (steps, warmup)

@@ -79,12 +79,23 @@ def load_run_config(args: argparse.Namespace, run_dir: Path | None) -> tuple[Con
         if args.max_steps < 1:
             raise ConfigError(f"--max-steps: must be >= 1, got {args.max_steps}")
         overrides.append(f"training.max_steps={args.max_steps}")
-        # A short run should not fail validation because the preset's warmup is longer than it.
-        warmup = cfg.training.warmup_steps
-        if warmup >= args.max_steps and not any(o.startswith("training.warmup_steps=") for o in overrides):
-            overrides.append(f"training.warmup_steps={args.max_steps // 10}")
+    _fit_warmup(cfg, overrides)
     cfg = apply_overrides(cfg, overrides, source="--set") if overrides else cfg
     return cfg, name  # validated once, by load_config or apply_overrides
+
+
+def _fit_warmup(cfg: Config, overrides: list[str]) -> None:
+    """A short run (``--max-steps N`` or ``--set training.max_steps=N``) should not fail validation because the
+    preset's warmup is longer than it: unless the warmup is set too, it becomes N // 10."""
+    steps = [o.split("=", 1)[1].strip() for o in overrides if o.startswith("training.max_steps=")]
+    if not steps or any(o.startswith("training.warmup_steps=") for o in overrides):
+        return
+    try:
+        max_steps = int(steps[-1])
+    except ValueError:
+        return  # not a number: validation names it
+    if 1 <= max_steps <= cfg.training.warmup_steps:
+        overrides.append(f"training.warmup_steps={max_steps // 10}")
 
 
 def _saved_config(run_dir: Path) -> Path | None:
