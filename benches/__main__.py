@@ -13,6 +13,7 @@ graphs and memory never colour the next) and carries on past a suite that fails 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -33,6 +34,13 @@ SUITES = {
     "gpu": "benches.bench_gpu",
 }
 MISSING = 3  # exit status of a suite whose module is not in this checkout
+# The peers each suite measures against: the test extras (pyproject.toml), not gptrs's own dependencies.
+EXTRAS = {
+    "tokenizer": ("tiktoken", "tokenizers", "rustbpe"),
+    "train": ("transformers",),
+    "generate": ("transformers",),
+}
+EXTRAS_HINT = 'pip install -e ".[test]"'
 
 
 def _import(suite: str) -> Any | None:
@@ -45,12 +53,30 @@ def _import(suite: str) -> Any | None:
         raise
 
 
+def missing_extra(suite: str, error: ModuleNotFoundError | None = None) -> str | None:
+    """The line to print when ``suite`` cannot run for want of a test extra (checked before it starts, or
+    read from the ``error`` it raised); None when nothing is missing or ``error`` is about something else."""
+    if error is not None:
+        top = (error.name or "").split(".")[0]
+        known = {m for mods in EXTRAS.values() for m in mods} | {"matplotlib", "pyarrow", "hypothesis"}
+        missing = [top] if top in known else []
+    else:
+        missing = [m for m in EXTRAS.get(suite, ()) if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    names = ", ".join(missing)
+    return f"[{suite}] needs {names}, which is not installed: install the test extras with {EXTRAS_HINT}"
+
+
 def run_suite(suite: str, quick: bool, threads: int | None) -> int:
     """Run one suite in this process; 0 ok, 1 failed, MISSING when its module does not exist."""
     module = _import(suite)
     if module is None:
         print(f"[{suite}] skipped: {SUITES[suite]} is not in this checkout")
         return MISSING
+    if (line := missing_extra(suite)) is not None:
+        print(line, file=sys.stderr)
+        return EXIT_USER_ERROR
     print(f"=== {suite}{' (quick)' if quick else ''}", flush=True)
     t0 = time.perf_counter()
     with common.torch_threads(threads):
@@ -86,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.suite != "all":
         try:
             status = run_suite(args.suite, args.quick, threads)
+        except ModuleNotFoundError as e:
+            if (line := missing_extra(args.suite, e)) is None:
+                traceback.print_exc()
+                return EXIT_INTERNAL_ERROR
+            print(line, file=sys.stderr)
+            return EXIT_USER_ERROR
         except Exception:
             traceback.print_exc()
             return EXIT_INTERNAL_ERROR
@@ -96,7 +128,12 @@ def main(argv: list[str] | None = None) -> int:
 
     states: dict[str, str] = {}
     t0 = time.perf_counter()
+    skipped = False
     for suite in SUITES:
+        if (line := missing_extra(suite)) is not None:
+            print(line, file=sys.stderr, flush=True)
+            states[suite], skipped = "skipped (a test extra is missing)", True
+            continue
         cmd = [sys.executable, "-m", "benches", suite, "--threads", str(threads)] + (
             ["--quick"] if args.quick else []
         )
@@ -109,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n=== summary ({time.perf_counter() - t0:.0f} s)")
     for suite, state in states.items():
         print(f"{suite:<12} {state}")
-    return EXIT_INTERNAL_ERROR if any(s.startswith("FAILED") for s in states.values()) else 0
+    if any(s.startswith("FAILED") for s in states.values()):
+        return EXIT_INTERNAL_ERROR
+    return EXIT_USER_ERROR if skipped else 0
 
 
 if __name__ == "__main__":

@@ -78,3 +78,82 @@ def test_missing_suite_is_reported_not_a_crash(monkeypatch, capsys, tmp_path: Pa
     err = capsys.readouterr().err
     assert "'ghost' is not available" in err and "Traceback" not in err
     assert not list(tmp_path.iterdir())
+
+
+PEERS = ("tiktoken", "tokenizers", "rustbpe", "transformers")
+
+
+def _without_peers(tmp_path: Path) -> dict[str, str]:
+    """An environment whose Python cannot import the test extras the suites compare against (a sitecustomize
+    marks them missing, as if never installed)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        f"import sys\nfor name in {PEERS!r}:\n    sys.modules[name] = None\n", encoding="utf-8"
+    )
+    path = os.pathsep.join([str(site), str(REPO / "python"), str(REPO)])
+    return {**os.environ, "PYTHONPATH": path, "GPTRS_BENCH_RESULTS_DIR": str(tmp_path / "results")}
+
+
+def test_a_suite_without_its_extras_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    env = _without_peers(tmp_path)
+    for suite, names in (("tokenizer", "tiktoken, tokenizers, rustbpe"), ("train", "transformers")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "benches", suite, "--quick"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,  # a hang guard
+        )
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert proc.stderr.splitlines() == [
+            f'[{suite}] needs {names}, which is not installed: install the test extras with pip install -e ".[test]"'
+        ]
+        assert "Traceback" not in proc.stdout and not (tmp_path / "results").exists()
+
+
+def test_all_skips_suites_without_their_extras(monkeypatch, capsys) -> None:
+    """``all``: one line for each suite that cannot run, the others run, and the exit status is 2."""
+    import benches.__main__ as entry
+
+    for name in PEERS:
+        monkeypatch.setitem(sys.modules, name, None)
+    ran: list[str] = []
+
+    def fake_run(cmd, **kwargs):
+        ran.append(cmd[3])
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(entry.subprocess, "run", fake_run)
+    assert entry.main(["all", "--quick"]) == 2
+    out, err = capsys.readouterr()
+    needy = [s for s in SUITES if s in ("tokenizer", "train", "generate")]
+    assert ran == [s for s in SUITES if s not in needy]
+    assert [line.split("]")[0] for line in err.splitlines()] == [f"[{s}" for s in needy]
+    for suite in needy:
+        assert f"{suite:<12} skipped (a test extra is missing)" in out
+
+
+def test_a_missing_extra_raised_inside_a_suite_is_one_line(monkeypatch, capsys) -> None:
+    import types
+
+    import benches.__main__ as entry
+
+    def run_missing(quick: bool) -> dict:
+        raise ModuleNotFoundError("No module named 'pyarrow'", name="pyarrow")
+
+    def run_bug(quick: bool) -> dict:
+        raise ModuleNotFoundError("No module named 'gptrs.nothing'", name="gptrs.nothing")
+
+    monkeypatch.setitem(entry.SUITES, "fake", "fake_suite")
+    monkeypatch.setitem(sys.modules, "fake_suite", types.SimpleNamespace(run=run_missing))
+    assert entry.main(["fake", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err
+        == '[fake] needs pyarrow, which is not installed: install the test extras with pip install -e ".[test]"\n'
+    )
+    monkeypatch.setitem(sys.modules, "fake_suite", types.SimpleNamespace(run=run_bug))
+    assert entry.main(["fake", "--quick"]) == 1  # not an extra: a bug, with its traceback
+    assert "Traceback" in capsys.readouterr().err

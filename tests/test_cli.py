@@ -351,3 +351,87 @@ def test_interactive_settings_and_bounded_set(capsys: pytest.CaptureFixture[str]
     assert (
         capsys.readouterr().err.strip() == "max_new_tokens=200 temperature=0.8 top_k=50 top_p=none seed=none"
     )
+
+
+def test_a_run_names_its_files_and_the_next_commands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each checkpoint and loss.png write is logged; the closing lines name the run directory and the generate,
+    export and resume commands with its real path, and those commands work as printed."""
+    import shlex
+
+    out = tmp_path / "my run"  # a space: the printed commands must quote it
+    argv = ["--out", str(out), "--device", "cpu", *sets("training.sample_tokens=0")]
+    assert train_cli.main([*argv, "--max-steps", "3"]) == 0
+    captured = capsys.readouterr()
+    assert f"saved checkpoint {out / 'checkpoints' / 'last'} (step 3)" in captured.err
+    assert f"saved checkpoint {out / 'checkpoints' / 'best'} (step 3)" in captured.err
+    assert f"wrote the loss curves to {out / 'loss.png'}" in captured.err
+    lines = captured.out.splitlines()
+    assert f"run directory: {out} (checkpoints in {out / 'checkpoints'}, metrics.jsonl, loss.png)" in lines
+    commands = {
+        line.split()[2]: shlex.split(line.split("   #")[0])
+        for line in lines
+        if line.startswith("  python -m gptrs.")
+    }
+    assert sorted(commands) == ["gptrs.export", "gptrs.generate", "gptrs.train"]
+    assert commands["gptrs.generate"][3:5] == ["--model-path", str(out)]
+    assert commands["gptrs.export"][3:] == [
+        "--model-path",
+        str(out),
+        "--format",
+        "hf",
+        "--out",
+        str(out / "hf"),
+    ]
+    assert commands["gptrs.train"][3:] == ["--out", str(out), "--resume", "--set", "training.max_steps=6"]
+
+    gen = commands["gptrs.generate"][3:]
+    gen[gen.index("--max-new-tokens") + 1] = "5"
+    assert generate_cli.main(gen) == 0
+    assert export_cli.main(commands["gptrs.export"][3:]) == 0 and (out / "hf" / "config.json").is_file()
+    assert train_cli.main([*commands["gptrs.train"][3:], "--device", "cpu"]) == 0
+    assert max(train_losses(out)) == 6
+
+
+HELP_COMMANDS = [
+    ("gptrs.train",),
+    ("gptrs.generate",),
+    ("gptrs.export",),
+    ("gptrs.tokenizer",),
+    ("gptrs.tokenizer", "train"),
+    ("gptrs.tokenizer", "encode"),
+    ("gptrs.config",),
+    ("gptrs.convert_config",),
+    ("benches",),
+]
+
+
+@pytest.mark.parametrize("command", HELP_COMMANDS, ids=[" ".join(c) for c in HELP_COMMANDS])
+def test_help_is_plain_text_and_names_the_command_run(command: tuple[str, ...]) -> None:
+    """`python -m X --help`: the usage line shows what was run, and no reStructuredText markup shows."""
+    r = run(*command, "--help", timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith(f"usage: python -m {' '.join(command)} "), r.stdout[:200]
+    assert "`" not in r.stdout, r.stdout
+
+
+def test_config_describe_lines_fit_a_terminal() -> None:
+    from gptrs.config import describe
+
+    assert max(len(line) for line in describe().splitlines()) <= 104
+
+
+@pytest.mark.parametrize(
+    ("argv", "steps", "warmup"),
+    [
+        (["--max-steps", "20"], 20, 2),
+        (["--set", "training.max_steps=20"], 20, 2),  # the same as --max-steps, not a warmup error
+        (["--set", "training.max_steps=100"], 100, 10),
+        (["--set", "training.max_steps=500"], 500, 100),  # the preset's warmup fits: kept
+        (["--set", "training.max_steps=20", "--set", "training.warmup_steps=5"], 20, 5),
+    ],
+)
+def test_a_short_run_fits_its_warmup(argv: list[str], steps: int, warmup: int) -> None:
+    cfg, _ = train_cli.load_run_config(train_cli.build_parser().parse_args(argv), None)
+    assert (cfg.training.max_steps, cfg.training.warmup_steps) == (steps, warmup)

@@ -174,6 +174,31 @@ def test_eval_batches_fixed_and_capped() -> None:
     assert got == list(range(0, 990, 10))
 
 
+def test_capped_eval_windows_spread_over_the_whole_split() -> None:
+    """A cap takes windows from all over the validation tokens, not just their start (whose documents, in
+    source order, need not be typical)."""
+    tokens = np.arange(1000, dtype=np.uint16)
+    capped = EvalBatches(tokens, 4, 10, max_tokens=95)
+    starts = [s for x, _ in capped for s in _starts(x)]
+    assert starts == [0, 110, 220, 330, 440, 550, 660, 770, 880]
+    assert np.array_equal(capped.targets(), np.concatenate([np.arange(s + 1, s + 11) for s in starts]))
+
+
+@given(st.integers(11, 5000), st.integers(1, 40), st.one_of(st.none(), st.integers(1, 6000)))
+def test_eval_windows_are_aligned_distinct_and_span_the_split(n_tokens: int, seq_len: int, cap) -> None:
+    tokens = np.arange(n_tokens, dtype=np.int64)
+    if n_tokens < seq_len + 1:
+        return
+    ev = EvalBatches(tokens, 3, seq_len, max_tokens=cap)
+    total = (n_tokens - 1) // seq_len
+    starts = [s for x, _ in ev for s in _starts(x)]
+    assert len(starts) == ev.num_windows == (total if cap is None else min(total, max(1, cap // seq_len)))
+    assert starts == sorted(set(starts)) and starts[0] == 0
+    assert all(s % seq_len == 0 and s + seq_len + 1 <= n_tokens for s in starts)
+    # evenly spread: the last window lies in the last 1/num_windows of the split
+    assert starts[-1] >= (total - total // len(starts) - 1) * seq_len
+
+
 def test_too_few_tokens_is_a_data_error() -> None:
     with pytest.raises(DataError, match=r"fewer than one window of max_seq_len \+ 1 = 11"):
         RandomBatches(np.arange(10, dtype=np.uint16), 2, 10, seed=0)

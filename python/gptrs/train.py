@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any
 from gptrs.cli import make_parser, run_main, setup_logging, summary
 from gptrs.config import Config, apply_overrides, load_config, resolve_config_path, save_config
 from gptrs.errors import ConfigError, GptrsError
-from gptrs.files import CHECKPOINTS_DIR, CONFIG_FILE
+from gptrs.files import CHECKPOINTS_DIR, CONFIG_FILE, METRICS_FILE
 
 log = logging.getLogger("gptrs.train")
 
@@ -80,12 +81,23 @@ def load_run_config(args: argparse.Namespace, run_dir: Path | None) -> tuple[Con
         if args.max_steps < 1:
             raise ConfigError(f"--max-steps: must be >= 1, got {args.max_steps}")
         overrides.append(f"training.max_steps={args.max_steps}")
-        # A short run should not fail validation because the preset's warmup is longer than it.
-        warmup = cfg.training.warmup_steps
-        if warmup >= args.max_steps and not any(o.startswith("training.warmup_steps=") for o in overrides):
-            overrides.append(f"training.warmup_steps={args.max_steps // 10}")
+    _fit_warmup(cfg, overrides)
     cfg = apply_overrides(cfg, overrides, source="--set") if overrides else cfg
     return cfg, name  # validated once, by load_config or apply_overrides
+
+
+def _fit_warmup(cfg: Config, overrides: list[str]) -> None:
+    """A short run (``--max-steps N`` or ``--set training.max_steps=N``) should not fail validation because the
+    preset's warmup is longer than it: unless the warmup is set too, it becomes N // 10."""
+    steps = [o.split("=", 1)[1].strip() for o in overrides if o.startswith("training.max_steps=")]
+    if not steps or any(o.startswith("training.warmup_steps=") for o in overrides):
+        return
+    try:
+        max_steps = int(steps[-1])
+    except ValueError:
+        return  # not a number: validation names it
+    if 1 <= max_steps <= cfg.training.warmup_steps:
+        overrides.append(f"training.warmup_steps={max_steps // 10}")
 
 
 def _saved_config(run_dir: Path) -> Path | None:
@@ -154,6 +166,7 @@ def train(args: argparse.Namespace) -> int:
             return 128 + e.signum
         if info.is_main:
             _report(result, bundle.stats, model, tok, cfg, device)
+            print("\n".join(next_steps(run_dir, result["step"], cfg)), flush=True)
         return 0
     finally:
         if lock is not None:
@@ -198,6 +211,20 @@ def _report(
             sys.stdout.flush()
     sys.stdout.write("\n")
     sys.stdout.flush()
+
+
+def next_steps(run_dir: Path, step: int, cfg: Config) -> list[str]:
+    """The closing lines: where the run is, and the commands that use it (with its real path)."""
+    d = shlex.quote(str(run_dir))
+    hf = shlex.quote(str(run_dir / "hf"))
+    prompt = shlex.quote(cfg.training.sample_prompt or "def ")
+    return [
+        f"run directory: {run_dir} (checkpoints in {run_dir / CHECKPOINTS_DIR}, {METRICS_FILE}, loss.png)",
+        "next:",
+        f"  python -m gptrs.generate --model-path {d} --prompt {prompt} --max-new-tokens 100   # sample",
+        f"  python -m gptrs.export --model-path {d} --format hf --out {hf}   # for transformers",
+        f"  python -m gptrs.train --out {d} --resume --set training.max_steps={2 * max(step, 1)}   # train on",
+    ]
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = TAG) -> int:

@@ -72,7 +72,9 @@ class DataConfig:
         choices=("random", "epochs"),
     )
     max_eval_tokens: int = _f(
-        131072, "cap on validation tokens covered by the fixed evaluation windows", ge=1
+        131072,
+        "cap on validation tokens covered by the fixed evaluation windows (spread over the split)",
+        ge=1,
     )
     cache_dir: str | None = _f(None, "token cache directory (null: <run dir>/data)")
 
@@ -195,7 +197,9 @@ class TrainingConfig:
         None, "evaluations without improvement before stopping (null: off)", ge=1
     )
     seed: int = _f(1337, "seed for initialisation, data split and batch sampling", ge=0, le=2**64 - 1)
-    peak_flops: float | None = _f(None, "device peak FLOP/s for MFU (null: measured at start-up)", gt=0)
+    peak_flops: float | None = _f(
+        None, "device peak FLOP/s for MFU (null: a known GPU's datasheet figure, else measured)", gt=0
+    )
     sample_tokens: int = _f(200, "tokens generated as a sample at the end of training", ge=0)
     sample_prompt: str = _f("def ", "prompt for the end-of-training sample", allow_empty=True)
 

@@ -190,8 +190,14 @@ class EpochBatches:
 
 
 class EvalBatches:
-    """A fixed list of validation batches: consecutive windows from the start of the validation tokens, up to
-    ``max_tokens`` targets. No randomness, so losses are comparable across runs and resumes. Re-iterable."""
+    """A fixed list of validation batches: the non-overlapping windows of the validation tokens, or, capped at
+    ``max_tokens`` targets, that many of them spread evenly over the whole split. No randomness, so losses are
+    comparable across runs and resumes. Re-iterable.
+
+    Spread, not the first ``max_tokens``: documents arrive in source order, and a prefix of them can be far
+    from typical. The built-in corpus's first 131,072 validation tokens were the alphabetically first files,
+    a third of them the ``encodings/`` codec tables; their loss was ~0.55 below the training loss at step 300.
+    """
 
     def __init__(
         self,
@@ -207,11 +213,10 @@ class EvalBatches:
         self.batch_size = batch_size
         self.seq_len = seq_len
         self.device = torch.device(device)
-        n = (len(tokens) - 1) // seq_len
-        if max_tokens is not None:
-            n = min(n, max(1, max_tokens // seq_len))
+        total = (len(tokens) - 1) // seq_len
+        n = total if max_tokens is None else min(total, max(1, max_tokens // seq_len))
         self.num_windows = n
-        self._starts = np.arange(n) * seq_len
+        self._starts = (np.arange(n) * total // n) * seq_len  # every window when n == total
 
     def __len__(self) -> int:
         return -(-self.num_windows // self.batch_size)

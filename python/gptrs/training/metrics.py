@@ -1,5 +1,5 @@
-"""Training metrics: the device's peak FLOP/s (for MFU), memory in use, the training log record, and the
-sinks metrics go to.
+"""Training metrics: memory in use, the training log record (MFU against the peak of ``peak_flops.py``),
+and the sinks metrics go to.
 
 A training log record (:class:`TrainLog`) holds the loss, learning rate, gradient norm, tokens/s, MFU, time
 per step and memory; it goes to the console, the progress bar and the sinks: ``metrics.jsonl`` in the run
@@ -24,43 +24,11 @@ import torch
 from tqdm import tqdm
 
 from gptrs.files import METRICS_FILE, atomic_path
+from gptrs.training.peak_flops import PeakFlops, measure_peak_flops  # noqa: F401 (importable from here too)
 
 log = logging.getLogger("gptrs.train")
 
 LOSS_PLOT_FILE = "loss.png"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-def measure_peak_flops(device: torch.device | str, dtype: torch.dtype, *, max_n: int | None = None) -> float:
-    """FLOP/s of a large square matmul in ``dtype`` on ``device``: the practical peak MFU is measured
-    against. Grows the size until one matmul takes ~20 ms, then takes the best of a few timings.
-    Uses no random numbers, so the global RNG (and thus a run's reproducibility) is untouched."""
-    device = torch.device(device)
-    max_n = max_n or (8192 if device.type == "cuda" else 4096)
-    n = 512
-    best = 0.0
-    while True:
-        a = torch.full((n, n), 0.5, dtype=dtype, device=device)
-        b = torch.full((n, n), 0.25, dtype=dtype, device=device)
-        a @ b  # warm-up (kernel selection, allocator)
-        _sync(device)
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            a @ b
-            _sync(device)
-            times.append(time.perf_counter() - t0)
-        dt = min(times)
-        best = max(best, 2 * n**3 / max(dt, 1e-9))
-        if dt > 0.02 or n >= max_n:
-            return best
-        n *= 2
 
 
 def memory_bytes(device: torch.device | str) -> int:
@@ -75,6 +43,10 @@ def memory_bytes(device: torch.device | str) -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def _percent(mfu: float | None) -> str:
+    return "-" if mfu is None else f"{mfu:.1%}"
 
 
 def _jsonable(v: Any) -> Any:
@@ -144,7 +116,7 @@ class RunLog:
         main: bool,
         device: torch.device,
         world_size: int,
-        peak_flops: float,
+        peak_flops: PeakFlops | float,
         flops_per_token: Callable[[int | None], float],
         max_steps: int,
         step: int,
@@ -154,7 +126,9 @@ class RunLog:
         self.main = main
         self.device = device
         self.world_size = world_size
-        self.peak_flops = peak_flops
+        self.peak = (
+            peak_flops if isinstance(peak_flops, PeakFlops) else PeakFlops(float(peak_flops), "config")
+        )
         self.flops_per_token = flops_per_token
         self.sink = MetricsLogger(run_dir, enabled=main)
         self.bar = tqdm(
@@ -184,7 +158,7 @@ class RunLog:
             "lr": lr,
             "grad_norm": grad_norm,
             "tokens_per_sec": tok_s,
-            "mfu": self.flops_per_token(seq_len) * tok_s / self.world_size / self.peak_flops,
+            "mfu": self.peak.mfu(self.flops_per_token(seq_len) * tok_s / self.world_size, step=step),
             "step_time_ms": 1000 * dt / max(step - self._step, 1),
             "memory_mb": memory_bytes(self.device) / 2**20,
             "tokens": tokens,
@@ -196,21 +170,22 @@ class RunLog:
             loss=f"{loss:.4f}",
             lr=f"{lr:.2e}",
             tok_s=f"{tok_s:,.0f}",
-            mfu=f"{record['mfu']:.1%}",
+            mfu=_percent(record["mfu"]),
             refresh=False,
         )
         log.info(
-            "step %d | loss %.4f | lr %.2e | grad norm %s | %.0f tok/s | MFU %.1f%% | %.0f ms/step | %.0f MB",
+            "step %d | loss %.4f | lr %.2e | grad norm %s | %.0f tok/s | MFU %s | %.0f ms/step | %.0f MB",
             step,
             loss,
             lr,
             f"{grad_norm:.3f}" if grad_norm is not None else "-",
             tok_s,
-            100 * record["mfu"],
+            _percent(record["mfu"]),
             record["step_time_ms"],
             record["memory_mb"],
         )
-        self._time, self._step, self._tokens = now, step, tokens
+        # From now, not ``now``: a re-measured peak (above) is not training time.
+        self._time, self._step, self._tokens = time.perf_counter(), step, tokens
         return record
 
     def exclude_time(self, seconds: float) -> None:
@@ -246,13 +221,12 @@ def log_run_start(
     max_steps: int,
     accum: int,
     batch_size: int,
-    peak_flops: float,
-    measured: bool,
+    peak: PeakFlops,
 ) -> None:
     """The line that opens a run's log: what trains where, and how big a step is."""
     log.info(
         "training %s parameters on %s (%s, %d process%s): %d steps of %d sequences "
-        "(%d micro-batch%s of %d per process), peak %.2f TFLOP/s%s",
+        "(%d micro-batch%s of %d per process), %s",
         f"{parameters:,}",
         device,
         precision,
@@ -263,8 +237,7 @@ def log_run_start(
         accum,
         "es" if accum > 1 else "",
         batch_size,
-        peak_flops / 1e12,
-        " (measured)" if measured else "",
+        peak.describe(),
     )
 
 
@@ -328,4 +301,5 @@ def plot_loss_curves(history: Iterable[Mapping[str, Any]], path: str | os.PathLi
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    log.info("wrote the loss curves to %s", path)
     return True

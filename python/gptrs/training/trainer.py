@@ -47,11 +47,11 @@ from gptrs.training.metrics import (
     LOSS_PLOT_FILE,
     RunLog,
     log_run_start,
-    measure_peak_flops,
     plot_loss_curves,
     truncate_metrics,
 )
 from gptrs.training.optim import apply_lr, build_optimizer
+from gptrs.training.peak_flops import PeakFlops
 from gptrs.training.precision import resolve_precision
 from gptrs.training.run_lock import RunLock
 from gptrs.training.signals import StopRequest, TrainingInterrupted
@@ -322,7 +322,7 @@ class Trainer:
                     config=self.config,
                     tokenizer=self.tokenizer,
                 )
-                log.debug("saved checkpoint %s", path)
+                log.info("saved checkpoint %s (step %d)", path, c.step)
             if any(n.startswith("step_") for n in names):
                 for gone in ckpt.prune(root, self.config.training.keep_last):
                     log.debug("removed old checkpoint %s", gone)
@@ -394,10 +394,10 @@ class Trainer:
         )
 
     def _run_log(self, max_steps: int) -> RunLog:
-        """Announce the run; its log measures throughput against the device's peak FLOP/s (measured
-        unless ``training.peak_flops`` says it)."""
+        """Announce the run; its log measures throughput against the device's peak FLOP/s (``training.peak_flops``,
+        else a known GPU's, else measured: ``peak_flops.py``)."""
         tc, c = self.config.training, self._counters
-        peak = tc.peak_flops or measure_peak_flops(self.device, self.precision.dtype)
+        peak = PeakFlops.for_device(self.device, self.precision.dtype, tc.peak_flops)
         n_params = sum(p.numel() for p in self.model.parameters())
         if self.is_main:
             log_run_start(
@@ -408,8 +408,7 @@ class Trainer:
                 max_steps=max_steps,
                 accum=tc.gradient_accumulation_steps,
                 batch_size=tc.batch_size,
-                peak_flops=peak,
-                measured=not tc.peak_flops,
+                peak=peak,
             )
         fpt_fn = getattr(self.model, "flops_per_token", None)
         return RunLog(
