@@ -93,9 +93,10 @@ class Loader(yaml.SafeLoader):
     """SafeLoader that reads 3e-4 as a float (YAML 1.1 wants 3.0e-4), refuses duplicate keys, and refuses a
     document by its size before anything is built from it (``check_expanded_size``, ``MAX_INT_DIGITS``)."""
 
-    def compose_document(self) -> yaml.Node:
+    def compose_document(self) -> yaml.Node | None:
         node = super().compose_document()
-        check_expanded_size(node)
+        if node is not None:
+            check_expanded_size(node)
         return node
 
 
