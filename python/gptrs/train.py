@@ -112,6 +112,7 @@ def _existing_run_error(run_dir: Path) -> GptrsError | None:
 def train(args: argparse.Namespace) -> int:
     import torch
 
+    from gptrs.config.budget import check_fits, device_memory
     from gptrs.data import prepare_data
     from gptrs.model import GPT
     from gptrs.training.distributed import cleanup_distributed, setup_distributed
@@ -122,6 +123,7 @@ def train(args: argparse.Namespace) -> int:
     cfg, name = load_run_config(args, run_dir)
     run_dir = run_dir or Path("runs") / name
     info, device = setup_distributed(args.device)  # the one place the process group is joined
+    check_fits(cfg, device_memory(device), str(device))  # before anything is built (config/budget.py)
     lock = RunLock(run_dir).acquire() if info.is_main else None
     try:
         if info.is_main and not args.resume:

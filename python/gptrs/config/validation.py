@@ -21,6 +21,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gptrs.config.budget import check_absolute
 from gptrs.config.problems import Problem, brief, name_of, one_line, show, suggest, what
 from gptrs.config.schema import SECTIONS, SPECIAL_TOKEN_ROLES, Config, ModelConfig, fields_of, hints_of
 from gptrs.errors import ConfigError
@@ -274,6 +275,7 @@ def check_values(cfg: Config) -> None:
     for section in SECTIONS:
         _check_section_values(section, getattr(cfg, section))
     check_relations(cfg)
+    check_absolute(cfg)  # a size no machine could train (budget.py); the device check is the trainer's
 
 
 def _check_model_shape(m: ModelConfig) -> None:
