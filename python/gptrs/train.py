@@ -117,6 +117,7 @@ def train(args: argparse.Namespace) -> int:
     from gptrs.model import GPT
     from gptrs.training.distributed import cleanup_distributed, setup_distributed
     from gptrs.training.run_lock import RunLock
+    from gptrs.training.state import check_resumable
     from gptrs.training.trainer import Trainer, TrainingInterrupted
 
     run_dir = Path(args.out).expanduser() if args.out else None
@@ -130,6 +131,8 @@ def train(args: argparse.Namespace) -> int:
             err = _existing_run_error(run_dir)
             if err is not None:
                 raise err
+        if info.is_main and args.resume:  # before config.yaml is rewritten with the changed values
+            check_resumable(run_dir, cfg)
         if info.is_main:
             log.info("run directory: %s", run_dir)
             save_config(cfg, run_dir / CONFIG_FILE)  # validated when loaded: written as it is
