@@ -46,9 +46,7 @@ def _laughs(depth: int = 9, width: int = 9, inline: bool = True) -> str:
     """A 'billion laughs' value: each level an anchor repeating the previous one `width` times."""
     names = [f"l{i}" for i in range(depth)]
     first = f"&{names[0]} [{', '.join(['lol'] * width)}]"
-    levels = [first] + [
-        f"&{n} [{', '.join(['*' + p] * width)}]" for p, n in zip(names, names[1:], strict=False)
-    ]
+    levels = [first] + [f"&{n} [{', '.join(['*' + p] * width)}]" for p, n in itertools.pairwise(names)]
     return f"[{', '.join(levels)}]" if inline else levels[-1]
 
 
