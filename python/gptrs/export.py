@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -103,13 +105,15 @@ def hf_gpt2_state_dict(model: GPT) -> dict[str, torch.Tensor]:
 
 
 def _save_tokenizer(path: Path, out: Path, explicit: bool) -> tuple[int | None, int | None]:
-    """Write the tokenizer's Hugging Face tokenizer.json; return its (eos, bos) ids when it knows them."""
+    """Write the tokenizer's Hugging Face tokenizer.json; return its (eos, bos) ids when it knows them.
+
+    A tokenizer that cannot be read is skipped with a warning (an error when given with --tokenizer); one
+    that cannot be written (a full disk, a read-only directory) is an error: the export would be incomplete.
+    """
     try:
         import gptrs_tok
 
         tok = gptrs_tok.Tokenizer.load(str(path))
-        with atomic_path(out / TOKENIZER_FILE) as tmp:
-            tok.save_hf(str(tmp))
     except GptrsError:
         raise
     except Exception as e:
@@ -119,6 +123,8 @@ def _save_tokenizer(path: Path, out: Path, explicit: bool) -> tuple[int | None, 
             ) from None
         warnings.warn(f"{path}: tokenizer not exported ({e!r})", stacklevel=2)
         return None, None
+    with atomic_path(out / TOKENIZER_FILE) as tmp:  # a write error is one OSError naming the file
+        tok.save_hf(str(tmp))
     ids = []
     for attr in ("eos_token_id", "bos_token_id"):
         value = getattr(tok, attr, None)
@@ -151,13 +157,31 @@ def _hf_files(model: GPT | NanoChat) -> tuple[Callable[..., dict[str, Any]], dic
     return functools.partial(hf_gpt2_config, model), hf_gpt2_state_dict(model)
 
 
+def _check_out(out: Path) -> None:
+    """Refuse an output directory that cannot be one (a file is in the way) or cannot be written (a read-only
+    file system: permissions do not stop root), before anything is loaded or written."""
+    parent = out
+    while not parent.exists() and parent != parent.parent:  # the nearest part of the path that exists
+        parent = parent.parent
+    if not parent.is_dir():
+        what = "is a file" if parent == out else f"{parent} is a file"
+        raise ExportError(f"{out}: {what}, not a directory; choose a directory for --out")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".gptrs-export-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ExportError(f"{out}: cannot write there: {e.strerror or e}") from None
+
+
 def export_hf(model_path: str | Path, out: str | Path, tokenizer: str | Path | None = None) -> Path:
     """Export ``model_path`` (a model, checkpoint or run directory) to a transformers directory ``out``
     (GPT2LMHeadModel or NanoChatForCausalLM, as ``model.json``'s arch says); return ``out``. Every file is
     written atomically."""
+    out = Path(out)
+    _check_out(out)
     directory, tok_candidates = _model_dir(Path(model_path))
     model = load_model(directory)
-    out = Path(out)
     tok_path = (
         Path(tokenizer) if tokenizer is not None else next((p for p in tok_candidates if p.is_file()), None)
     )

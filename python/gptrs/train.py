@@ -126,22 +126,27 @@ def _existing_run_error(run_dir: Path) -> GptrsError | None:
 def train(args: argparse.Namespace) -> int:
     import torch
 
+    from gptrs.config.budget import check_fits, device_memory
     from gptrs.data import prepare_data
     from gptrs.model import build_model
     from gptrs.training.distributed import cleanup_distributed, setup_distributed
     from gptrs.training.run_lock import RunLock
+    from gptrs.training.state import check_resumable
     from gptrs.training.trainer import Trainer, TrainingInterrupted
 
     run_dir = Path(args.out).expanduser() if args.out else None
     cfg, name = load_run_config(args, run_dir)
     run_dir = run_dir or Path("runs") / name
     info, device = setup_distributed(args.device)  # the one place the process group is joined
+    check_fits(cfg, device_memory(device), str(device))  # before anything is built (config/budget.py)
     lock = RunLock(run_dir).acquire() if info.is_main else None
     try:
         if info.is_main and not args.resume:
             err = _existing_run_error(run_dir)
             if err is not None:
                 raise err
+        if info.is_main and args.resume:  # before config.yaml is rewritten with the changed values
+            check_resumable(run_dir, cfg)
         if info.is_main:
             log.info("run directory: %s", run_dir)
             save_config(cfg, run_dir / CONFIG_FILE)  # validated when loaded: written as it is

@@ -7,7 +7,10 @@ inputs that are valid, when the result is right (``check``); never with a traceb
 wrong result. Configs have their own table in ``tests/test_config.py``.
 
 Cases that could take the process down (anything inside the Rust extension: an allocation failure aborts)
-run in a child process with a 4 GiB address-space limit; CLI cases run ``python -m gptrs.<tool>``.
+run in a child process with a 4 GiB address-space limit; CLI cases run ``python -m gptrs.<tool>`` under the
+same limit (torch and a tiny training run fit in it; at 3 GiB importing torch already fails). Every case has a
+timeout, so an unbounded allocation or a hang is a failed case. More tables (configs, CLIs, training runs,
+full and read-only disks) are in ``hostile_more.py``.
 ``tests/test_hostile_*.py`` run these tables under pytest; ``tests/reliability/reliability.py`` counts them.
 
     python tests/reliability/hostile_cases.py [SUBSTRING ...]    # run every case (or the matching ones)
@@ -55,6 +58,11 @@ class Case:
     isolate: bool = False
     timeout: float = 120.0
     needs_model: bool = False
+    slow: bool = False  # pytest runs it with -m slow only (a training run: tens of seconds)
+    needs_mount: bool = False  # mounts a tmpfs (root only): skipped where mounting is not permitted
+
+    def with_mount(self) -> Case:
+        return dataclasses.replace(self, needs_mount=True)
 
     @property
     def id(self) -> str:
@@ -862,7 +870,15 @@ def _cropped_cli(proc: Any, fx: Fixtures) -> str | None:
 
 
 def all_cases() -> list[Case]:
-    return _tokenizer_file_cases() + _checkpoint_cases() + _tokenizer_input_cases() + _generation_cases()
+    from tests.reliability.hostile_more import all_more_cases
+
+    return (
+        _tokenizer_file_cases()
+        + _checkpoint_cases()
+        + _tokenizer_input_cases()
+        + _generation_cases()
+        + all_more_cases()
+    )
 
 
 def cases_for(surface: str) -> list[Case]:
@@ -966,8 +982,17 @@ def _child_main(argv: Sequence[str]) -> int:
     # The peak RSS the case added (what the interpreter and imports took before is not its doing).
     fx.extra["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
     out = judge(case, fx, result=result, exc=exc)
+    from tests.reliability.hostile_more import unmount_all
+
+    unmount_all(fx)
     print(json.dumps({"ok": out.ok, "detail": out.detail}))
     return 0
+
+
+def _cap_address_space() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_LIMIT, ADDRESS_SPACE_LIMIT))
 
 
 def run_cli(case: Case, fx: Fixtures) -> Outcome:
@@ -983,6 +1008,7 @@ def run_cli(case: Case, fx: Fixtures) -> Outcome:
             env=_env(),
             cwd=REPO,
             timeout=case.timeout,
+            preexec_fn=_cap_address_space,  # an unbounded allocation fails the case, not the machine
         )
     except subprocess.TimeoutExpired:
         return Outcome(False, f"hang: no exit within {case.timeout:.0f} s", time.perf_counter() - t0)
@@ -1014,13 +1040,18 @@ def prepare(root: Path, *, model: bool) -> Fixtures:
 
 def run_case(case: Case, root: Path) -> Outcome:
     """Run one case with fixtures under ``root`` (built on first use)."""
+    from tests.reliability.hostile_more import unmount_all
+
     fx = prepare(root, model=case.needs_model)
     fx.extra.pop("path", None)
-    if case.argv is not None:
-        return run_cli(case, fx)
-    if case.isolate:
-        return run_isolated(case, fx)
-    return run_api(case, fx)
+    try:
+        if case.argv is not None:
+            return run_cli(case, fx)
+        if case.isolate:
+            return run_isolated(case, fx)
+        return run_api(case, fx)
+    finally:
+        unmount_all(fx)
 
 
 def main(argv: Sequence[str]) -> int:

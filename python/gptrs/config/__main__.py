@@ -14,9 +14,10 @@ import sys
 from collections.abc import Sequence
 
 from gptrs.cli import make_parser, run_main, setup_logging, summary
+from gptrs.config.budget import estimate, host_memory, human_bytes
 from gptrs.config.io import PRESETS_DIR, dump_yaml, load_config, preset_names
 from gptrs.config.overrides import apply_overrides
-from gptrs.config.schema import config_to_dict, count_parameters, describe
+from gptrs.config.schema import Config, config_to_dict, count_parameters, describe
 from gptrs.errors import GptrsError
 
 PROG = "python -m gptrs.config"
@@ -51,7 +52,20 @@ def _check(paths: Sequence[str], overrides: list[str], show: bool) -> int:
             sys.stdout.write(dump_yaml(config_to_dict(cfg)))
         else:
             print(f"{path}: ok ({count_parameters(cfg):,} parameters)")
+            _warn_if_too_big_here(path, cfg)
     return status
+
+
+def _warn_if_too_big_here(path: str, cfg: Config) -> None:
+    """A config may be meant for a bigger machine than this one: warn (stderr), the trainer refuses it on a
+    device that cannot hold a training step."""
+    est, here = estimate(cfg), host_memory()
+    if here is not None and est.total > here:
+        print(
+            f"warning: {path}: a training step needs about {human_bytes(est.total)}, more than this machine's "
+            f"{human_bytes(here)} of memory; it needs a larger device (the trainer checks the one it runs on)",
+            file=sys.stderr,
+        )
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:

@@ -27,6 +27,7 @@ from gptrs.files import atomic_write_text
 
 __all__ = [
     "MAX_CONFIG_BYTES",
+    "MAX_YAML_NODES",
     "PRESETS_DIR",
     "dump_yaml",
     "load_config",
@@ -38,10 +39,65 @@ __all__ = [
 
 MAX_CONFIG_BYTES = 1 << 20  # no real config comes near this; a bigger file is a mistake, not a config
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+# Values in one document, counting each alias as the whole value it repeats. Aliases let a few hundred bytes
+# stand for billions of values (the "billion laughs" document); anything that walks such a value (validation,
+# copying, a message quoting it) would run for minutes and take gigabytes. No real config comes near this.
+MAX_YAML_NODES = 100_000
+MAX_INT_DIGITS = 100  # an integer literal longer than this is a mistake; Python refuses > 4300 digits anyway
+
+
+class TooLargeError(yaml.constructor.ConstructorError):
+    """A document refused for its size (expanded aliases, a recursive alias, an absurd number literal)."""
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def check_expanded_size(root: yaml.Node, limit: int = MAX_YAML_NODES) -> None:
+    """Refuse a composed document whose values, aliases expanded, number more than ``limit``, or that refers to
+    itself. Counts without expanding: each distinct node once (memoised), so the check costs what the text does.
+    """
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()  # the nodes being counted: meeting one again is a cycle
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            size = 1 + sum(sizes[id(c)] for c in _children(node))
+            if size > limit:
+                raise TooLargeError(
+                    None, None,
+                    f"the value here expands to more than {limit} values (aliases repeat it); refused",
+                    node.start_mark,
+                )  # fmt: skip
+            sizes[key] = size
+        elif key in on_path:
+            raise TooLargeError(
+                None, None, "an alias refers to the value that contains it (a recursive value); refused",
+                node.start_mark,
+            )  # fmt: skip
+        elif key not in sizes:
+            on_path.add(key)
+            stack.append((node, True))
+            stack += [(c, False) for c in _children(node) if id(c) not in sizes]
 
 
 class Loader(yaml.SafeLoader):
-    """SafeLoader that reads 3e-4 as a float (YAML 1.1 wants 3.0e-4) and refuses duplicate keys."""
+    """SafeLoader that reads 3e-4 as a float (YAML 1.1 wants 3.0e-4), refuses duplicate keys, and refuses a
+    document by its size before anything is built from it (``check_expanded_size``, ``MAX_INT_DIGITS``)."""
+
+    def compose_document(self) -> yaml.Node | None:
+        node = super().compose_document()
+        if node is not None:
+            check_expanded_size(node)
+        return node
 
 
 class _Dumper(yaml.SafeDumper):
@@ -74,9 +130,26 @@ def _construct_mapping(loader: Loader, node: yaml.MappingNode) -> dict[Any, Any]
 Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
 
 
+def _construct_int(loader: Loader, node: yaml.ScalarNode) -> int:
+    text = str(node.value)
+    if len(text) > MAX_INT_DIGITS:
+        raise TooLargeError(
+            None, None, f"an integer written with {len(text)} characters is out of any range; refused",
+            node.start_mark,
+        )  # fmt: skip
+    return int(loader.construct_yaml_int(node))
+
+
+Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
 def _parse_yaml(text: str, source: str) -> Any:
     try:
         return yaml.load(text, Loader=Loader)  # a SafeLoader: no Python objects are built
+    except TooLargeError as e:
+        mark = e.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise ConfigError(one_line(f"{source}: {where}{e.problem}")) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import difflib
 import re
+import reprlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gptrs.errors import ConfigError
 
-__all__ = ["Problem", "clip", "name_of", "one_line", "show", "suggest", "what"]
+__all__ = ["Problem", "brief", "clip", "name_of", "one_line", "show", "suggest", "what"]
 
 
 class Problem(Exception):
@@ -47,19 +48,57 @@ def clip(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+# Past this many bits an int is described, not printed: str() of a huge int is slow, and past 4300 digits
+# Python refuses it (ValueError), which would replace the message about the value with one about printing.
+_PRINTABLE_INT_BITS = 4096
+
+
+def _int_text(value: int) -> str:
+    if value.bit_length() <= _PRINTABLE_INT_BITS:
+        return str(value)
+    return f"{'-' if value < 0 else ''}an integer of {value.bit_length()} bits"
+
+
+class _BoundedRepr(reprlib.Repr):
+    """repr() that never renders more than a few hundred characters of a value, however big or nested.
+
+    A YAML value built from nested aliases can stand for billions of elements; rendering it whole (to quote it
+    in a message) would take minutes and gigabytes. Short values read exactly as repr() writes them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 4
+        self.maxlist = self.maxtuple = self.maxset = self.maxdict = 30
+        self.maxstring = self.maxother = 200
+        self.maxlong = 200
+
+    def repr_int(self, x: int, level: int) -> str:
+        return clip(_int_text(x), self.maxlong)
+
+
+_REPR = _BoundedRepr()
+
+
+def brief(value: Any) -> str:
+    """repr(value), bounded: at most a few hundred characters whatever the value's size (Python spelling)."""
+    return _REPR.repr(value)
+
+
 def show(value: Any) -> str:
-    """A value as the user wrote it (YAML spelling): 5, 0.1, true, null, 'text'."""
+    """A value as the user wrote it (YAML spelling): 5, 0.1, true, null, 'text'. Never renders more than a
+    bounded prefix of the value, so quoting a huge value costs no more than quoting a small one."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return clip(repr(value))
+        return clip(repr(value if len(value) <= 1000 else value[:1000]))
     if isinstance(value, float):
         return repr(value)
     if isinstance(value, int):
-        return clip(str(value), 40)
-    return clip(repr(value))
+        return clip(_int_text(value), 40)
+    return clip(brief(value))
 
 
 def what(value: Any) -> str:

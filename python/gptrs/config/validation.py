@@ -21,7 +21,8 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from gptrs.config.problems import Problem, name_of, one_line, show, suggest, what
+from gptrs.config.budget import check_absolute
+from gptrs.config.problems import Problem, brief, name_of, one_line, show, suggest, what
 from gptrs.config.schema import SECTIONS, SPECIAL_TOKEN_ROLES, Config, ModelConfig, fields_of, hints_of
 from gptrs.errors import ConfigError
 
@@ -87,7 +88,7 @@ def _choices_problem(key: str, value: Any, choices: Sequence[Any]) -> Problem:
         hint = suggest(value, [c for c in choices if isinstance(c, str)])
         if hint is not None:
             message += f"; did you mean {show(hint)}?"
-    plain = f"{key} must be one of {', '.join(str(c) for c in choices)}, got {value!r}"
+    plain = f"{key} must be one of {', '.join(str(c) for c in choices)}, got {brief(value)}"
     return Problem(key, message, plain=plain)
 
 
@@ -115,7 +116,7 @@ def typed(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
                 raise Problem(f"{key}.{name_of(k)}", f"expected a string, got {what(v)}")
     if "choices" in meta:
         raise _choices_problem(key, value, meta["choices"])
-    plain = f"{key} must be a positive integer, got {value!r}" if _positive_int(meta) else None
+    plain = f"{key} must be a positive integer, got {brief(value)}" if _positive_int(meta) else None
     raise Problem(key, f"expected {_expected(hint)}, got {what(value)}", plain=plain)
 
 
@@ -224,7 +225,7 @@ def _range_problem(key: str, value: float, meta: Mapping[str, Any]) -> Problem |
         op, bound = (">=" if "ge" in meta else ">", lo) if too_low else ("<=" if "le" in meta else "<", hi)
         message = f"must be {op} {_num(bound)}, got {show(value)}"
     if too_low and _positive_int(meta) and isinstance(value, int):
-        return Problem(key, message, plain=f"{key} must be a positive integer, got {value!r}")
+        return Problem(key, message, plain=f"{key} must be a positive integer, got {brief(value)}")
     return Problem(key, message, plain=f"{key} {message}")
 
 
@@ -274,6 +275,7 @@ def check_values(cfg: Config) -> None:
     for section in SECTIONS:
         _check_section_values(section, getattr(cfg, section))
     check_relations(cfg)
+    check_absolute(cfg)  # a size no machine could train (budget.py); the device check is the trainer's
 
 
 def _check_model_shape(m: ModelConfig) -> None:

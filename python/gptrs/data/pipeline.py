@@ -37,6 +37,7 @@ from gptrs import faults
 from gptrs.config import Config
 from gptrs.data.batches import EpochBatches, EvalBatches, RandomBatches
 from gptrs.data.sources import (
+    LARGE_TEXT_BYTES,
     SPLIT_METHOD,
     iter_documents,
     source_bytes,
@@ -244,12 +245,31 @@ def _load_or_build_cache(
     return cache
 
 
+def _too_few_documents(cache: TokenCache, config: Config) -> str:
+    """Why a corpus of one document (a 200 MB text without a blank line) cannot be split, and the way out."""
+    n = cache.train.documents + cache.val.documents
+    tokens = len(cache.train.tokens) + len(cache.val.tokens)
+    how = (
+        "a .txt file is split into documents at blank lines when it is the only file or over "
+        f"{LARGE_TEXT_BYTES >> 20} MB (else each file is one document), a .jsonl/.json/.parquet file has one per record"
+        if config.data.source == "files"
+        else "documents are the records of the source"
+    )
+    return (
+        f"data: the corpus is {n} document{'s' if n != 1 else ''} ({tokens} tokens), too few to split into "
+        f"training and validation by document (data.validation_split {config.data.validation_split} holds out "
+        f"{cache.val.documents}); {how}: separate documents with blank lines, or give several files"
+    )
+
+
 def _check_sizes(cache: TokenCache, config: Config) -> None:
     """Each split must hold at least one training window."""
     source, seq_len = config.data.source, config.model.max_seq_len
     n_train, n_val = len(cache.train.tokens), len(cache.val.tokens)
     if cache.train.documents + cache.val.documents == 0:
         raise DataError(f"data source {source!r} produced no documents")
+    if cache.train.documents == 0 or cache.val.documents == 0:  # however many tokens: one huge document
+        raise DataError(_too_few_documents(cache, config))
     if n_train < seq_len + 1 or n_val < seq_len + 1:
         raise DataError(
             f"corpus too small: {cache.train.documents} training documents ({n_train} tokens) and "

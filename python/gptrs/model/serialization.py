@@ -28,7 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from gptrs.config import ModelConfig
+from gptrs.config import Config, ModelConfig, check_model, count_parameters
 from gptrs.errors import CheckpointError, GptrsError
 from gptrs.files import MODEL_FILE, MODEL_JSON, atomic_path, atomic_write_text
 
@@ -112,6 +112,23 @@ def read_model_json(directory: str | os.PathLike[str]) -> tuple[ModelConfig, int
     return ModelConfig(**fields), pad
 
 
+def _check_size_against_file(cfg: ModelConfig, config_path: Path, weights: Path) -> None:
+    """A model.json that describes more parameters than model.safetensors can hold (at least a byte each) is
+    refused before anything is built: building even an empty (meta) model of 10**9 layers takes hours."""
+    try:
+        check_model(cfg)
+        n = count_parameters(Config(model=cfg))
+    except (GptrsError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{config_path}: {e}") from None
+    size = weights.stat().st_size if weights.is_file() else None
+    # Below 2**27 parameters building is quick, and the reader then says what is wrong with the file itself.
+    if size is not None and n > max(size, 2**27):
+        raise CheckpointError(
+            f"{config_path}: describes a model of {n:,} parameters, more than {weights.name} holds "
+            f"({size:,} bytes)"
+        )
+
+
 def load_pretrained(
     directory: str | os.PathLike[str],
     build: Callable[[ModelConfig, int | None], M],
@@ -123,6 +140,7 @@ def load_pretrained(
     config_path = Path(directory) / MODEL_JSON
     if cfg.vocab_size is None:
         raise CheckpointError(f"{config_path}: config.vocab_size is missing")
+    _check_size_against_file(cfg, config_path, Path(directory) / MODEL_FILE)
     try:
         with torch.device("meta"):  # no memory and no init work: every tensor comes from the file
             model = build(cfg, pad)

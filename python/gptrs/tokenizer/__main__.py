@@ -71,6 +71,18 @@ def demo(vocab_size: int = 4096, out: Any = None) -> dict[str, Any]:
     }
 
 
+MAX_VOCAB_SIZE = 2**32  # ids are u32 in gptrs_tok (the config's tokenizer.vocab_size has the same bound)
+
+
+def _check_size(flag: str, value: int, most: int) -> None:
+    """An integer flag beyond what the tokenizer can hold: one line, before it reaches the Rust side (whose
+    conversion would fail with a message about C longs)."""
+    if value > most:
+        text = str(value)
+        shown = text if len(text) <= 40 else f"{text[:20]}... ({len(text)} digits)"
+        raise ValueError(f"{flag} {shown}: too large (at most {most})")
+
+
 def _parse_specials(items: list[str] | None) -> dict[str, str]:
     if items is None:
         return dict(DEFAULT_SPECIAL_TOKENS)
@@ -78,7 +90,12 @@ def _parse_specials(items: list[str] | None) -> dict[str, str]:
     for item in items:
         role, sep, s = item.partition("=")
         if not sep or not role or not s:
-            raise ValueError(f"--special expects ROLE=STRING (e.g. eos='<|endoftext|>'), got {item!r}")
+            raise ValueError(f"--special expects ROLE=STRING (e.g. eos='<|endoftext|>'), got {item!r:.80}")
+        if role in roles:
+            raise ValueError(f"--special {item!r:.80}: the role {role!r:.40} is given twice")
+        same = next((r for r, t in roles.items() if t == s), None)
+        if same is not None:
+            raise ValueError(f"--special {item!r:.80}: {s!r:.40} is also the {same!r:.40} token")
         roles[role] = s
     return roles
 
@@ -147,6 +164,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> None:
+    _check_size("--vocab-size", args.vocab_size, MAX_VOCAB_SIZE)
+    _check_size("--min-frequency", args.min_frequency, 2**63 - 1)
     for path in args.input:
         if not os.path.isfile(path):
             what = "is a directory; pass files (e.g. DIR/*.txt)" if os.path.isdir(path) else "not found"
@@ -186,6 +205,7 @@ def _run(args: argparse.Namespace) -> None:
         tok = BPETokenizer.load(args.tokenizer)
         print(tok.decode(args.ids, skip_special_tokens=not args.keep_special))
     elif args.command == "demo":
+        _check_size("--vocab-size", args.vocab_size, MAX_VOCAB_SIZE)
         demo(vocab_size=args.vocab_size)
 
 

@@ -168,23 +168,50 @@ def seed_everything(seed: int, rank: int) -> None:
     random.seed(seed)
 
 
+# Tokenizer settings a run keeps: its tokenizer was built (or read) once, at the start, and a resumed run
+# reuses that file, so a changed value would not apply; it would only make the run's config.yaml wrong.
+TOKENIZER_KEYS = ("vocab_size", "pattern", "min_frequency", "special_tokens", "path")
+
+
 def check_same_model(path: Path, config: Config) -> None:
-    """A checkpoint of another architecture is a user error worth naming precisely."""
+    """A checkpoint of another architecture, or of another tokenizer, is a user error worth naming precisely:
+    ``<ckpt> was trained with another model config (model.num_layers: 2 there, 1 here)``."""
     saved = path / ckpt.CONFIG_FILE
     if not saved.is_file():
         return
     from gptrs.config import config_to_dict, load_config
+    from gptrs.config.problems import brief
 
-    theirs = config_to_dict(load_config(saved))["model"]
-    ours = config_to_dict(config)["model"]
+    theirs, ours = config_to_dict(load_config(saved)), config_to_dict(config)
     ignored = {"compile", "gradient_checkpointing", "dropout", "attention"}  # same weights either way
-    diff = [
-        f"model.{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here"
-        for k in ours
-        if k not in ignored and theirs.get(k) != ours.get(k)
-    ]
-    if diff:
-        raise CheckpointError(f"{path} was trained with another model config ({'; '.join(diff)})")
+
+    def diff(section: str, keys: Iterable[str]) -> list[str]:
+        a, b = theirs[section], ours[section]
+        return [
+            f"{section}.{k}: {brief(a.get(k))} there, {brief(b.get(k))} here"
+            for k in keys
+            if a.get(k) != b.get(k)
+        ]
+
+    model = diff("model", [k for k in ours["model"] if k not in ignored])
+    tokenizer = diff("tokenizer", TOKENIZER_KEYS)
+    if model:
+        raise CheckpointError(
+            f"{path} was trained with another model config ({'; '.join(model + tokenizer)})"
+        )
+    if tokenizer:
+        raise CheckpointError(
+            f"{path} was trained with another tokenizer config ({'; '.join(tokenizer)}): the run keeps its "
+            "tokenizer; resume with the run's settings, or start a new run (another --out)"
+        )
+
+
+def check_resumable(run_dir: Path, config: Config) -> None:
+    """Before a resumed run writes anything (its config.yaml included): refuse a config whose model or
+    tokenizer differs from the newest checkpoint's (see ``check_same_model``)."""
+    latest = ckpt.find_latest(run_dir / ckpt.CHECKPOINTS_DIR)
+    if latest is not None:
+        check_same_model(latest.path, config)
 
 
 def _candidates(resume: bool | str | os.PathLike[str], checkpoint_dir: Path | None) -> list[Path]:

@@ -1,0 +1,216 @@
+"""What a config costs before anything is allocated: its parameters, and the memory of one training step.
+
+    est = estimate(cfg)                      # pure arithmetic on the config: nothing is built or allocated
+    est.parameters, est.total                # parameters; bytes of weights + grads + AdamW state + activations
+    check_absolute(cfg)                      # a Problem when no machine could train it (validation calls this)
+    check_fits(cfg, available, "cuda:0")     # a ConfigError when the device's memory cannot hold a step
+
+The estimate is rough on purpose and errs low, so that a refusal is never wrong: fp32 weights, gradients and
+the two AdamW moments (16 bytes a parameter, what the trainer keeps whatever the autocast dtype), plus the
+activations one micro-batch (``training.batch_size`` x ``model.max_seq_len`` tokens) saves for backward, counted
+in 16-bit elements when mixed precision is on. Allocator slack, the CUDA context and fragmentation only add.
+
+The parameter count is ``schema.count_parameters`` (one formula, tested against the real model). The
+activation count depends on the architecture: ``_ACTIVATIONS`` has one entry per ``model.arch``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gptrs.config.problems import Problem, one_line, show
+from gptrs.config.schema import Config, ModelConfig, count_parameters
+from gptrs.errors import ConfigError
+
+__all__ = [
+    "BYTES_PER_PARAMETER",
+    "MAX_TRAINING_BYTES",
+    "Estimate",
+    "check_absolute",
+    "check_fits",
+    "device_memory",
+    "estimate",
+    "host_memory",
+    "human_bytes",
+    "human_count",
+]
+
+BYTES_PER_PARAMETER = 16  # fp32 weight 4 + gradient 4 + AdamW exp_avg 4 + exp_avg_sq 4
+# No single machine holds this (16 TiB): a config past it is refused everywhere, whatever the device, so that
+# `--check` catches a typo'd width or layer count without knowing where the run will go.
+MAX_TRAINING_BYTES = 1 << 44
+
+
+def _gpt2_activations(m: ModelConfig) -> tuple[int, int]:
+    """Elements one token saves for backward in one block, (without, with) gradient checkpointing.
+
+    Per block: the LayerNorm inputs and outputs (4d), q, k, v (3d), the attention output and its projection
+    (2d), the two residual sums (2d), the feed-forward hidden layer before and after the activation (2ff).
+    The reference attention also keeps each head's softmax row (heads x T); fused attention does not.
+    Checkpointing keeps only each block's input (d) and recomputes the rest, one block at a time.
+    """
+    d, ff = m.embed_dim, m.ff_dim
+    per_block = 11 * d + 2 * ff + (m.heads * m.max_seq_len if m.attention == "reference" else 0)
+    return per_block, d
+
+
+# One entry per model.arch: how many elements a token keeps in one block (see _gpt2_activations).
+_ACTIVATIONS: dict[str, Callable[[ModelConfig], tuple[int, int]]] = {"gpt2": _gpt2_activations}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Bytes of one training step, by what holds them (see the module docstring)."""
+
+    parameters: int
+    weights: int  # fp32 weights + gradients + AdamW moments
+    activations: int  # what one micro-batch saves for backward, and its logits
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.activations
+
+
+def estimate(config: Config, vocab_size: int | None = None) -> Estimate:
+    """The parameters and training-step memory of `config`, by arithmetic alone (vocabulary as
+    ``count_parameters`` picks it: model.vocab_size, else `vocab_size`, else tokenizer.vocab_size)."""
+    m, t = config.model, config.training
+    params = count_parameters(config, vocab_size)
+    vocab = m.vocab_size or vocab_size or config.tokenizer.vocab_size
+    per_block, checkpointed = _ACTIVATIONS.get(getattr(m, "arch", "gpt2"), _gpt2_activations)(m)
+    if m.gradient_checkpointing:  # every block's input, plus one block recomputed at a time
+        per_token = m.num_layers * checkpointed + per_block
+    else:
+        per_token = m.num_layers * per_block
+    per_token += 3 * m.embed_dim + 2 * vocab  # embeddings and final norm; logits and their log-softmax
+    element = 4 if t.mixed_precision is False else 2  # errs low: 16-bit when autocast may be on
+    tokens = t.batch_size * m.max_seq_len
+    return Estimate(params, params * BYTES_PER_PARAMETER, tokens * per_token * element)
+
+
+def human_count(n: int) -> str:
+    """1,548,672; 19.8 billion; 2e+15 (a count as a person reads it)."""
+    if n < 10**9:
+        return f"{n:,}"
+    if n < 10**15:
+        return f"{n / 10**9:.3g} billion"
+    return f"{float(min(n, 10**300)):.3g}"
+
+
+def human_bytes(n: float) -> str:
+    """1.5 GB, 23 GB, 16 TB (powers of 1024, the way memory is sold)."""
+    n = float(min(n, 10**300))  # a huge int would overflow the float division below
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1024 or unit == "PB":
+            break
+        n /= 1024
+    if unit == "bytes":
+        return f"{int(n)} bytes"
+    if n >= 1e6:
+        return f"{n:.3g} {unit}"
+    return f"{n:.1f} {unit}" if n < 10 else f"{n:,.0f} {unit}"
+
+
+# The keys a size comes from, with the preset-scale value each is measured against: the key furthest past
+# its scale is the one named (a layer count of 10**6 is the mistake, not the width next to it).
+_SCALES = {
+    "model.num_layers": 24,
+    "model.embed_dim": 1024,
+    "model.ff_dim": 4096,
+    "model.max_seq_len": 1024,
+    "training.batch_size": 16,
+    "model.vocab_size": 65536,
+}
+
+
+def _culprit(config: Config, activations_dominate: bool) -> str:
+    m = config.model
+    values = {
+        "model.num_layers": m.num_layers,
+        "model.embed_dim": m.embed_dim,
+        "model.ff_dim": m.ff_dim,
+        "model.max_seq_len": m.max_seq_len,
+        "training.batch_size": config.training.batch_size,
+        "model.vocab_size": m.vocab_size or config.tokenizer.vocab_size,
+    }
+    if not activations_dominate:  # batch size and context length cost no parameters worth naming
+        for key in ("training.batch_size", "model.max_seq_len"):
+            values.pop(key)
+    ratio = {k: math.log(max(v, 1)) - math.log(_SCALES[k]) for k, v in values.items()}
+    key = max(ratio, key=ratio.__getitem__)
+    if key == "model.vocab_size" and m.vocab_size is None:
+        return "tokenizer.vocab_size"
+    return key
+
+
+def _too_big(config: Config, est: Estimate, room: str) -> Problem:
+    key = _culprit(config, est.activations > est.weights)
+    section, name = key.split(".")
+    value = getattr(getattr(config, section), name)
+    return Problem(
+        key,
+        f"{show(value)} makes a model of {human_count(est.parameters)} parameters that needs about "
+        f"{human_bytes(est.total)} to train ({human_bytes(est.weights)} weights, gradients and AdamW "
+        f"state, {human_bytes(est.activations)} activations at training.batch_size "
+        f"{config.training.batch_size}); {room}",
+    )
+
+
+def check_absolute(config: Config) -> None:
+    """Raise a Problem (naming the key to change) for a config no machine could train: past
+    ``MAX_TRAINING_BYTES``. Config validation calls it, so `--check` refuses such a file without a device."""
+    est = estimate(config)
+    if est.total > MAX_TRAINING_BYTES:
+        raise _too_big(
+            config, est, f"no single machine has that (the limit is {human_bytes(MAX_TRAINING_BYTES)})"
+        )
+
+
+def check_fits(config: Config, available: int | None, device: str, vocab_size: int | None = None) -> None:
+    """Raise a one-line ConfigError naming the key when a training step of `config` cannot fit in
+    `available` bytes (the memory of `device`, as ``device_memory`` reads it; None: unknown, no check)."""
+    est = estimate(config, vocab_size)
+    if available is not None and est.total > available:
+        room = f"the device ({device}) has {human_bytes(available)}"
+        raise ConfigError(one_line(_too_big(config, est, room).plain)) from None
+
+
+def host_memory() -> int | None:
+    """Bytes this process may use on the host: physical RAM, lowered by a cgroup limit or RLIMIT_AS when set."""
+    limits = []
+    try:
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            text = f.read().strip()
+        if text.isdigit():
+            limits.append(int(text))
+    except OSError:
+        pass
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY and soft > 0:
+            limits.append(soft)
+    except (ImportError, ValueError, OSError):
+        pass
+    return min(limits) if limits else None
+
+
+def device_memory(device: object) -> int | None:
+    """Bytes a training step may use on `device` (a torch.device or its name): the host's (``host_memory``) for
+    the CPU, the card's total for CUDA; None where unknown (MPS shares the host's memory in ways not measured)."""
+    kind = getattr(device, "type", None) or str(device).split(":")[0]
+    if kind == "cpu":
+        return host_memory()
+    if kind == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info(device)[1])  # type: ignore[arg-type]
+    return None

@@ -1,0 +1,37 @@
+"""Hostile arguments to the CLIs (tokenizer train/demo/decode, export, generate), model files that describe
+absurd models (refused before anything is built), and training runs: a model or batch no device holds
+(refused before data), ``--resume`` with another tokenizer or model setting (refused, the run's config.yaml
+unchanged), a corpus of one huge document. Each in a child process under an address-space cap and a timeout;
+training runs are ``slow``. The tables are ``tests/reliability/hostile_more.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tests.reliability import hostile_cases as hc
+from tests.reliability import hostile_more as hm
+
+
+def _params(cases: list[hc.Case]) -> list[object]:
+    return [pytest.param(c, id=c.name, marks=[pytest.mark.slow] if c.slow else []) for c in cases]
+
+
+@pytest.mark.parametrize("case", _params(hm.cli_cases()))
+def test_cli(case: hc.Case, hostile_model_dir: Path) -> None:
+    out = hc.run_case(case, hostile_model_dir)
+    assert out.ok, out.detail
+
+
+@pytest.mark.parametrize("case", _params(hm.train_cases()))
+def test_train(case: hc.Case, hostile_model_dir: Path) -> None:
+    out = hc.run_case(case, hostile_model_dir)
+    assert out.ok, out.detail
+
+
+def test_tables_hold_the_new_cases() -> None:
+    """At least 40 cases beyond the first tables (configs, CLIs, training runs, disks)."""
+    assert len(hm.all_more_cases()) >= 40
+    ids = [c.id for c in hc.all_cases()]
+    assert len(ids) == len(set(ids)), "case ids must be unique (an isolated child finds its case by id)"
