@@ -55,8 +55,46 @@ def test_estimate_counts_the_real_parameters(
     assert est.weights == BYTES_PER_PARAMETER * model.num_parameters()
 
 
+@settings(max_examples=15, deadline=None)
+@given(
+    kv_heads=st.integers(1, 3),
+    group=st.integers(1, 2),
+    half_head=st.integers(1, 3),
+    ff_dim=st.integers(1, 24),
+    num_layers=st.integers(1, 3),
+    vocab_size=st.integers(260, 600),
+)
+def test_estimate_counts_the_real_nanochat_parameters(
+    kv_heads: int, group: int, half_head: int, ff_dim: int, num_layers: int, vocab_size: int
+) -> None:
+    from gptrs.model import build_model
+
+    heads = kv_heads * group
+    cfg = apply_overrides(
+        load_config("nanochat-small"),
+        [f"model.embed_dim={heads * 2 * half_head}", f"model.heads={heads}", f"model.kv_heads={kv_heads}",
+         f"model.ff_dim={ff_dim}", f"model.num_layers={num_layers}", "model.max_seq_len=8",
+         f"tokenizer.vocab_size={vocab_size}", f"model.vocab_size={vocab_size}"],
+    )  # fmt: skip
+    model = build_model(cfg, vocab_size=vocab_size)
+    n = sum(p.numel() for p in model.parameters())
+    est = estimate(cfg)
+    assert est.parameters == n
+    assert est.weights == 12 * n  # Muon: weight, gradient, one momentum buffer
+    adamw = estimate(apply_overrides(cfg, ["training.optimizer=adamw"]))
+    assert adamw.weights == BYTES_PER_PARAMETER * n and adamw.activations == est.activations
+
+
 def test_estimate_grows_with_every_size() -> None:
     base = estimate(Config())
+    nano = load_config("nanochat-default")
+    for change in (
+        "model.num_layers=30",
+        "model.max_seq_len=2048",
+        "model.ff_dim=4096",
+        "training.batch_size=64",
+    ):
+        assert estimate(apply_overrides(nano, [change])).total > estimate(nano).total, change
     for change in (
         "model.num_layers=10",
         "model.embed_dim=256",
@@ -73,7 +111,9 @@ def test_estimate_grows_with_every_size() -> None:
     assert estimate(fp32).activations == 2 * base.activations
 
 
-@pytest.mark.parametrize("name", ["small", "default", "large"])
+@pytest.mark.parametrize(
+    "name", ["small", "default", "large", "nanochat-small", "nanochat-default", "nanochat-large"]
+)
 def test_presets_pass_validation_and_fit_a_big_gpu(name: str) -> None:
     cfg = load_config(name)  # validation ran check_absolute
     check_fits(cfg, 80 << 30, "cuda:0")  # every preset trains on an 80 GB card

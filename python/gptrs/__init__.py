@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from gptrs.config import Config, load_config, save_config
     from gptrs.data import prepare_data
-    from gptrs.model import GPT
+    from gptrs.model import GPT, NanoChat, build_model, load_model
     from gptrs.tokenizer import BPETokenizer
     from gptrs.training import Trainer
 
@@ -23,6 +23,9 @@ _WHERE = {
     "load_config": "gptrs.config",
     "save_config": "gptrs.config",
     "GPT": "gptrs.model",
+    "NanoChat": "gptrs.model",
+    "build_model": "gptrs.model",
+    "load_model": "gptrs.model",
     "BPETokenizer": "gptrs.tokenizer",
     "Trainer": "gptrs.training",
     "prepare_data": "gptrs.data",
@@ -32,9 +35,12 @@ __all__ = [
     "GPT",
     "BPETokenizer",
     "Config",
+    "NanoChat",
     "Trainer",
     "__version__",
+    "build_model",
     "load_config",
+    "load_model",
     "prepare_data",
     "save_config",
 ]

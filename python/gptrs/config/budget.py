@@ -39,6 +39,8 @@ __all__ = [
 ]
 
 BYTES_PER_PARAMETER = 16  # fp32 weight 4 + gradient 4 + AdamW exp_avg 4 + exp_avg_sq 4
+# Muon keeps one momentum buffer per matrix (the embeddings' AdamW two moments are counted as one too: errs low).
+_BYTES_PER_PARAMETER_MUON = 12
 # No single machine holds this (16 TiB): a config past it is refused everywhere, whatever the device, so that
 # `--check` catches a typo'd width or layer count without knowing where the run will go.
 MAX_TRAINING_BYTES = 1 << 44
@@ -57,8 +59,21 @@ def _gpt2_activations(m: ModelConfig) -> tuple[int, int]:
     return per_block, d
 
 
+def _nanochat_activations(m: ModelConfig) -> tuple[int, int]:
+    """As _gpt2_activations for the nanochat block: the two RMSNorms' inputs and outputs (4d), queries (d) and
+    the grouped keys and values (2 kv), the attention output and its projection (2d), the two residual sums
+    (2d), and the ReLU^2 feed-forward's hidden layer before and after the activation (2ff). Attention is
+    always fused (SDPA keeps no softmax rows); the rotary and QK-norm copies are left out, erring low."""
+    d, ff = m.embed_dim, m.ff_dim
+    kv = (m.kv_heads or m.heads) * (d // m.heads)
+    return 9 * d + 2 * kv + 2 * ff, d
+
+
 # One entry per model.arch: how many elements a token keeps in one block (see _gpt2_activations).
-_ACTIVATIONS: dict[str, Callable[[ModelConfig], tuple[int, int]]] = {"gpt2": _gpt2_activations}
+_ACTIVATIONS: dict[str, Callable[[ModelConfig], tuple[int, int]]] = {
+    "gpt2": _gpt2_activations,
+    "nanochat": _nanochat_activations,
+}
 
 
 @dataclass(frozen=True)
@@ -80,7 +95,7 @@ def estimate(config: Config, vocab_size: int | None = None) -> Estimate:
     m, t = config.model, config.training
     params = count_parameters(config, vocab_size)
     vocab = m.vocab_size or vocab_size or config.tokenizer.vocab_size
-    per_block, checkpointed = _ACTIVATIONS.get(getattr(m, "arch", "gpt2"), _gpt2_activations)(m)
+    per_block, checkpointed = _ACTIVATIONS[m.arch](m)
     if m.gradient_checkpointing:  # every block's input, plus one block recomputed at a time
         per_token = m.num_layers * checkpointed + per_block
     else:
@@ -88,7 +103,8 @@ def estimate(config: Config, vocab_size: int | None = None) -> Estimate:
     per_token += 3 * m.embed_dim + 2 * vocab  # embeddings and final norm; logits and their log-softmax
     element = 4 if t.mixed_precision is False else 2  # errs low: 16-bit when autocast may be on
     tokens = t.batch_size * m.max_seq_len
-    return Estimate(params, params * BYTES_PER_PARAMETER, tokens * per_token * element)
+    per_param = _BYTES_PER_PARAMETER_MUON if t.optimizer == "muon" else BYTES_PER_PARAMETER
+    return Estimate(params, params * per_param, tokens * per_token * element)
 
 
 def human_count(n: int) -> str:

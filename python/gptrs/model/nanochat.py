@@ -233,7 +233,9 @@ class NanoChat(nn.Module):
         self.max_seq_len = max_seq_len
         self.logit_softcap = self.arch.logit_softcap
         self.gradient_checkpointing = gradient_checkpointing
-        self.loss_chunk_size = 1024  # rows of logits alive at once in the fused LM-head loss
+        # Rows of logits alive at once in the fused LM-head loss; None lets kernels.chunks pick by device
+        # (small reused chunks on the CPU, a few large ones on CUDA, where ~100 tiny chunks cost launches).
+        self.loss_chunk_size: int | None = None
         self.rotary = RotaryTables(embed_dim // heads, rope_theta, initial_positions=max_seq_len)
 
         blocks = [Block(embed_dim, heads, kv_heads, ff_dim) for _ in range(num_layers)]

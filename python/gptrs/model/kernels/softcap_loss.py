@@ -72,7 +72,7 @@ def lm_head_softcap_cross_entropy(
     weight: Tensor,
     targets: Tensor,
     cap: float,
-    chunk_size: int | None = 1024,
+    chunk_size: int | None = None,
     *,
     policy: chunks.Policy | None = None,
 ) -> Tensor:
