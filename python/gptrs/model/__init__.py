@@ -17,7 +17,7 @@ from gptrs.config import Config, ModelConfig
 from gptrs.errors import ConfigError
 from gptrs.model.attention import CausalSelfAttention
 from gptrs.model.generation import SamplingParams, generate, generate_stream, sample_next_token
-from gptrs.model.gpt import GPT, MLP, Block, maybe_compile
+from gptrs.model.gpt import GPT, MLP, Block
 from gptrs.model.kernels import Linear, causal_attention, lm_head_loss
 from gptrs.model.kv_cache import KVCache
 from gptrs.model.nanochat import NanoChat
@@ -65,7 +65,6 @@ __all__ = [
     "lm_head_loss",
     "load_model",
     "load_pretrained",
-    "maybe_compile",
     "read_model_json",
     "sample_next_token",
     "save_pretrained",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -97,7 +96,7 @@ class Trunk(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.embed_dim, bias=cfg.bias)
 
 
-class GPT(nn.Module):
+class GPT(serialization.Pretrained):
     """GPT-2 style language model. ``model(input_ids, targets)`` returns ``(logits, loss)`` as in nanoGPT."""
 
     def __init__(
@@ -414,26 +413,3 @@ class GPT(nn.Module):
             use_cache=use_cache,
             static_cache=static_cache,
         )
-
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
-        """Write ``model.safetensors`` and ``model.json`` into ``directory`` (created if needed)."""
-        serialization.save_pretrained(self, directory, self.config, self.pad_token_id)
-
-    @classmethod
-    def from_pretrained(
-        cls, directory: str | os.PathLike[str], map_location: str | torch.device = "cpu"
-    ) -> GPT:
-        """Load a model written by :meth:`save_pretrained` (or a trainer checkpoint directory)."""
-
-        def build(cfg: ModelConfig, pad_token_id: int | None) -> GPT:
-            return cls.from_config(cfg, pad_token_id=pad_token_id)
-
-        return serialization.load_pretrained(directory, build, map_location)
-
-
-def maybe_compile(model: GPT, enabled: bool) -> nn.Module:
-    """``torch.compile(model)`` when enabled, else the model itself. The compiled wrapper shares the
-    parameters and forwards attribute access (``generate``, ``save_pretrained`` ...) to the model."""
-    if not enabled:
-        return model
-    return torch.compile(model)  # type: ignore[return-value]

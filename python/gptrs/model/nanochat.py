@@ -25,7 +25,6 @@ every token attends to itself and the ``max_seq_len - 1`` tokens before it, cach
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -173,7 +172,7 @@ def _check_args(**values: Any) -> None:
             raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
 
 
-class NanoChat(nn.Module):
+class NanoChat(serialization.Pretrained):
     """nanochat-style language model. ``model(input_ids, targets)`` returns ``(logits, loss)`` like ``GPT``."""
 
     def __init__(
@@ -321,21 +320,6 @@ class NanoChat(nn.Module):
             rope_theta=a.rope_theta,
             logit_softcap=a.logit_softcap or 0.0,
         )
-
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
-        """Write ``model.safetensors`` and ``model.json`` (with ``arch: nanochat``) into ``directory``."""
-        serialization.save_pretrained(self, directory, self.config, self.pad_token_id)
-
-    @classmethod
-    def from_pretrained(
-        cls, directory: str | os.PathLike[str], map_location: str | torch.device = "cpu"
-    ) -> NanoChat:
-        """Load a NanoChat written by :meth:`save_pretrained` (or a trainer checkpoint directory)."""
-
-        def build(cfg: ModelConfig, pad_token_id: int | None) -> NanoChat:
-            return cls.from_config(cfg, pad_token_id=pad_token_id)
-
-        return serialization.load_pretrained(directory, build, map_location)
 
     # ------------------------------------------------------------------ forward
 

@@ -10,8 +10,8 @@ these; loading needs only the two files):
 
 Anything wrong with a directory (missing files, bad JSON, corrupt safetensors, missing, unexpected or
 misshapen tensors) raises :class:`gptrs.errors.CheckpointError` with one line naming the file and tensors.
-This module knows no model class: ``GPT.save_pretrained`` hands it the module, config and pad id, and
-``GPT.from_pretrained`` a function that builds the model from a config.
+This module knows no model class: :class:`Pretrained` gives a model family (``GPT``, ``NanoChat``) its
+``save_pretrained``/``from_pretrained`` through the family's ``config``, ``pad_token_id`` and ``from_config``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import torch
 from safetensors import safe_open
@@ -192,3 +192,34 @@ def _read_tensors(
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable safetensors file ({first})") from None
     return state
+
+
+class Pretrained(nn.Module):
+    """The base of each model family: an ``nn.Module`` with ``save_pretrained``/``from_pretrained``. The family
+    supplies ``config`` (its resolved ModelConfig, what ``model.json`` records), ``pad_token_id`` and
+    ``from_config``."""
+
+    pad_token_id: int | None
+
+    @property
+    def config(self) -> ModelConfig:
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(
+        cls, cfg: Config | ModelConfig, *, vocab_size: int | None = None, pad_token_id: int | None = None
+    ) -> Self:
+        raise NotImplementedError
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
+        """Write ``model.safetensors`` and ``model.json`` into ``directory`` (created if needed)."""
+        save_pretrained(self, directory, self.config, self.pad_token_id)
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+    ) -> Self:
+        """Load a model written by :meth:`save_pretrained` (or a trainer checkpoint directory)."""
+        return load_pretrained(
+            directory, lambda cfg, pad: cls.from_config(cfg, pad_token_id=pad), map_location
+        )
