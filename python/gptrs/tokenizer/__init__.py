@@ -112,16 +112,7 @@ class BPETokenizer:
         """
         if isinstance(texts, str):
             raise ValueError("texts must be an iterable of str, not a single str (wrap it in a list)")
-        tok = gptrs_tok.Tokenizer.train(
-            texts,
-            self.vocab_size,
-            pattern=self.pattern,
-            special_tokens=self._special_list(),
-            min_frequency=self.min_frequency,
-            progress=progress,
-        )
-        self._set(tok)
-        return self
+        return self._train(gptrs_tok.Tokenizer.train, texts, progress)
 
     def train_files(self, paths: Iterable[StrPath], progress: ProgressFn | None = None) -> BPETokenizer:
         """Learn the merges from UTF-8 text files, read and split in parallel in Rust. Returns ``self``."""
@@ -131,15 +122,22 @@ class BPETokenizer:
         for p in paths:
             if os.path.isdir(p):
                 raise ValueError(f"{p} is a directory; pass files (e.g. {p}/*.txt)")
-        tok = gptrs_tok.Tokenizer.train_files(
-            paths,
-            self.vocab_size,
-            pattern=self.pattern,
-            special_tokens=self._special_list(),
-            min_frequency=self.min_frequency,
-            progress=progress,
+        return self._train(gptrs_tok.Tokenizer.train_files, paths, progress)
+
+    def _train(
+        self, trainer: Callable[..., gptrs_tok.Tokenizer], source: object, progress: ProgressFn | None
+    ) -> BPETokenizer:
+        """Run one of the Rust trainers (texts or files) with this tokenizer's settings, and adopt the result."""
+        self._set(
+            trainer(
+                source,
+                self.vocab_size,
+                pattern=self.pattern,
+                special_tokens=self._special_list(),
+                min_frequency=self.min_frequency,
+                progress=progress,
+            )
         )
-        self._set(tok)
         return self
 
     def _set(self, tok: gptrs_tok.Tokenizer) -> None:
