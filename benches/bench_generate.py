@@ -115,29 +115,11 @@ def train_briefly(model: GPT, data: Any, steps: int) -> dict[str, Any]:
 
 def hf_from_ours(model: GPT) -> nn.Module:
     """The HF GPT-2 with our weights (GPT-2's Conv1D stores Linear weights transposed)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
     c = model.config
-    hf = GPT2LMHeadModel(
-        GPT2Config(  # type: ignore[call-arg]
-            vocab_size=c.vocab_size or 0,
-            n_positions=c.max_seq_len,
-            n_embd=c.embed_dim,
-            n_layer=c.num_layers,
-            n_head=c.heads,
-            n_inner=c.ff_dim,
-            activation_function="gelu",
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-            bos_token_id=None,
-            eos_token_id=None,
-            pad_token_id=0,
-            attn_implementation="sdpa",
-        )
-    )
+    hf = common.hf_gpt2(
+        c.vocab_size or 0, c.max_seq_len, c.embed_dim, c.num_layers, c.heads, c.ff_dim,
+        bos_token_id=None, eos_token_id=None, pad_token_id=0,
+    )  # fmt: skip
     conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
     state = {k: (v.t() if k.endswith(conv1d) else v) for k, v in model.state_dict().items()}
     missing, unexpected = hf.load_state_dict(state, strict=False)

@@ -118,24 +118,8 @@ def ours(s: Shape, device: torch.device) -> GPT:
 
 
 def hf_model(s: Shape, device: torch.device) -> nn.Module:
-    from transformers import GPT2Config, GPT2LMHeadModel
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
     torch.manual_seed(0)
-    cfg = GPT2Config(  # type: ignore[call-arg]
-        vocab_size=s.vocab,
-        n_positions=s.seq,
-        n_embd=s.embed,
-        n_layer=s.layers,
-        n_head=s.heads,
-        activation_function="gelu",
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        attn_implementation="sdpa",
-    )
-    return GPT2LMHeadModel(cfg).to(device)
+    return common.hf_gpt2(s.vocab, s.seq, s.embed, s.layers, s.heads).to(device)
 
 
 def hf_from_ours(model: GPT) -> nn.Module:

@@ -54,6 +54,7 @@ from benches import common
 from gptrs.config import ModelConfig, TrainingConfig
 from gptrs.host_memory import tune_host_allocator
 from gptrs.model import GPT
+from gptrs.training.compile import should_compile
 from gptrs.training.precision import resolve_precision
 
 
@@ -88,26 +89,9 @@ REFERENCE_HF = {SHAPES[0].label: 19_200, SHAPES[1].label: 4_790, SHAPES[2].label
 
 
 def hf_model(s: Shape) -> torch.nn.Module:
-    from transformers import GPT2Config, GPT2LMHeadModel
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    cfg = GPT2Config(  # type: ignore[call-arg]
-        vocab_size=s.vocab,
-        n_positions=s.block,
-        n_embd=s.embed,
-        n_layer=s.layers,
-        n_head=s.heads,
-        n_inner=4 * s.embed,
-        activation_function="gelu",  # exact GELU, as ours
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
-        attn_implementation="sdpa",
-    )
-    return GPT2LMHeadModel(cfg).train()
+    return common.hf_gpt2(
+        s.vocab, s.block, s.embed, s.layers, s.heads, bos_token_id=0, eos_token_id=0
+    ).train()
 
 
 def our_model(s: Shape) -> GPT:
@@ -200,8 +184,8 @@ def matmul_floor(step: Callable[[], None], dtype: torch.dtype, repeats: int = 3)
     best = math.inf
     for _ in range(repeats + 1):  # the first pass warms oneDNN's kernel caches
         t0 = time.perf_counter()
-        for a, b in ops:
-            torch.matmul(a, b)
+        for lhs, rhs in ops:
+            torch.matmul(lhs, rhs)
         best = min(best, time.perf_counter() - t0)
     return {"ms": 1e3 * best, "gemms": len(ops), "gemm_flops": flops}
 
@@ -291,7 +275,7 @@ def run(
     chosen = QUICK_SHAPES if quick else [SHAPES[i] for i in (shapes or range(len(SHAPES)))]
     rounds = rounds or (2 if quick else 7)
     warmup = warmup or (1 if quick else 2)
-    compile_ours = ModelConfig().compile and not quick
+    compile_ours = should_compile(ModelConfig().compile, torch.device("cpu")) and not quick
     peak = {"bf16": 0.0, "fp32": 0.0}
     out: dict[str, Any] = {
         "settings": {

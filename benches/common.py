@@ -285,3 +285,30 @@ def bar_chart(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def hf_gpt2(
+    vocab: int, seq: int, embed: int, layers: int, heads: int, ff: int | None = None, **extra: Any
+) -> Any:
+    """HF ``GPT2LMHeadModel`` of a shape, the peer of every GPT-2 comparison: exact GELU as ours, no dropout,
+    SDPA attention (``extra`` goes to ``GPT2Config``: token ids). Imported here so the benches that never
+    meet it do not need transformers."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    cfg = GPT2Config(  # type: ignore[call-arg]
+        vocab_size=vocab,
+        n_positions=seq,
+        n_embd=embed,
+        n_layer=layers,
+        n_head=heads,
+        n_inner=ff if ff is not None else 4 * embed,
+        activation_function="gelu",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        attn_implementation="sdpa",
+        **extra,
+    )
+    return GPT2LMHeadModel(cfg)
