@@ -53,6 +53,12 @@ def _import(suite: str) -> Any | None:
         raise
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def missing_extra(suite: str, error: ModuleNotFoundError | None = None) -> str | None:
     """The line to print when ``suite`` cannot run for want of a test extra (checked before it starts, or
     read from the ``error`` it raised); None when nothing is missing or ``error`` is about something else."""
@@ -133,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         if (line := missing_extra(suite)) is not None:
             print(line, file=sys.stderr, flush=True)
             states[suite], skipped = "skipped (a test extra is missing)", True
+            continue
+        if suite == "gpu" and not _has_cuda():  # not a failure: `benches gpu --device cpu --tiny` checks it
+            states[suite] = "skipped (no CUDA device)"
             continue
         cmd = [sys.executable, "-m", "benches", suite, "--threads", str(threads)] + (
             ["--quick"] if args.quick else []

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -43,6 +45,10 @@ def test_all_quick_writes_every_suite(tmp_path: Path) -> None:
         path = tmp_path / f"{suite}_quick.json"
         if not _present(suite):
             assert f"{suite:<12} not in this checkout" in summary
+            assert not path.exists()
+            continue
+        if suite == "gpu" and not torch.cuda.is_available():
+            assert f"{suite:<12} skipped (no CUDA device)" in summary, summary
             assert not path.exists()
             continue
         assert f"{suite:<12} ok" in summary, summary
