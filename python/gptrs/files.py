@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,8 +86,14 @@ def write_error(e: BaseException, path: str | os.PathLike[str]) -> OSError:
     if is_disk_full(e, Path(path).parent):
         return OSError(errno.ENOSPC, f"cannot write {path}: no space left on device")
     if isinstance(e, OSError):
-        reason = e.strerror or str(e)
-        return OSError(e.errno, f"cannot write {path}: {reason}") if e.errno else OSError(f"{path}: {reason}")
+        code = e.errno
+        if not code and (
+            m := re.search(r"\(os error (\d+)\)", str(e))
+        ):  # Rust's io::Error, as gptrs_tok raises it
+            code = int(m[1])
+        if code:  # the system's words, not the message's: that names the temporary file
+            return OSError(code, f"cannot write {path}: {e.strerror or os.strerror(code)}")
+        return OSError(f"cannot write {path}: {e}")
     return OSError(f"cannot write {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
 
 
