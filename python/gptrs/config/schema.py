@@ -265,7 +265,7 @@ def count_parameters(config: Config, vocab_size: int | None = None) -> int:
 # ----------------------------------------------------------------------------------------------------------
 # The reference (`python -m gptrs.config --describe`, docs/configuration.md)
 
-DESCRIBE_WIDTH = 110  # the plain reference wraps its lines here (the repository's line length)
+DESCRIBE_WIDTH = 100  # the plain reference wraps its lines here: a terminal of 100 columns shows it whole
 
 
 def _type_name(hint: Any) -> str:
