@@ -22,7 +22,10 @@ Either way the (N, vocab) logits and their fp32 copy never exist at once: the me
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+import functools
+import sys
+from collections.abc import Callable
+from typing import Literal, ParamSpec, Protocol, TypeVar
 
 import torch
 from torch import Tensor
@@ -33,6 +36,25 @@ CHUNK_BYTES = 16 << 20  # CPU: cap on the logits buffer of one chunk
 CUDA_CHUNK_BYTES = 1 << 30  # CUDA: cap on the logits of one chunk (the caching allocator keeps it)
 
 Policy = Literal["cpu", "cuda"]
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def compiler_disabled(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """``torch.compiler.disable(fn)``, applied lazily. Decorating at import time imports ``torch._dynamo``
+    (~2.5 s on these CPUs), which every CLI would pay even when nothing compiles; and nothing can be
+    compiling before ``torch._dynamo`` is imported, so until then ``fn`` runs as it is."""
+    disabled: list[Callable[_P, _R]] = []
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        if "torch._dynamo" not in sys.modules:
+            return fn(*args, **kwargs)
+        if not disabled:
+            disabled.append(torch.compiler.disable(fn))
+        return disabled[0](*args, **kwargs)
+
+    return wrapper
 
 
 def default_policy(device: torch.device) -> Policy:

@@ -72,7 +72,7 @@ def fused_head_loss(
     return out
 
 
-@torch.compiler.disable  # hand-fused for the CPU already; torch.compile would only add a graph break
+@chunks.compiler_disabled  # hand-fused for the CPU already; torch.compile would only add a graph break
 def _cpu_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int) -> torch.Tensor:
     with torch.no_grad():
         w = weight.to(chunks.compute_dtype(x))

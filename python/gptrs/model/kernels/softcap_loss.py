@@ -62,7 +62,7 @@ def _loss(x: Tensor, weight: Tensor, targets: Tensor, cap: float, rows: int, pol
     )
 
 
-@torch.compiler.disable  # hand-fused for the CPU already
+@chunks.compiler_disabled  # hand-fused for the CPU already
 def _cpu_loss(x: Tensor, weight: Tensor, targets: Tensor, cap: float, rows: int) -> Tensor:
     return _loss(x, weight, targets, cap, rows, "cpu")
 
