@@ -9,4 +9,4 @@ echo "== cargo clippy"; cargo clippy --all-targets --features python -- -D warni
 echo "== cargo test"; cargo test --release
 echo "== ruff"; ruff check python tests benches; ruff format --check python tests benches
 echo "== mypy"; mypy
-echo "== pytest"; python -m pytest -m "not slow" -q -p no:cacheprovider "$@"
+echo "== pytest"; python -m pytest -m "not slow" -q -p no:cacheprovider --durations=15 "$@"
