@@ -199,7 +199,11 @@ GENERATE_ERRORS = [
         "--top-p must be in (0, 1]",
     ),
     ("temperature", lambda t, c: ["--model-path", str(c), "--prompt", "x", "--temperature", "-1"], ">= 0"),
-    ("top_k", lambda t, c: ["--model-path", str(c), "--prompt", "x", "--top-k", "0"], "--top-k must be >= 1"),
+    (
+        "top_k",
+        lambda t, c: ["--model-path", str(c), "--prompt", "x", "--top-k", "0"],
+        "--top-k must be an integer >= 1",
+    ),
     (
         "seed",
         lambda t, c: ["--model-path", str(c), "--prompt", "x", "--seed", "abc"],

@@ -14,7 +14,6 @@ import argparse
 import codecs
 import dataclasses
 import logging
-import math
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -43,20 +42,16 @@ class Sampling:
     seed: int | None = None
 
     def check(self) -> None:
-        from gptrs.model.generation import MAX_NEW_TOKENS  # torch: imported only once a model is wanted
+        """The checks of ``SamplingParams`` (one place), named by their flags; the CLI also wants >= 1 token."""
+        from gptrs.model.sampling import SamplingParams  # torch: imported only once a model is wanted
 
         if self.max_new_tokens < 1:
             raise GptrsError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
-        if self.max_new_tokens > MAX_NEW_TOKENS:
-            raise GptrsError(
-                f"--max-new-tokens must be at most {MAX_NEW_TOKENS:,}, got {self.max_new_tokens:,}"
-            )
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise GptrsError(f"--temperature must be a number >= 0 (0 = greedy), got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise GptrsError(f"--top-k must be >= 1 (or omitted), got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise GptrsError(f"--top-p must be in (0, 1], got {self.top_p}")
+        try:
+            SamplingParams(self.max_new_tokens, self.temperature, self.top_k, self.top_p, seed=self.seed)
+        except ValueError as e:
+            field, _, rest = str(e).partition(" ")  # "top_p must be in (0, 1], got 7.0"
+            raise GptrsError(f"--{field.replace('_', '-')} {rest}") from None
 
 
 def encode_prompt(tok: Any, prompt: str, separator: str = "eos") -> list[int]:
