@@ -35,3 +35,21 @@ def test_tables_hold_the_new_cases() -> None:
     assert len(hm.all_more_cases()) >= 40
     ids = [c.id for c in hc.all_cases()]
     assert len(ids) == len(set(ids)), "case ids must be unique (an isolated child finds its case by id)"
+
+
+def test_the_fork_server_enforces_the_caps_like_a_process() -> None:
+    """The zygote's children are held to the same caps as a subprocess: a hang is killed at the timeout, an
+    allocation past the address-space cap fails in the child, and the exit status and output come back."""
+    from tests.reliability import zygote
+
+    server = zygote.get(hc._env())
+    if server is None:
+        pytest.skip(f"{zygote.NO_FORK_ENV}=1: cases run with subprocess")
+    sleep = server.run(
+        "module", ["timeit", "-n", "1", "import time; time.sleep(60)"], 1.0, hc.ADDRESS_SPACE_LIMIT
+    )
+    assert sleep.timed_out
+    big = server.run("module", ["timeit", "-n", "1", "b = bytearray(8 << 30)"], 60.0, hc.ADDRESS_SPACE_LIMIT)
+    assert not big.timed_out and big.returncode == 1 and "MemoryError" in big.stderr
+    ok = server.run("module", ["timeit", "-n", "1", "-r", "1", "pass"], 60.0, hc.ADDRESS_SPACE_LIMIT)
+    assert (ok.returncode, ok.timed_out) == (0, False) and "loop" in ok.stdout

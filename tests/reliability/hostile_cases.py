@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.reliability import zygote
 
 REPO = Path(__file__).resolve().parents[2]
 ADDRESS_SPACE_LIMIT = 4 << 30
@@ -943,16 +946,10 @@ def run_isolated(case: Case, fx: Fixtures) -> Outcome:
     """Run an API case in a child process (address space capped): a crash there is a failed case, not ours."""
     code = "import sys; from tests.reliability.hostile_cases import _child_main; sys.exit(_child_main(sys.argv[1:]))"
     t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-c", code, case.id, str(fx.root)],
-            capture_output=True,
-            text=True,
-            env=_env(),
-            cwd=REPO,
-            timeout=case.timeout,
-        )
-    except subprocess.TimeoutExpired:
+    proc = _run_child(
+        "isolated", [case.id, str(fx.root)], [sys.executable, "-c", code], case.timeout, cap=False
+    )
+    if proc is None:
         return Outcome(False, f"hang: no answer within {case.timeout:.0f} s", time.perf_counter() - t0)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
@@ -989,6 +986,26 @@ def _child_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def _run_child(
+    kind: str, args: list[str], command: list[str], timeout: float, cap: bool
+) -> subprocess.CompletedProcess[str] | None:
+    """Run a case's process: a fork of the zygote (``zygote.py``: torch already imported), else
+    ``command`` with subprocess. None when it ran past ``timeout`` (it is killed). An isolated case caps its
+    own address space once its fixtures are built (``_child_main``); a CLI case is capped from the start."""
+    server = zygote.get(_env())
+    if server is not None:
+        limit = ADDRESS_SPACE_LIMIT if cap else resource.RLIM_INFINITY
+        r = server.run(kind, args, timeout, limit)
+        return None if r.timed_out else subprocess.CompletedProcess(command, r.returncode, r.stdout, r.stderr)
+    try:
+        return subprocess.run(
+            command, capture_output=True, text=True, env=_env(), cwd=REPO, timeout=timeout,
+            preexec_fn=_cap_address_space if cap else None,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return None
+
+
 def _cap_address_space() -> None:
     import resource
 
@@ -1000,17 +1017,9 @@ def run_cli(case: Case, fx: Fixtures) -> Outcome:
     argv = case.argv(fx)
     fx.extra["path"] = str(fx.root)
     t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", *argv],
-            capture_output=True,
-            text=True,
-            env=_env(),
-            cwd=REPO,
-            timeout=case.timeout,
-            preexec_fn=_cap_address_space,  # an unbounded allocation fails the case, not the machine
-        )
-    except subprocess.TimeoutExpired:
+    # The address space is capped: an unbounded allocation fails the case, not the machine.
+    proc = _run_child("module", list(argv), [sys.executable, "-m", *argv], case.timeout, cap=True)
+    if proc is None:
         return Outcome(False, f"hang: no exit within {case.timeout:.0f} s", time.perf_counter() - t0)
     dt = time.perf_counter() - t0
     err = proc.stderr.strip()
