@@ -457,7 +457,7 @@ def print_table(out: dict[str, Any]) -> None:
 
 def run(quick: bool, minutes: float | None = None, mode: str = "parallel") -> dict[str, Any]:
     if minutes is None:
-        minutes = 0.5 if quick else 10.0
+        minutes = 0.25 if quick else 10.0
     slice_s, every = (5.0, 10.0) if quick else (SLICE_S, EVAL_EVERY_S)
     out = summarize(
         race([GPT2_RECIPE, MODERN_RECIPE], minutes, mode=mode, slice_s=slice_s, eval_every_s=every)
@@ -470,7 +470,7 @@ def run(quick: bool, minutes: float | None = None, mode: str = "parallel") -> di
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--minutes", type=float, default=None, help="training minutes per recipe (default 10)")
-    ap.add_argument("--quick", action="store_true", help="30 seconds per recipe: checks that it runs")
+    ap.add_argument("--quick", action="store_true", help="15 seconds per recipe: checks that it runs")
     ap.add_argument(
         "--mode",
         choices=("parallel", "alternate"),
