@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import tiny_gpt
 from gptrs.config import Config, ModelConfig
 from gptrs.errors import ConfigError
 from gptrs.model import GPT, lm_head_loss
@@ -18,20 +19,12 @@ from gptrs.model.kernels import loss as loss_kernel
 V, D, FF, L, H, T = 64, 32, 80, 2, 4, 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models run fastest on one thread, and the test machines are shared.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny(seed: int = 0, **kw) -> GPT:
-    torch.manual_seed(seed)
-    args = dict(vocab_size=V, embed_dim=D, ff_dim=FF, num_layers=L, heads=H, max_seq_len=T, pad_token_id=0)
-    args.update(kw)
-    return GPT(**args)
+def tiny(seed: int = 0, **kw: object) -> GPT:
+    shape: dict = dict(vocab_size=V, embed_dim=D, ff_dim=FF, num_layers=L, heads=H, max_seq_len=T, pad_token_id=0)
+    return tiny_gpt(seed, **{**shape, **kw})
 
 
 def batch(b: int = 3, t: int = T, seed: int = 1) -> torch.Tensor:

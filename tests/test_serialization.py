@@ -11,19 +11,25 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import tiny_gpt
 from gptrs.errors import CheckpointError
 from gptrs.model import GPT, load_model
 from gptrs.model.serialization import FORMAT_VERSION
 
 
-def tiny(**kw) -> GPT:
-    torch.manual_seed(0)
-    args = dict(vocab_size=40, embed_dim=32, ff_dim=48, num_layers=2, heads=4, max_seq_len=16, pad_token_id=3)
-    args.update(kw)
-    return GPT(**args)
+def tiny(**kw: object) -> GPT:
+    return tiny_gpt(0, perturb=0.1, **{**dict(vocab_size=40, ff_dim=48, pad_token_id=3), **kw})
 
 
-@pytest.mark.parametrize("kw", [{}, dict(bias=False, activation="gelu_tanh", attention="reference")])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        dict(bias=False, activation="gelu_tanh", attention="reference"),
+        dict(arch="nanochat", kv_heads=2),
+        dict(arch="nanochat", positions="learned", bias=True, tie_embeddings=True, logit_softcap=5.0),
+    ],
+)
 def test_round_trip_is_exact(tmp_path: Path, kw: dict) -> None:
     m = tiny(**kw)
     with torch.no_grad():
