@@ -272,14 +272,15 @@ def _check_overwrite(out: Path, force: bool) -> None:
     replace."""
     if not out.is_dir() or force:
         return
-    foreign = sorted(p.name for p in out.iterdir() if not _is_export_file(p.name))
-    if not foreign and (out / HF_CONFIG_FILE).exists():
+    foreign = [p.name for p in out.iterdir() if not _is_export_file(p.name)]
+    if (out / HF_CONFIG_FILE).exists():  # a config.json not marked as ours is the user's (or another tool's)
         try:
             ours = json.loads((out / HF_CONFIG_FILE).read_text(encoding="utf-8")).get(EXPORT_MARKER)
         except (OSError, ValueError, AttributeError):
             ours = None
         if not ours:
-            foreign = [HF_CONFIG_FILE]
+            foreign.append(HF_CONFIG_FILE)
+    foreign.sort()
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise ExportError(
