@@ -580,11 +580,16 @@ def _after_killed_export(fx: Fixtures) -> list[str]:
         "export_hf(sys.argv[1], sys.argv[2])\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code, str(case / "run"), str(out)], capture_output=True, env=_env(), timeout=300
+        [sys.executable, "-c", code, str(case / "run"), str(out)],
+        capture_output=True,
+        env=_env(),
+        timeout=300,
     )
     strays = [p.name for p in out.glob(".tokenizer.json.*.tmp")] if out.is_dir() else []
     if proc.returncode != -9 or not strays:
-        raise AssertionError(f"the kill left no temporary tokenizer file (status {proc.returncode}): {strays}")
+        raise AssertionError(
+            f"the kill left no temporary tokenizer file (status {proc.returncode}): {strays}"
+        )
     fx.extra["before"] = {k: v for k, v in _hashes(case).items() if not k.startswith("run/hf/")}
     return ["gptrs.export", "--model-path", str(case / "run"), "--out", str(out)]
 
@@ -612,7 +617,8 @@ def export_cases() -> list[Case]:
         ("export: --out is another run directory, even with --force", _export_from("exp_other_run", f"{ck}", "run", "--force"), r"^error: --out .*: (contains the checkpoint|is a run directory)"),
     ]  # fmt: skip
     cases = [Case(S, n, argv=a, match=m, check=_files_kept(), needs_model=True) for n, a, m in refused]
-    return cases + [
+    return [
+        *cases,
         Case(S, "export: a fresh RUN/hf is fine", argv=_export_from("exp_fresh", "run", "run/hf"), status=0, check=_exported_to("run/hf"), needs_model=True),
         Case(S, "export: --force writes beside the user's files, keeping them", argv=_export_from("exp_force", "run", "mine", "--force"), status=0, check=_files_kept(added=True, replaced="mine/config.json"), needs_model=True),
         Case(S, "export: over an earlier export (allowed)", argv=_over_earlier_export, status=0, check=_exported_to("run/hf"), needs_model=True),
