@@ -144,15 +144,11 @@ def prompt_prefix(directory: Path, tok: BPETokenizer) -> str | None:
     return next((s for s, i in tok.tok.special_tokens.items() if ids and i == ids[0]), None)
 
 
-def hf_tokenizer_files(tok: BPETokenizer, prefix: str | None, max_len: int) -> dict[str, str]:
-    """``tokenizer.json`` (with a post-processor that puts ``prefix`` before every text, as gptrs.generate
-    does), ``tokenizer_config.json`` and ``special_tokens_map.json``: what ``AutoTokenizer`` needs to
-    encode a prompt into the ids gptrs.generate feeds the model. HF's bos token is that prefix (for the
-    usual eos separator ``<|endoftext|>``, as in GPT-2)."""
-    with tempfile.TemporaryDirectory(prefix="gptrs-export-") as d:  # never a stray file in the output
-        scratch = Path(d) / TOKENIZER_FILE
-        tok.tok.save_hf(str(scratch))
-        data = json.loads(scratch.read_text(encoding="utf-8"))
+def hf_tokenizer_files(tok: BPETokenizer, prefix: str | None, max_len: int, data: dict) -> dict[str, str]:
+    """``tokenizer.json`` (``data``, what ``save_hf`` wrote, with a post-processor that puts ``prefix``
+    before every text, as gptrs.generate does), ``tokenizer_config.json`` and ``special_tokens_map.json``:
+    what ``AutoTokenizer`` needs to encode a prompt into the ids gptrs.generate feeds the model. HF's bos
+    token is that prefix (for the usual eos separator ``<|endoftext|>``, as in GPT-2)."""
     if prefix is not None:
         first = {"SpecialToken": {"id": prefix, "type_id": 0}}
         data["post_processor"] = {
@@ -325,11 +321,9 @@ def export_hf(
         raise ExportError(f"tokenizer file not found: {tokenizer}")
     make_config, tensors = _hf_files(model)
     tok = _load_tokenizer(tok_path, explicit=tokenizer is not None) if tok_path is not None else None
-    files: dict[str, str] = {}
     ids: dict[str, int | None] = {"bos_token_id": None, "eos_token_id": None}
+    prefix = prompt_prefix(directory, tok) if tok is not None else None
     if tok is not None:
-        prefix = prompt_prefix(directory, tok)
-        files = hf_tokenizer_files(tok, prefix, model.config.max_seq_len)
         ids = {"bos_token_id": tok.token_to_id(prefix) if prefix else None, "eos_token_id": tok.eos_token_id}
     config = make_config(**ids)
     pad = config.get("pad_token_id")
@@ -346,8 +340,15 @@ def export_hf(
     }
     out.mkdir(parents=True, exist_ok=True)
     _remove_strays(out)
-    for name, text in files.items():
-        atomic_write_text(out / name, text)
+    if tok is not None:
+        # save_hf writes the temporary file itself, so a killed export leaves nothing but a .tmp beside
+        # the target, which the next export removes (_remove_strays)
+        with atomic_path(out / TOKENIZER_FILE) as tmp:
+            tok.tok.save_hf(str(tmp))
+            files = hf_tokenizer_files(tok, prefix, model.config.max_seq_len, json.loads(tmp.read_bytes()))
+            tmp.write_text(files.pop(TOKENIZER_FILE), encoding="utf-8")
+        for name, text in files.items():
+            atomic_write_text(out / name, text)
     with atomic_path(out / MODEL_FILE) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
         os.chmod(tmp, _file_mode())
