@@ -6,7 +6,19 @@
 checkpoint, else the last, as ``gptrs.generate`` picks it). The export writes ``config.json`` +
 ``model.safetensors`` that ``transformers.AutoModelForCausalLM.from_pretrained`` loads with the same logits
 (a ``GPT2LMHeadModel``, or a ``NanoChatForCausalLM`` for the modern family, mapped by ``hf_nanochat.py``),
-and the tokenizer as a Hugging Face ``tokenizer.json`` when one is given or found in the model directory.
+and the tokenizer when one is given or found in the model directory: ``tokenizer.json`` (its special tokens
+included), ``tokenizer_config.json`` and ``special_tokens_map.json``, with ``bos_token_id``/``eos_token_id``/
+``pad_token_id`` in ``config.json`` and ``generation_config.json``. gptrs.generate puts the document separator
+(``data.separator``: ``<|endoftext|>`` in every preset) before each prompt, so that the prompt reads as the
+start of a document as in training; the exported tokenizer adds the same token, and HF's bos token is it, so
+``AutoTokenizer`` + ``generate`` or ``pipeline("text-generation")`` continue a prompt as gptrs does. The
+generation config carries gptrs.generate's default sampling (temperature 0.8, top-k 50).
+
+``--out`` must be new, empty or an earlier export (``config.json`` marked ``gptrs_export``; overwritten file
+by file, each atomically); other files there need ``--force``. An ``--out`` that is or holds the checkpoint,
+lies inside a checkpoint or the run's ``checkpoints/``, or is a run directory is refused: a fresh ``RUN/hf``
+is the place.
+
 For GPT-2 the mapping is direct because our parameter names are GPT-2's; GPT-2 keeps its
 linear layers as ``Conv1D`` with (in, out) weights, so Linear weights are transposed. A model built with
 ``bias=False`` is written with zero biases (the same function). Anything GPT-2 cannot express is refused
