@@ -235,16 +235,19 @@ def test_transformers_generates_what_gptrs_generates(
         assert piped == prompt + text
 
 
-def test_export_files_are_world_readable(tmp_path: Path, trained_tokenizer: Path) -> None:
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)])
+def test_export_files_follow_the_umask(
+    tmp_path: Path, trained_tokenizer: Path, umask: int, mode: int
+) -> None:
     """model.safetensors gets the mode the umask gives every other file (safetensors itself makes 0600)."""
     import os
 
     src = _model_dir(tmp_path, "gpt2", "eos", trained_tokenizer)
-    old = os.umask(0o022)
+    old = os.umask(umask)
     try:
         assert main(["--model-path", str(src), "--out", str(tmp_path / "hf")]) == 0
     finally:
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "hf").iterdir()}
     assert set(modes) >= {"model.safetensors", "config.json", "tokenizer.json", "generation_config.json"}
-    assert set(modes.values()) == {0o644}, modes
+    assert set(modes.values()) == {mode}, modes
