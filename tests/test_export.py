@@ -224,6 +224,9 @@ def test_transformers_generates_what_gptrs_generates(
             want = ours.generate(torch.tensor([ids]), NEW, temperature=0.0, eos_token_id=tok.eos_token_id)
             got = hf.generate(**enc, max_new_tokens=NEW, do_sample=False)
         assert got[0].tolist() == want[0].tolist()
+        with torch.no_grad():  # the premise: no greedy step was a near-tie that rounding could flip
+            top2 = ours(want[:, :-1])[0][0, len(ids) - 1 :].topk(2).values
+        assert float((top2[:, 0] - top2[:, 1]).min()) > 1e-4
         assert generate_main(
             ["--model-path", str(src), "--device", "cpu", "--prompt", prompt, "--temperature", "0",
              "--max-new-tokens", str(NEW)]
