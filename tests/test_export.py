@@ -193,6 +193,7 @@ def test_transformers_generates_what_gptrs_generates(
 ) -> None:
     """AutoTokenizer + AutoModelForCausalLM.generate and pipeline('text-generation') on an export give the
     token ids and text of ``gptrs.generate`` (greedy on both sides) for the same prompt."""
+    from gptrs.generate import Sampling
     from gptrs.generate import main as generate_main
     from gptrs.model import load_model
     from gptrs.tokenizer import BPETokenizer
@@ -209,6 +210,10 @@ def test_transformers_generates_what_gptrs_generates(
         prefix_id, tok.eos_token_id, tok.pad_token_id,
     )  # fmt: skip
     assert (generation["bos_token_id"], generation["eos_token_id"]) == (prefix_id, tok.eos_token_id)
+    default = Sampling()  # transformers' default sampling is gptrs.generate's
+    assert (generation["do_sample"], generation["temperature"], generation["top_k"]) == (
+        True, default.temperature, default.top_k,
+    )  # fmt: skip
     added = {t["content"]: t["id"] for t in json.loads((out / "tokenizer.json").read_text())["added_tokens"]}
     assert added == {s: tok.token_to_id(s) for s in tok.special_tokens.values()}
 
@@ -216,6 +221,7 @@ def test_transformers_generates_what_gptrs_generates(
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
     hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     pipe = transformers.pipeline("text-generation", model=hf, tokenizer=hf_tok, device="cpu")
+    news = []
     for prompt in PROMPTS:
         ids = [prefix_id, *tok.encode_ordinary(prompt)]
         enc = hf_tok(prompt, return_tensors="pt")
@@ -224,6 +230,7 @@ def test_transformers_generates_what_gptrs_generates(
             want = ours.generate(torch.tensor([ids]), NEW, temperature=0.0, eos_token_id=tok.eos_token_id)
             got = hf.generate(**enc, max_new_tokens=NEW, do_sample=False)
         assert got[0].tolist() == want[0].tolist()
+        news.append(want[0, len(ids) :].tolist())
         with torch.no_grad():  # the premise: no greedy step was a near-tie that rounding could flip
             top2 = ours(want[:, :-1])[0][0, len(ids) - 1 :].topk(2).values
         assert float((top2[:, 0] - top2[:, 1]).min()) > 1e-4
@@ -236,6 +243,11 @@ def test_transformers_generates_what_gptrs_generates(
         assert printed == prompt + text + "\n"
         piped = pipe(prompt, max_new_tokens=NEW, do_sample=False)[0]["generated_text"]
         assert piped == prompt + text
+    # a batch, left-padded with the pad token (tokenizer_config's padding_side), continues each prompt alike
+    enc = hf_tok(PROMPTS, return_tensors="pt", padding=True)
+    assert enc["attention_mask"].min() == 0  # the prompts differ in length: padding is exercised
+    batch = hf.generate(**enc, max_new_tokens=NEW, do_sample=False)[:, enc["input_ids"].shape[1] :]
+    assert batch.tolist() == news
 
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)])
