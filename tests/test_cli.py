@@ -311,7 +311,7 @@ def test_export_takes_a_run_directory(tmp_path: Path, capsys: pytest.CaptureFixt
     assert (config["n_layer"], config["n_embd"], config["vocab_size"]) == (1, 16, 300)
     hf_tok = json.loads((out / "tokenizer.json").read_text())  # the run's tokenizer, in HF's format
     assert hf_tok["model"]["type"] == "BPE" and len(hf_tok["model"]["vocab"]) == tok.get_vocab_size() - 3
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(export_cli.EXPORT_FILES)
 
     # a run directory without a complete checkpoint is one line, exit 2
     (tmp_path / "empty" / "checkpoints").mkdir(parents=True)

@@ -20,7 +20,6 @@ from conftest import tiny_gpt
 from gptrs.model import GPT
 from gptrs.model.kernels import BLOCK_ROWS, block_causal_attention
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

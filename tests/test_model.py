@@ -23,7 +23,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(seed: int = 0, **kw: object) -> GPT:
-    shape: dict = dict(vocab_size=V, embed_dim=D, ff_dim=FF, num_layers=L, heads=H, max_seq_len=T, pad_token_id=0)
+    shape: dict = dict(
+        vocab_size=V, embed_dim=D, ff_dim=FF, num_layers=L, heads=H, max_seq_len=T, pad_token_id=0
+    )
     return tiny_gpt(seed, **{**shape, **kw})
 
 

@@ -340,7 +340,7 @@ def test_train_generate_and_export_a_nanochat_run(
     hf_dir = tmp_path / "hf"
     assert export_cli.main(["--model-path", str(run_dir), "--format", "hf", "--out", str(hf_dir)]) == 0
     assert "AutoModelForCausalLM" in capsys.readouterr().out
-    assert sorted(p.name for p in hf_dir.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in hf_dir.iterdir()) == sorted(export_cli.EXPORT_FILES)
     hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
     assert type(hf).__name__ == "NanoChatForCausalLM"
     ours = load_model(run_dir / "checkpoints" / "best").eval()

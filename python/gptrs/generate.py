@@ -167,32 +167,56 @@ _SETTABLE: dict[str, Callable[[str], Any]] = {
 }
 
 _HELP = (
-    "type a prompt and press Enter; /set NAME VALUE changes a setting "
-    f"({', '.join(_SETTABLE)}; 'none' clears), /settings shows them, /quit or EOF ends"
+    "type a prompt and press Enter. /set NAME=VALUE (or /set NAME VALUE) changes a setting: "
+    f"{', '.join(_SETTABLE)} (temperature 0 = greedy; 'none' clears top_k, top_p, seed); "
+    "/settings shows them; /help shows this; /quit or EOF ends"
 )
+
+
+def _show(value: Any) -> str:
+    return "none" if value is None else str(value)
+
+
+def _set(arg: str, s: Sampling) -> str:
+    """Apply ``/set NAME=VALUE`` or ``/set NAME VALUE`` to ``s``; return the line to print: the new value
+    (and the old one), or one error line with the setting left as it was."""
+    name, eq, value = arg.partition("=")
+    if not eq:
+        name, _, value = arg.strip().partition(" ")
+    name, value = name.strip().lower().replace("-", "_"), value.strip()
+    if not name or not value:
+        return f"error: /set needs NAME=VALUE, e.g. /set temperature=0.5 (settings: {', '.join(_SETTABLE)})"
+    if name not in _SETTABLE:
+        return f"error: /set {name}: no such setting (settings: {', '.join(_SETTABLE)})"
+    old = getattr(s, name)
+    try:
+        new = _SETTABLE[name](value)
+    except ValueError:
+        kind = "a number" if _SETTABLE[name] is float or name == "top_p" else "an integer"
+        return f"error: /set {name}={value}: not {kind}{' or none' if name in ('top_k', 'top_p', 'seed') else ''}"
+    setattr(s, name, new)
+    try:
+        s.check()
+    except GptrsError as e:
+        setattr(s, name, old)
+        return f"error: {e}; {name} stays {_show(old)}"
+    return f"{name}={_show(new)} (was {_show(old)})"
 
 
 def _command(line: str, s: Sampling) -> bool:
     """Handle an interactive /command; False means quit."""
-    parts = line.split()
-    cmd = parts[0].lower()
+    cmd, _, arg = line.strip().partition(" ")
+    cmd = cmd.lower()
     if cmd in ("/quit", "/exit", "/q"):
         return False
     if cmd == "/settings":
-        shown = (
-            f"{name}={'none' if value is None else value}" for name, value in dataclasses.asdict(s).items()
-        )
-        sys.stderr.write(" ".join(shown) + "\n")
-    elif cmd == "/set" and len(parts) == 3 and parts[1] in _SETTABLE:
-        old = getattr(s, parts[1])
-        try:
-            setattr(s, parts[1], _SETTABLE[parts[1]](parts[2]))
-            s.check()
-        except (ValueError, GptrsError) as e:
-            setattr(s, parts[1], old)
-            sys.stderr.write(f"error: {e}\n")
-    else:
+        sys.stderr.write(" ".join(f"{k}={_show(v)}" for k, v in dataclasses.asdict(s).items()) + "\n")
+    elif cmd == "/set":
+        sys.stderr.write(_set(arg, s) + "\n")
+    elif cmd in ("/help", "/?"):
         sys.stderr.write(f"{_HELP}\n")
+    else:
+        sys.stderr.write(f"error: unknown command {cmd}; {_HELP}\n")
     return True
 
 

@@ -485,4 +485,142 @@ def disk_cases() -> list[Case]:
 
 
 def all_more_cases() -> list[Case]:
-    return config_cases() + cli_cases() + train_cases() + disk_cases()
+    return config_cases() + cli_cases() + train_cases() + disk_cases() + export_cases()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Export over what it reads or over the user's files (issue 22): refused, every file that existed before
+# unchanged (by hash); an earlier export is overwritten; a killed export's temporary file is cleaned up.
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    import hashlib
+
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _run_copy(fx: Fixtures, name: str) -> Path:
+    """A fresh copy of the fixture run (config.yaml, tokenizer.json, checkpoints/step_000001) in its own
+    case directory, with the hashes of every file in it recorded for ``_files_kept``."""
+    make_model(fx.root)
+    case = _fresh(fx, name)
+    shutil.copytree(fx.run_dir, case / "run")
+    (case / "mine").mkdir()  # the user's own files, for --out that is not an export
+    (case / "mine" / "notes.txt").write_text("my notes\n")
+    (case / "mine" / "config.json").write_text('{"mine": true}\n')
+    fx.extra["case_dir"] = str(case)
+    fx.extra["before"] = _hashes(case)
+    return case
+
+
+def _export_from(name: str, model: str, out: str, *more: str) -> Callable[[Fixtures], list[str]]:
+    """``gptrs.export`` from ``model`` to ``out`` (paths relative to a fresh copy of the run's case dir)."""
+
+    def argv(fx: Fixtures) -> list[str]:
+        case = _run_copy(fx, name)
+        return ["gptrs.export", "--model-path", str(case / model), "--out", str(case / out), *more]
+
+    return argv
+
+
+def _files_kept(added: bool = False, replaced: str = "") -> Callable[[Any, Fixtures], str | None]:
+    """Every file that existed before (but ``replaced``) is there with the same bytes; with ``added`` False,
+    nothing new."""
+
+    def check(proc: Any, fx: Fixtures) -> str | None:
+        before, after = fx.extra["before"], _hashes(Path(fx.extra["case_dir"]))
+        changed = [f for f in before if after.get(f) != before[f] and f != replaced]
+        if changed:
+            return f"changed or removed: {changed[:5]}"
+        new = sorted(set(after) - set(before))
+        if new and not added:
+            return f"written although refused: {new[:5]}"
+        return _short_line()(proc, fx) if proc.returncode else None
+
+    return check
+
+
+def _exported_to(out: str) -> Callable[[Any, Fixtures], str | None]:
+    """The run is untouched, ``out`` is a complete export (config.json last, marked) and holds no stray
+    temporary file."""
+
+    def check(proc: Any, fx: Fixtures) -> str | None:
+        problem = _files_kept(added=True)(proc, fx)
+        if problem:
+            return problem
+        d = Path(fx.extra["case_dir"]) / out
+        names = sorted(p.name for p in d.iterdir())
+        strays = [n for n in names if n.endswith(".tmp")]
+        if strays:
+            return f"stray temporary files in {d}: {strays}"
+        if not {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= set(names):
+            return f"incomplete export: {names}"
+        if "gptrs_export" not in json.loads((d / "config.json").read_text()):
+            return "config.json lacks the gptrs_export marker"
+        return None
+
+    return check
+
+
+def _after_killed_export(fx: Fixtures) -> list[str]:
+    """An export SIGKILLed while writing tokenizer.json (a real kill, at the fault point before its rename),
+    then the same export again."""
+    case = _run_copy(fx, "export_killed")
+    out = case / "run" / "hf"
+    code = (
+        "import os, signal, sys\n"
+        "from gptrs import faults\n"
+        "from gptrs.export import export_hf\n"
+        "faults.set_hook(lambda name, info: os.kill(os.getpid(), signal.SIGKILL)"
+        " if name == 'rename' and info['path'].name == 'tokenizer.json' else None)\n"
+        "export_hf(sys.argv[1], sys.argv[2])\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(case / "run"), str(out)],
+        capture_output=True,
+        env=_env(),
+        timeout=300,
+    )
+    strays = [p.name for p in out.glob(".tokenizer.json.*.tmp")] if out.is_dir() else []
+    if proc.returncode != -9 or not strays:
+        raise AssertionError(
+            f"the kill left no temporary tokenizer file (status {proc.returncode}): {strays}"
+        )
+    fx.extra["before"] = {k: v for k, v in _hashes(case).items() if not k.startswith("run/hf/")}
+    return ["gptrs.export", "--model-path", str(case / "run"), "--out", str(out)]
+
+
+def _over_earlier_export(fx: Fixtures) -> list[str]:
+    from gptrs.export import export_hf
+
+    case = _run_copy(fx, "export_again")
+    export_hf(case / "run", case / "run" / "hf")
+    fx.extra["before"] = {k: v for k, v in _hashes(case).items() if not k.startswith("run/hf/")}
+    return ["gptrs.export", "--model-path", str(case / "run"), "--out", str(case / "run" / "hf")]
+
+
+def export_cases() -> list[Case]:
+    S = "cli"
+    ck = "run/checkpoints/step_000001"
+    refused = [
+        ("export: --out is the checkpoint it reads", _export_from("exp_self", ck, ck), r"^error: --out .*: is the checkpoint it exports"),
+        ("export: --out is the run directory", _export_from("exp_run", "run", "run"), r"^error: --out .*: contains the checkpoint it exports .*choose a fresh directory such as .*/run/hf"),
+        ("export: --out is the run's checkpoints/", _export_from("exp_ckdir", "run", "run/checkpoints"), r"^error: --out .*: contains the checkpoint it exports"),
+        ("export: --out contains the run", _export_from("exp_parent", "run", "."), r"^error: --out .*: contains the checkpoint it exports"),
+        ("export: --out inside the checkpoint", _export_from("exp_inside", "run", f"{ck}/hf"), r"^error: --out .*: is inside a checkpoint or model directory"),
+        ("export: --out inside checkpoints/", _export_from("exp_under", "run", "run/checkpoints/hf"), r"^error: --out .*: is inside the run's checkpoints/"),
+        ("export: --out holds the user's files", _export_from("exp_mine", "run", "mine"), r"^error: --out .*mine: not empty and not an earlier gptrs export \(it holds config\.json, notes\.txt\); .*--force"),
+        ("export: --out is another run directory, even with --force", _export_from("exp_other_run", f"{ck}", "run", "--force"), r"^error: --out .*: (contains the checkpoint|is a run directory)"),
+    ]  # fmt: skip
+    cases = [Case(S, n, argv=a, match=m, check=_files_kept(), needs_model=True) for n, a, m in refused]
+    return [
+        *cases,
+        Case(S, "export: a fresh RUN/hf is fine", argv=_export_from("exp_fresh", "run", "run/hf"), status=0, check=_exported_to("run/hf"), needs_model=True),
+        Case(S, "export: --force writes beside the user's files, keeping them", argv=_export_from("exp_force", "run", "mine", "--force"), status=0, check=_files_kept(added=True, replaced="mine/config.json"), needs_model=True),
+        Case(S, "export: over an earlier export (allowed)", argv=_over_earlier_export, status=0, check=_exported_to("run/hf"), needs_model=True),
+        Case(S, "export: after a killed export (its temporary file removed)", argv=_after_killed_export, status=0, check=_exported_to("run/hf"), needs_model=True),
+    ]  # fmt: skip
