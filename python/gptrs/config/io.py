@@ -59,9 +59,8 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
 
 
 def check_expanded_size(root: yaml.Node, limit: int = MAX_YAML_NODES) -> None:
-    """Refuse a composed document whose values, aliases expanded, number more than ``limit``, or that refers to
-    itself. Counts without expanding: each distinct node once (memoised), so the check costs what the text does.
-    """
+    """Refuse a composed document of more than ``limit`` values, counting each alias as the whole value it
+    repeats, or one that refers to itself. Counts without expanding: each distinct node once (memoised)."""
     sizes: dict[int, int] = {}
     on_path: set[int] = set()  # the nodes being counted: meeting one again is a cycle
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
@@ -70,20 +69,17 @@ def check_expanded_size(root: yaml.Node, limit: int = MAX_YAML_NODES) -> None:
         key = id(node)
         if done:
             on_path.discard(key)
-            size = 1 + sum(sizes[id(c)] for c in _children(node))
+            sizes[key] = size = 1 + sum(sizes[id(c)] for c in _children(node))
             if size > limit:
-                raise TooLargeError(
-                    None, None,
-                    f"the value here expands to more than {limit} values (aliases repeat it); refused",
-                    node.start_mark,
-                )  # fmt: skip
-            sizes[key] = size
-        elif key in on_path:
+                why = f"the value here expands to more than {limit} values (aliases repeat it); refused"
+                raise TooLargeError(None, None, why, node.start_mark)
+            continue
+        if key in on_path:
             raise TooLargeError(
                 None, None, "an alias refers to the value that contains it (a recursive value); refused",
                 node.start_mark,
             )  # fmt: skip
-        elif key not in sizes:
+        if key not in sizes:
             on_path.add(key)
             stack.append((node, True))
             stack += [(c, False) for c in _children(node) if id(c) not in sizes]
@@ -91,13 +87,22 @@ def check_expanded_size(root: yaml.Node, limit: int = MAX_YAML_NODES) -> None:
 
 class Loader(yaml.SafeLoader):
     """SafeLoader that reads 3e-4 as a float (YAML 1.1 wants 3.0e-4), refuses duplicate keys, and refuses a
-    document by its size before anything is built from it (``check_expanded_size``, ``MAX_INT_DIGITS``)."""
+    document by its size before anything is built from it: more than MAX_YAML_NODES values written out
+    (counted as they are read), or expanded by aliases (``check_expanded_size``), or a number too long."""
 
     def compose_document(self) -> yaml.Node | None:
+        self.written = 0
         node = super().compose_document()
         if node is not None:
             check_expanded_size(node)
         return node
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self.written += 1
+        if self.written > MAX_YAML_NODES:
+            why = f"the document holds more than {MAX_YAML_NODES} values; a config has a few dozen; refused"
+            raise TooLargeError(None, None, why, self.peek_event().start_mark)
+        return super().compose_node(parent, index)  # type: ignore[misc]
 
 
 class _Dumper(yaml.SafeDumper):
@@ -238,8 +243,7 @@ def dump_yaml(data: dict[str, Any]) -> str:
 def save_config(config: Config, path: str | os.PathLike[str], comment: str | None = None) -> None:
     """Write `config` as YAML, atomically and durably: never half-written.
 
-    A config from ``load_config``/``apply_overrides`` was validated there and is written as it is; one built
-    or changed in Python is validated first (ConfigError naming `path`), so an invalid file is never written.
+    It is validated first (ConfigError naming `path`), so an invalid file is never written.
     """
     path = Path(path)
     validate(config, source=str(path))

@@ -1,9 +1,8 @@
 """The configuration schema: four dataclass sections (data, tokenizer, model, training) and their reference.
 
-Every field has a default and a one-line description (``field(metadata={"help": ...})``); its allowed values
-sit next to it in the same metadata (``choices``, ``ge``/``gt``/``le``/``lt``, ``allow_empty``), so one table
-drives both the validation (``validation.py``) and the reference that ``describe()`` prints. The count of
-parameters a config gives (``count_parameters``) is here too: it is what the reference and ``--check`` show.
+Every field has a default, a one-line description and its allowed values in its metadata (``choices``,
+``ge``/``gt``/``le``/``lt``, ``allow_empty``); with the field's type, that one table drives the validation
+(``validation.py``), the messages and the reference ``describe()`` prints (docs/configuration.md).
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "ARCH_DEFAULTS",
     "SECTIONS",
     "SPECIAL_TOKEN_ROLES",
     "Config",
@@ -31,6 +31,7 @@ __all__ = [
     "describe",
     "fields_of",
     "hints_of",
+    "resolve_model",
 ]
 
 
@@ -91,34 +92,79 @@ class TokenizerConfig:
     path: str | None = _f(None, "an existing tokenizer JSON to use instead of training one")
 
 
-ARCHS = ("gpt2", "nanochat")
-NANOCHAT_ROPE_THETA = 10000.0  # model.rope_theta null: nanochat's (and transformers' NanoChatConfig's) base
-NANOCHAT_LOGIT_SOFTCAP = 15.0  # model.logit_softcap null: nanochat's cap
+# What `model.arch` fills in for each switch left null: the architecture is these switches, `arch` only names
+# a set of them. Everything combines freely; the only rules are the shape's (see validation.check_model).
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gpt2": dict(
+        positions="learned", norm="layernorm", embed_norm=False, qk_norm=False, activation="gelu",
+        bias=True, tie_embeddings=True, logit_softcap=0.0, init="gpt2",
+    ),
+    "nanochat": dict(
+        positions="rotary", norm="rmsnorm", embed_norm=True, qk_norm=True, activation="relu2",
+        bias=False, tie_embeddings=False, logit_softcap=15.0, init="nanochat",
+    ),
+}  # fmt: skip
+ROPE_THETA = 10000.0  # model.rope_theta null (nanochat's and transformers' base)
+NANOCHAT_ROPE_THETA = ROPE_THETA  # the names the current model classes import
+NANOCHAT_LOGIT_SOFTCAP = ARCH_DEFAULTS["nanochat"]["logit_softcap"]
+
+
+def _switch(help: str, **kw: Any) -> Any:
+    """A model switch: null takes the value ``model.arch`` gives it (ARCH_DEFAULTS), which the help shows."""
+    name = help.split(":")[0]
+    by_arch = ", ".join(f"{a}: {json.dumps(d[name])}" for a, d in ARCH_DEFAULTS.items())
+    return _f(None, f"{help.split(': ', 1)[1]}; null: from arch ({by_arch})", **kw)
 
 
 @dataclass
 class ModelConfig:
     arch: str = _f(
         "gpt2",
-        "model family: 'gpt2' (learned positions, LayerNorm, GELU, tied LM head; the keys dropout, bias, "
-        "activation gelu/gelu_tanh, attention apply) or 'nanochat' (rotary positions, parameter-free "
-        "RMSNorm, QK-norm, ReLU^2, untied LM head, soft-capped logits; needs bias false, activation relu2, "
-        "dropout 0, attention sdpa, and takes kv_heads, rope_theta, logit_softcap)",
-        choices=ARCHS,
+        "architecture shorthand that fills every switch below left null: arch gpt2 is GPT-2's model; arch "
+        "nanochat has rotary positions, parameter-free RMSNorm, QK-norm, ReLU^2, an untied LM head and "
+        "soft-capped logits",
+        choices=tuple(ARCH_DEFAULTS),
     )
     embed_dim: int = _f(128, "width of the residual stream (d_model)", ge=1)
     ff_dim: int = _f(512, "hidden width of the feed-forward layer (usually 4 * embed_dim)", ge=1)
     num_layers: int = _f(5, "number of transformer blocks", ge=1)
     heads: int = _f(4, "attention heads; must divide embed_dim", ge=1)
+    kv_heads: int | None = _f(
+        None, "key/value heads, dividing heads (fewer: grouped-query attention); null: heads", ge=1
+    )
     max_seq_len: int = _f(256, "context length (block size) in tokens", ge=1)
-    dropout: float = _f(0.0, "dropout probability in [0, 1)", ge=0, lt=1)
-    bias: bool = _f(True, "use biases in Linear and LayerNorm layers (GPT-2 does)")
-    activation: str = _f(
-        "gelu",
-        "feed-forward activation: 'gelu' (exact) or 'gelu_tanh' (GPT-2's approximation), arch gpt2; "
-        "'relu2' (relu(x)^2), arch nanochat",
+    vocab_size: int | None = _f(
+        None, "embedding rows; null takes the tokenizer's vocabulary size", ge=1, le=2**32
+    )
+    positions: str | None = _switch(
+        "positions: 'learned' (a position table) or 'rotary' (needs an even head size)",
+        choices=("learned", "rotary"),
+    )
+    rope_theta: float | None = _f(
+        None, f"rotary base frequency, with positions rotary; null: {ROPE_THETA:g}", gt=0
+    )
+    norm: str | None = _switch(
+        "norm: 'layernorm' (LayerNorm with gains, and biases per bias) or 'rmsnorm' (parameter-free)",
+        choices=("layernorm", "rmsnorm"),
+    )
+    embed_norm: bool | None = _switch("embed_norm: a norm right after the token embedding")
+    qk_norm: bool | None = _switch("qk_norm: normalise queries and keys per head before attention")
+    activation: str | None = _switch(
+        "activation: feed-forward activation, 'gelu' (exact), 'gelu_tanh' (GPT-2's approximation) or "
+        "'relu2' (relu(x)^2)",
         choices=("gelu", "gelu_tanh", "relu2"),
     )
+    bias: bool | None = _switch("bias: biases in the Linear layers (and LayerNorms)")
+    tie_embeddings: bool | None = _switch("tie_embeddings: the LM head shares the token embedding's weights")
+    logit_softcap: float | None = _switch(
+        "logit_softcap: final logits become c * tanh(logits / c); 0: no cap", ge=0
+    )
+    init: str | None = _switch(
+        "init: 'gpt2' (N(0, 0.02), residual projections scaled by 1/sqrt(2 * num_layers)) or 'nanochat' "
+        "(fan-in scaled Linear layers, N(0, 1) embeddings, zero LM head and output projections)",
+        choices=("gpt2", "nanochat"),
+    )
+    dropout: float = _f(0.0, "dropout probability in [0, 1)", ge=0, lt=1)
     attention: str = _f(
         "sdpa",
         "attention implementation: 'sdpa' (fused) or 'reference' (explicit mask+softmax)",
@@ -129,22 +175,19 @@ class ModelConfig:
         None,
         "torch.compile the model: null = on CUDA only (one-time compile, faster steps); true/false forces",
     )
-    vocab_size: int | None = _f(
-        None, "embedding rows; null takes the tokenizer's vocabulary size", ge=1, le=2**32
-    )
-    kv_heads: int | None = _f(
-        None,
-        "arch nanochat: key/value heads, dividing heads (fewer: grouped-query attention); null: heads",
-        ge=1,
-    )
-    rope_theta: float | None = _f(
-        None, f"arch nanochat: rotary base frequency; null: {NANOCHAT_ROPE_THETA:g}", gt=0
-    )
-    logit_softcap: float | None = _f(
-        None,
-        f"arch nanochat: final logits become c * tanh(logits / c); null: {NANOCHAT_LOGIT_SOFTCAP:g}, 0: no cap",
-        ge=0,
-    )
+
+
+def resolve_model(mc: ModelConfig) -> ModelConfig:
+    """A copy of ``mc`` with every switch concrete: nulls take ``ARCH_DEFAULTS[mc.arch]``, ``kv_heads``
+    takes ``heads`` and ``rope_theta`` 10000. ``vocab_size`` and ``compile`` stay as they are."""
+    if mc.arch not in ARCH_DEFAULTS:  # validation says so first, with a "did you mean"
+        raise ValueError(f"model.arch: {mc.arch!r} is not one of {', '.join(ARCH_DEFAULTS)}")
+    fill = {k: v for k, v in ARCH_DEFAULTS[mc.arch].items() if getattr(mc, k) is None}
+    if mc.kv_heads is None:
+        fill["kv_heads"] = mc.heads
+    if mc.rope_theta is None:
+        fill["rope_theta"] = ROPE_THETA
+    return dataclasses.replace(mc, **fill)
 
 
 @dataclass
@@ -238,28 +281,31 @@ def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
 
 
 def count_parameters(config: Config, vocab_size: int | None = None) -> int:
-    """Parameters of the model `config` builds, counted analytically.
+    """Parameters of the model `config` builds, counted from its resolved switches.
 
     Embedding rows as the model factory picks them: model.vocab_size when set, else `vocab_size` (the loaded
-    tokenizer's, if given), else tokenizer.vocab_size. For arch gpt2 (LM head tied to the token embedding):
-
-    token embedding V*d + learned positions T*d
-    + per block: 2 LayerNorms, qkv (3d^2 + 3d), attention out (d^2 + d), fc (d*ff + ff), fc out (ff*d + d)
-    + final LayerNorm. Without biases the LayerNorms have weights only and the Linear layers no bias terms.
-
-    For arch nanochat (no biases, parameter-free norms, no position table, untied LM head): token embedding
-    V*d + LM head V*d + per block: queries and attention out (2 d^2), keys and values (2 d * kv_heads *
-    head_dim), fc and fc out (2 d*ff).
+    tokenizer's), else tokenizer.vocab_size. Every LayerNorm has gains (and biases per ``bias``); RMSNorm and
+    rotary positions have no parameters.
     """
-    m = config.model
+    m = resolve_model(config.model)
     vocab = m.vocab_size or vocab_size or config.tokenizer.vocab_size
-    d, ff, b = m.embed_dim, m.ff_dim, int(m.bias)
-    if m.arch == "nanochat":
-        kv_width = (m.kv_heads or m.heads) * (d // m.heads)
-        return 2 * vocab * d + m.num_layers * (2 * d * d + 2 * d * kv_width + 2 * d * ff)
-    norm = d + b * d
-    block = 2 * norm + (3 * d * d + b * 3 * d) + (d * d + b * d) + (d * ff + b * ff) + (ff * d + b * d)
-    return vocab * d + m.max_seq_len * d + m.num_layers * block + norm
+    d, ff, b, hd = m.embed_dim, m.ff_dim, int(m.bias), m.embed_dim // m.heads
+    assert m.kv_heads is not None  # resolved
+
+    def norm(width: int) -> int:
+        return (width + b * width) if m.norm == "layernorm" else 0
+
+    qkv = (m.heads + 2 * m.kv_heads) * hd
+    block = (
+        2 * norm(d)
+        + (d * qkv + b * qkv)  # queries, keys, values
+        + (d * d + b * d)  # attention output
+        + (d * ff + b * ff) + (ff * d + b * d)  # feed-forward
+        + (2 * norm(hd) if m.qk_norm else 0)
+    )  # fmt: skip
+    embeddings = vocab * d + (m.max_seq_len * d if m.positions == "learned" else 0)
+    head = 0 if m.tie_embeddings else vocab * d
+    return embeddings + head + m.num_layers * block + norm(d) * (1 + int(bool(m.embed_norm)))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -301,35 +347,19 @@ _DOC_INTRO = """\
 A run is configured by one YAML file with four sections: `data`, `tokenizer`, `model` and `training`.
 Every key is optional and takes the default below when left out. The presets `small`, `default` and
 `large` (GPT-2 recipe) and `nanochat-small`, `nanochat-default` and `nanochat-large` (the modern recipe:
-`model.arch: nanochat`, `training.optimizer: muon`, at the same parameter budgets) ship with the package (`python -m gptrs.config --list`; `--config small` picks one from anywhere,
-and `configs/` in the repository links to them). A file is checked when it is loaded: an unknown key
-(with a "did you mean" suggestion), a wrong type or an out-of-range value stops the run with one line
-naming the file and the key, e.g. `configs/x.yaml: model.heads: 5 does not divide model.embed_dim (128)`.
+`model.arch: nanochat`, `training.optimizer: muon`) ship with the package (`python -m gptrs.config --list`;
+`--config small` picks one from anywhere, and `configs/` in the repository links to them). A file is checked
+when it is loaded; a problem stops the run with one line naming the file and the key, e.g.
+`configs/x.yaml: model.heads: 5 does not divide model.embed_dim (128)`.
 
-- Check a file: `python -m gptrs.config --check configs/small.yaml`
+- Check a file: `python -m gptrs.config --check configs/small.yaml` (it prints the parameter count)
 - Override from the command line: `python -m gptrs.train --set model.num_layers=4 --set training.mixed_precision=bf16`
   (values are read as YAML: `data.paths=[a.txt,b.txt]`; `tokenizer.special_tokens.unk=<|unk|>` sets one token)
 - Show the resolved config: `python -m gptrs.config --show small --set model.num_layers=4`
 - Convert a legacy JSON config: `python -m gptrs.convert_config --input config.json --output config.yaml`
 
-Rules between keys: `model.heads` divides `model.embed_dim`; `training.warmup_steps` < `training.max_steps`
-(unless `training.epochs` is set, which needs `data.sampling: epochs`); `training.min_lr` <=
-`training.learning_rate`; `tokenizer.vocab_size` >= 256 + the number of special tokens + 1;
-`model.vocab_size`, when set, >= `tokenizer.vocab_size`; source `files` needs `data.paths`, source `hub`
-needs `data.dataset_name` (and neither is accepted with another source); `data.separator` names a special
-token that exists; `data.max_eval_tokens` covers at least one window of `model.max_seq_len + 1` tokens.
-`model.arch: nanochat` needs `model.bias: false`, `model.activation: relu2`, `model.dropout: 0` and
-`model.attention: sdpa`, an even head size (`embed_dim / heads`), and `model.kv_heads` dividing
-`model.heads`; `model.arch: gpt2` refuses `relu2` and any of `model.kv_heads`, `model.rope_theta`,
-`model.logit_softcap` (nanochat's keys; leave them null).
-
-Parameter counts (`gptrs.config.count_parameters`, what `--check` prints) count every parameter once:
-the token embedding (V x d, tied to the LM head), learned positions (T x d), per block two LayerNorms,
-the fused QKV projection (3d^2 + 3d), the attention output (d^2 + d), the feed-forward layers
-(d x ff + ff and ff x d + d), and the final LayerNorm. For `model.arch: nanochat`: the token embedding and
-the untied LM head (2 x V x d), per block the query and output projections (2d^2), the key and value
-projections (2 x d x kv_heads x head_size) and the feed-forward layers (2 x d x ff); its norms have no
-parameters and rotary positions none.
+The model's architecture is its switches (`positions` ... `init`); `model.arch` fills in those left null,
+so `arch: nanochat` with `activation: gelu` is nanochat's model with GELU.
 """
 
 
