@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from gptrs.config import Config, ModelConfig, check_model
+from gptrs.config import Config, ModelConfig, check_model, resolve_model
 from gptrs.errors import ConfigError
 from gptrs.model import generation, kernels, serialization
 from gptrs.model.attention import CausalSelfAttention
@@ -168,7 +168,8 @@ class GPT(serialization.Pretrained):
         The vocabulary size is ``model.vocab_size`` when set (it may exceed the tokenizer's, e.g. rounded up
         to a multiple of 64 for speed), else ``vocab_size`` (the tokenizer's).
         """
-        mc = cfg.model if isinstance(cfg, Config) else cfg
+        # TEMPORARY bridge (h3): the config's switches may be null; the one-GPT model replaces this file
+        mc = resolve_model(cfg.model if isinstance(cfg, Config) else cfg)
         if mc.arch != "gpt2":
             raise ConfigError(
                 f"model.arch is {mc.arch!r}, not 'gpt2' (gptrs.model.build_model builds either)"
