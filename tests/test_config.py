@@ -793,12 +793,21 @@ def test_cli_list_shows_the_presets() -> None:
         (dict(num_layers=0), "model.num_layers: must be >= 1, got 0"),
         (dict(heads="4"), "model.heads: expected an integer, got the string '4'"),
         (dict(dropout=1.0), "model.dropout: must be in [0, 1), got 1.0"),
-        (dict(activation="relu"), "model.activation: 'relu' is not one of 'gelu', 'gelu_tanh', 'relu2'; did you mean 'relu2'?"),
+        (
+            dict(activation="relu"),
+            "model.activation: 'relu' is not one of 'gelu', 'gelu_tanh', 'relu2'; did you mean 'relu2'?",
+        ),
         (dict(attention="flash"), "model.attention: 'flash' is not one of 'sdpa', 'reference'"),
         (dict(vocab_size=None), "model.vocab_size: is null; a model needs its vocabulary size"),
         (dict(kv_heads=3), "model.kv_heads: 3 does not divide model.heads (4)"),
-        (dict(heads=32, positions="rotary"), "model.heads: 32 heads make an odd head size (1); rotary positions need an even one"),
-        (dict(arch="nanochat", heads=32), "model.heads: 32 heads make an odd head size (1); rotary positions need an even one"),
+        (
+            dict(heads=32, positions="rotary"),
+            "model.heads: 32 heads make an odd head size (1); rotary positions need an even one",
+        ),
+        (
+            dict(arch="nanochat", heads=32),
+            "model.heads: 32 heads make an odd head size (1); rotary positions need an even one",
+        ),
     ],
 )
 def test_check_model_names_the_field(kw: dict, message: str) -> None:

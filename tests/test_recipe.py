@@ -87,33 +87,32 @@ def test_arch_defaults_to_gpt2_and_is_described() -> None:
 @pytest.mark.parametrize(
     ("sets", "message"),
     [
-        (["model.arch=nanochat"], "model.bias: true is not available with model.arch 'nanochat'"),
-        (NANO[:2], "model.activation: 'gelu' is not available with model.arch 'nanochat'"),
-        ([*NANO, "model.dropout=0.1"], "model.dropout: 0.1 is not available with model.arch 'nanochat'"),
-        ([*NANO, "model.attention=reference"], "model.attention: 'reference' is not available"),
         ([*NANO, "model.heads=128"], "model.heads: 128 heads make an odd head size (1)"),
         ([*NANO, "model.kv_heads=3"], "model.kv_heads: 3 does not divide model.heads (4)"),
-        (["model.activation=relu2"], "model.activation: 'relu2' is not available with model.arch 'gpt2'"),
-        (["model.kv_heads=2"], "model.kv_heads: 2 is not available with model.arch 'gpt2'"),
-        (["model.rope_theta=500"], "model.rope_theta: 500.0 is not available with model.arch 'gpt2'"),
-        (["model.logit_softcap=0"], "model.logit_softcap: 0.0 is not available with model.arch 'gpt2'"),
+        (["model.kv_heads=3"], "model.kv_heads: 3 does not divide model.heads (4)"),
+        (["model.positions=rotary", "model.heads=128"], "model.heads: 128 heads make an odd head size (1)"),
         (["training.optimizer=sgd"], "training.optimizer: 'sgd' is not one of 'adamw', 'muon'"),
     ],
 )
-def test_options_a_family_cannot_have_are_refused_by_name(sets: list[str], message: str) -> None:
+def test_shape_rules_are_refused_by_name(sets: list[str], message: str) -> None:
     with pytest.raises(ConfigError) as info:
         apply_overrides(Config(), sets, source="--set")
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
-def test_check_model_applies_the_arch_rules() -> None:
-    """What a model runs when it is built (no file to name): the same rules, one sentence."""
+def test_arch_is_shorthand_for_switches_that_combine() -> None:
+    """model.arch fills the switches left null; any option now goes with either arch."""
+    for sets in (
+        ["model.arch=nanochat"],
+        [*NANO, "model.dropout=0.1", "model.attention=reference", "model.activation=gelu"],
+        ["model.activation=relu2", "model.kv_heads=2", "model.rope_theta=500", "model.logit_softcap=0"],
+    ):
+        apply_overrides(Config(), sets)
     base = dict(arch="nanochat", vocab_size=64, embed_dim=32, ff_dim=64, num_layers=1, heads=4, max_seq_len=8)
-    check_model(ModelConfig(**{**base, "bias": False, "activation": "relu2"}))
-    with pytest.raises(ConfigError, match=r"^model.bias=True is not available with model.arch 'nanochat'"):
-        check_model(ModelConfig(**base))
-    with pytest.raises(ConfigError, match=r"model.bias=True is not available"):
-        NanoChat.from_config(ModelConfig(**base))
+    check_model(ModelConfig(**base))
+    check_model(ModelConfig(**{**base, "bias": True, "activation": "gelu"}))
+    with pytest.raises(ConfigError, match=r"^model\.kv_heads: 3 does not divide model\.heads \(4\)$"):
+        check_model(ModelConfig(**{**base, "kv_heads": 3}))
 
 
 NANOCHAT_PRESETS = {"small": 1_638_400, "default": 91_226_112, "large": 343_932_928}

@@ -31,79 +31,64 @@ from gptrs.config.schema import (
 from gptrs.config.validation import build, check
 from gptrs.errors import ConfigError
 
-# Legacy spellings of each setting, the schema's own name first. A name may appear once only (a test checks
-# it). nanoGPT decays the learning rate over lr_decay_iters, gptrs over max_steps: so they must agree.
+# Other projects' spellings of each setting; every setting also maps from its own name, but for
+# tokenizer.path (a flat "path" could mean anything) and model.vocab_size (a flat vocab_size is the
+# tokenizer's). A name may appear once only (a test checks it). nanoGPT decays the learning rate over
+# lr_decay_iters, gptrs over max_steps: so they must agree.
 _SPELLINGS = """
-data.source: source data_source
-data.paths: paths data_files files train_files data_path data_paths
-data.text_field: text_field text_column text_key
-data.dataset_name: dataset_name hf_dataset hub_dataset
-data.dataset_subset: dataset_subset dataset_config dataset_config_name subset
-data.dataset_split: dataset_split split
-data.num_training_samples: num_training_samples num_samples max_samples max_train_samples
-data.validation_split: validation_split val_split validation_fraction val_fraction test_size
-data.separator: separator
-data.sampling: sampling
-data.max_eval_tokens: max_eval_tokens
-data.cache_dir: cache_dir
-tokenizer.vocab_size: vocab_size n_vocab
-tokenizer.pattern: pattern split_pattern pat_str
-tokenizer.min_frequency: min_frequency min_freq
-tokenizer.special_tokens: special_tokens
+data.source: data_source
+data.paths: data_files files train_files data_path data_paths
+data.text_field: text_column text_key
+data.dataset_name: hf_dataset hub_dataset
+data.dataset_subset: dataset_config dataset_config_name subset
+data.dataset_split: split
+data.num_training_samples: num_samples max_samples max_train_samples
+data.validation_split: val_split validation_fraction val_fraction test_size
+tokenizer.vocab_size: n_vocab
+tokenizer.pattern: split_pattern pat_str
+tokenizer.min_frequency: min_freq
 tokenizer.path: tokenizer_path tokenizer_file
-model.arch: arch
-model.embed_dim: embed_dim n_embd d_model hidden_size embedding_dim
-model.ff_dim: ff_dim n_inner ffn_dim d_ff intermediate_size
-model.num_layers: num_layers n_layer n_layers num_hidden_layers
-model.heads: heads n_head n_heads num_heads num_attention_heads
-model.kv_heads: kv_heads n_kv_head num_key_value_heads
-model.max_seq_len: max_seq_len block_size max_block_size n_positions n_ctx context_length seq_len
-    max_position_embeddings
-model.positions: positions position_embedding_type
-model.rope_theta: rope_theta
-model.norm: norm
-model.embed_norm: embed_norm
-model.qk_norm: qk_norm
-model.activation: activation activation_function
-model.bias: bias use_bias
-model.tie_embeddings: tie_embeddings tie_word_embeddings
-model.logit_softcap: logit_softcap final_logit_softcapping
-model.init: init
-model.dropout: dropout dropout_rate resid_pdrop embd_pdrop attn_pdrop
-model.attention: attention attn_implementation
-model.gradient_checkpointing: gradient_checkpointing
-model.compile: compile torch_compile
-training.batch_size: batch_size train_batch_size micro_batch_size per_device_train_batch_size
-training.gradient_accumulation_steps: gradient_accumulation_steps grad_accum_steps accumulation_steps
-training.max_steps: max_steps max_iters num_steps total_steps lr_decay_iters
-training.epochs: epochs num_epochs num_train_epochs n_epochs
-training.optimizer: optimizer
-training.learning_rate: learning_rate lr max_lr peak_lr
-training.min_lr: min_lr min_learning_rate
-training.warmup_steps: warmup_steps warmup_iters num_warmup_steps
-training.weight_decay: weight_decay
-training.beta1: beta1 adam_beta1
-training.beta2: beta2 adam_beta2
-training.adam_eps: adam_eps adam_epsilon
-training.embedding_lr: embedding_lr
-training.muon_lr: muon_lr
-training.muon_momentum: muon_momentum
-training.max_grad_norm: max_grad_norm grad_clip clip_grad_norm gradient_clipping
-training.mixed_precision: mixed_precision amp use_amp
-training.eval_interval: eval_interval eval_steps eval_every
-training.eval_batches: eval_batches eval_iters
-training.log_interval: log_interval logging_steps log_every
-training.save_interval: save_interval save_steps save_every checkpoint_interval
-training.keep_last: keep_last save_total_limit
-training.early_stopping_patience: early_stopping_patience patience
-training.seed: seed random_seed
-training.peak_flops: peak_flops
-training.sample_tokens: sample_tokens
-training.sample_prompt: sample_prompt
+model.embed_dim: n_embd d_model hidden_size embedding_dim
+model.ff_dim: n_inner ffn_dim d_ff intermediate_size
+model.num_layers: n_layer n_layers num_hidden_layers
+model.heads: n_head n_heads num_heads num_attention_heads
+model.kv_heads: n_kv_head num_key_value_heads
+model.max_seq_len: block_size max_block_size n_positions n_ctx context_length seq_len max_position_embeddings
+model.positions: position_embedding_type
+model.activation: activation_function
+model.bias: use_bias
+model.tie_embeddings: tie_word_embeddings
+model.logit_softcap: final_logit_softcapping
+model.dropout: dropout_rate resid_pdrop embd_pdrop attn_pdrop
+model.attention: attn_implementation
+model.compile: torch_compile
+training.batch_size: train_batch_size micro_batch_size per_device_train_batch_size
+training.gradient_accumulation_steps: grad_accum_steps accumulation_steps
+training.max_steps: max_iters num_steps total_steps lr_decay_iters
+training.epochs: num_epochs num_train_epochs n_epochs
+training.learning_rate: lr max_lr peak_lr
+training.min_lr: min_learning_rate
+training.warmup_steps: warmup_iters num_warmup_steps
+training.beta1: adam_beta1
+training.beta2: adam_beta2
+training.adam_eps: adam_epsilon
+training.max_grad_norm: grad_clip clip_grad_norm gradient_clipping
+training.mixed_precision: amp use_amp
+training.eval_interval: eval_steps eval_every
+training.eval_batches: eval_iters
+training.log_interval: logging_steps log_every
+training.save_interval: save_steps save_every checkpoint_interval
+training.keep_last: save_total_limit
+training.early_stopping_patience: patience
+training.seed: random_seed
 """
+_EXTRA = dict(line.split(": ") for line in _SPELLINGS.strip().splitlines())
+_EVERY = [f"{s}.{k}" for s, cls in SECTIONS.items() for k in fields_of(cls)]
+_OWN = set(_EVERY) - {"tokenizer.path", "model.vocab_size"}
 ALIASES: dict[str, tuple[str, ...]] = {
-    target: tuple(names.split())
-    for target, names in (line.split(":") for line in _SPELLINGS.replace("\n    ", " ").strip().splitlines())
+    t: (*([t.split(".")[1]] if t in _OWN else []), *_EXTRA.get(t, "").split())
+    for t in _EVERY
+    if t in _OWN or t in _EXTRA
 }
 
 # Keys handled by hand below: they set part of a setting, or several, or depend on their value.
@@ -131,8 +116,9 @@ SECTION_NAMES |= dict.fromkeys(("training", "train", "trainer", "optimizer"), "t
 _VALUES: dict[str, dict[Any, Any]] = {
     "model.activation": {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"},
     "model.attention": {"flash": "sdpa", "eager": "reference"},
+    "model.positions": {"absolute": "learned"},
 }
-_DTYPES = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16", "half": "fp16"}
+_DTYPES: dict[str, str | bool] = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16", "half": "fp16"}
 _DTYPES |= {"float32": False, "fp32": False, "float": False, "auto": True}
 _TARGET = {alias: target for target, aliases in ALIASES.items() for alias in aliases}
 
@@ -198,7 +184,7 @@ class _Converter:
         elif key in ("fp16", "bf16"):
             if not isinstance(value, bool):
                 raise self.refuse(origin, f"expected true or false, got {show(value)}")
-            # both false mean full precision; one false alone says nothing about the other (see _finish)
+            # false: full precision, unless another key turns it on (see finish)
             self.set("training.mixed_precision" if value else f"_off.{key}", key if value else False, origin)
         elif key == "dtype":
             if not isinstance(value, str) or value not in _DTYPES:

@@ -23,19 +23,6 @@ from dataclasses import dataclass
 from gptrs.config.problems import Problem, show
 from gptrs.config.schema import Config, ModelConfig, count_parameters, resolve_model
 
-__all__ = [
-    "BYTES_PER_PARAMETER",
-    "MAX_TRAINING_BYTES",
-    "Estimate",
-    "check_absolute",
-    "check_fits",
-    "device_memory",
-    "estimate",
-    "host_memory",
-    "human_bytes",
-    "human_count",
-]
-
 BYTES_PER_PARAMETER = 16  # fp32 weight 4 + gradient 4 + AdamW exp_avg 4 + exp_avg_sq 4
 # Muon keeps one momentum buffer per matrix (the embeddings' AdamW two moments are counted as one too: errs low).
 _BYTES_PER_PARAMETER_MUON = 12
@@ -115,43 +102,28 @@ def human_bytes(n: float) -> str:
 
 # The keys a size comes from, with the preset-scale value each is measured against: the key furthest past
 # its scale is the one named (a layer count of 10**6 is the mistake, not the width next to it).
-_SCALES = {
-    "model.num_layers": 24,
-    "model.embed_dim": 1024,
-    "model.ff_dim": 4096,
-    "model.max_seq_len": 1024,
-    "training.batch_size": 16,
-    "model.vocab_size": 65536,
-}
+_SCALES = {"model.num_layers": 24, "model.embed_dim": 1024, "model.ff_dim": 4096, "model.vocab_size": 65536}
+_ACTIVATION_SCALES = {"model.max_seq_len": 1024, "training.batch_size": 16}  # they cost no parameters
 
 
 def _culprit(config: Config, activations_dominate: bool) -> str:
-    m = config.model
-    values = {
-        "model.num_layers": m.num_layers,
-        "model.embed_dim": m.embed_dim,
-        "model.ff_dim": m.ff_dim,
-        "model.max_seq_len": m.max_seq_len,
-        "training.batch_size": config.training.batch_size,
-        "model.vocab_size": m.vocab_size or config.tokenizer.vocab_size,
-    }
-    if not activations_dominate:  # batch size and context length cost no parameters worth naming
-        for key in ("training.batch_size", "model.max_seq_len"):
-            values.pop(key)
-    ratio = {k: math.log(max(v, 1)) - math.log(_SCALES[k]) for k, v in values.items()}
-    key = max(ratio, key=ratio.__getitem__)
-    if key == "model.vocab_size" and m.vocab_size is None:
-        return "tokenizer.vocab_size"
-    return key
+    scales = {**_SCALES, **(_ACTIVATION_SCALES if activations_dominate else {})}
+    vocab_key = "model.vocab_size" if config.model.vocab_size is not None else "tokenizer.vocab_size"
+    keys = {k: vocab_key if k == "model.vocab_size" else k for k in scales}
+    ratio = {k: math.log(max(_value(config, keys[k]), 1)) - math.log(scale) for k, scale in scales.items()}
+    return keys[max(ratio, key=ratio.__getitem__)]
+
+
+def _value(config: Config, key: str) -> int:
+    section, name = key.split(".")
+    return getattr(getattr(config, section), name)
 
 
 def _too_big(config: Config, est: Estimate, room: str) -> Problem:
     key = _culprit(config, est.activations > est.weights)
-    section, name = key.split(".")
-    value = getattr(getattr(config, section), name)
     return Problem(
         key,
-        f"{show(value)} makes a model of {human_count(est.parameters)} parameters that needs about "
+        f"{show(_value(config, key))} makes a model of {human_count(est.parameters)} parameters that needs about "
         f"{human_bytes(est.total)} to train ({human_bytes(est.weights)} weights, gradients and AdamW "
         f"state, {human_bytes(est.activations)} activations at training.batch_size "
         f"{config.training.batch_size}); {room}",

@@ -25,18 +25,6 @@ from gptrs.config.validation import config_from_dict, validate
 from gptrs.errors import ConfigError
 from gptrs.files import atomic_write_text
 
-__all__ = [
-    "MAX_CONFIG_BYTES",
-    "MAX_YAML_NODES",
-    "PRESETS_DIR",
-    "dump_yaml",
-    "load_config",
-    "preset_names",
-    "read_text",
-    "resolve_config_path",
-    "save_config",
-]
-
 MAX_CONFIG_BYTES = 1 << 20  # no real config comes near this; a bigger file is a mistake, not a config
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 # Values in one document, counting each alias as the whole value it repeats. Aliases let a few hundred bytes

@@ -21,8 +21,6 @@ from gptrs.config.schema import SECTIONS, Config, config_to_dict, fields_of, hin
 from gptrs.config.validation import check, coerce, unknown_key, unknown_section
 from gptrs.errors import ConfigError
 
-__all__ = ["apply_overrides"]
-
 
 def _parse_value(raw: str, hint: Any) -> Any:
     """A --set value: YAML for numbers, bools and lists; strings as typed (YAML would strip `def ` to `def`)."""

@@ -15,8 +15,6 @@ from typing import Any
 
 from gptrs.errors import ConfigError
 
-__all__ = ["Problem", "brief", "clip", "name_of", "one_line", "show", "suggest", "what"]
-
 
 class Problem(Exception):
     """A broken rule at a key path (``related``: the other keys the rule involves, to blame the right --set)."""

@@ -17,22 +17,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = [
-    "ARCH_DEFAULTS",
-    "SECTIONS",
-    "SPECIAL_TOKEN_ROLES",
-    "Config",
-    "DataConfig",
-    "ModelConfig",
-    "TokenizerConfig",
-    "TrainingConfig",
-    "config_to_dict",
-    "count_parameters",
-    "describe",
-    "fields_of",
-    "hints_of",
-    "resolve_model",
-]
+from gptrs.config.problems import show
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -112,7 +97,7 @@ NANOCHAT_LOGIT_SOFTCAP = ARCH_DEFAULTS["nanochat"]["logit_softcap"]
 def _switch(help: str, **kw: Any) -> Any:
     """A model switch: null takes the value ``model.arch`` gives it (ARCH_DEFAULTS), which the help shows."""
     name = help.split(":")[0]
-    by_arch = ", ".join(f"{a}: {json.dumps(d[name])}" for a, d in ARCH_DEFAULTS.items())
+    by_arch = ", ".join(f"{a}: {show(d[name])}" for a, d in ARCH_DEFAULTS.items())
     return _f(None, f"{help.split(': ', 1)[1]}; null: from arch ({by_arch})", **kw)
 
 
@@ -120,9 +105,8 @@ def _switch(help: str, **kw: Any) -> Any:
 class ModelConfig:
     arch: str = _f(
         "gpt2",
-        "architecture shorthand that fills every switch below left null: arch gpt2 is GPT-2's model; arch "
-        "nanochat has rotary positions, parameter-free RMSNorm, QK-norm, ReLU^2, an untied LM head and "
-        "soft-capped logits",
+        "shorthand that fills every switch below left null (arch nanochat: rotary positions, parameter-free "
+        "RMSNorm, QK-norm, ReLU^2, an untied LM head and soft-capped logits; arch gpt2: GPT-2's model)",
         choices=tuple(ARCH_DEFAULTS),
     )
     embed_dim: int = _f(128, "width of the residual stream (d_model)", ge=1)
@@ -148,7 +132,9 @@ class ModelConfig:
         choices=("layernorm", "rmsnorm"),
     )
     embed_norm: bool | None = _switch("embed_norm: a norm right after the token embedding")
-    qk_norm: bool | None = _switch("qk_norm: normalise queries and keys per head before attention")
+    qk_norm: bool | None = _switch(
+        "qk_norm: RMS-normalise queries and keys per head before attention (no parameters)"
+    )
     activation: str | None = _switch(
         "activation: feed-forward activation, 'gelu' (exact), 'gelu_tanh' (GPT-2's approximation) or "
         "'relu2' (relu(x)^2)",
@@ -284,28 +270,26 @@ def count_parameters(config: Config, vocab_size: int | None = None) -> int:
     """Parameters of the model `config` builds, counted from its resolved switches.
 
     Embedding rows as the model factory picks them: model.vocab_size when set, else `vocab_size` (the loaded
-    tokenizer's), else tokenizer.vocab_size. Every LayerNorm has gains (and biases per ``bias``); RMSNorm and
-    rotary positions have no parameters.
+    tokenizer's), else tokenizer.vocab_size. Every LayerNorm has gains (and biases per ``bias``); RMSNorm,
+    QK-norm (always RMS) and rotary positions have no parameters.
     """
     m = resolve_model(config.model)
     vocab = m.vocab_size or vocab_size or config.tokenizer.vocab_size
-    d, ff, b, hd = m.embed_dim, m.ff_dim, int(m.bias), m.embed_dim // m.heads
+    d, ff, b, hd = m.embed_dim, m.ff_dim, int(bool(m.bias)), m.embed_dim // m.heads
     assert m.kv_heads is not None  # resolved
 
-    def norm(width: int) -> int:
-        return (width + b * width) if m.norm == "layernorm" else 0
+    norm = (d + b * d) if m.norm == "layernorm" else 0
 
     qkv = (m.heads + 2 * m.kv_heads) * hd
     block = (
-        2 * norm(d)
+        2 * norm
         + (d * qkv + b * qkv)  # queries, keys, values
         + (d * d + b * d)  # attention output
         + (d * ff + b * ff) + (ff * d + b * d)  # feed-forward
-        + (2 * norm(hd) if m.qk_norm else 0)
     )  # fmt: skip
     embeddings = vocab * d + (m.max_seq_len * d if m.positions == "learned" else 0)
     head = 0 if m.tie_embeddings else vocab * d
-    return embeddings + head + m.num_layers * block + norm(d) * (1 + int(bool(m.embed_norm)))
+    return embeddings + head + m.num_layers * block + norm * (1 + int(bool(m.embed_norm)))
 
 
 # ----------------------------------------------------------------------------------------------------------

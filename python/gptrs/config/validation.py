@@ -27,8 +27,6 @@ from gptrs.config.schema import (
     resolve_model,
 )
 
-__all__ = ["build", "check", "check_model", "coerce", "config_from_dict", "validate"]
-
 _NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
 
 
@@ -198,25 +196,33 @@ def _check_section(section: str, body: Any) -> None:
         check_field(f"{section}.{name}", getattr(body, name), f.metadata)
 
 
+def _rule(holds: bool, key: str, message: str, *related: str) -> None:
+    """A rule between keys: ``key`` is the one to change, ``related`` the others it involves."""
+    if not holds:
+        raise Problem(key, message, related)
+
+
 def _check_shape(mc: ModelConfig) -> None:
     """The model's shape, on its resolved switches: heads split the width, key/value heads share the heads
     evenly, and rotary positions rotate pairs within a head."""
     m = resolve_model(mc)
-    assert m.kv_heads is not None
-    if m.embed_dim % m.heads:
-        raise Problem(
-            "model.heads", f"{m.heads} does not divide model.embed_dim ({m.embed_dim})", ("model.embed_dim",)
-        )
-    if m.heads % m.kv_heads:
-        raise Problem(
-            "model.kv_heads", f"{m.kv_heads} does not divide model.heads ({m.heads})", ("model.heads",)
-        )
-    if m.positions == "rotary" and (m.embed_dim // m.heads) % 2:
-        raise Problem(
-            "model.heads",
-            f"{m.heads} heads make an odd head size ({m.embed_dim // m.heads}); rotary positions need an even one",
-            ("model.embed_dim", "model.positions", "model.arch"),
-        )
+    h, kv, hd = m.heads, m.kv_heads or m.heads, m.embed_dim // m.heads
+    _rule(
+        m.embed_dim % h == 0,
+        "model.heads",
+        f"{h} does not divide model.embed_dim ({m.embed_dim})",
+        "model.embed_dim",
+    )
+    _rule(h % kv == 0, "model.kv_heads", f"{kv} does not divide model.heads ({h})", "model.heads")
+    odd = f"{h} heads make an odd head size ({hd}); rotary positions need an even one"
+    _rule(
+        m.positions != "rotary" or hd % 2 == 0,
+        "model.heads",
+        odd,
+        "model.embed_dim",
+        "model.positions",
+        "model.arch",
+    )
 
 
 def check_model(mc: ModelConfig) -> None:
@@ -224,8 +230,7 @@ def check_model(mc: ModelConfig) -> None:
     ConfigError naming the key, e.g. ``model.heads: 3 does not divide model.embed_dim (32)``."""
     try:
         _check_section("model", mc)
-        if mc.vocab_size is None:
-            raise Problem("model.vocab_size", "is null; a model needs its vocabulary size")
+        _rule(mc.vocab_size is not None, "model.vocab_size", "is null; a model needs its vocabulary size")
         _check_shape(mc)
     except Problem as p:
         raise p.error(None) from None
@@ -234,79 +239,61 @@ def check_model(mc: ModelConfig) -> None:
 def check_relations(cfg: Config) -> None:
     """Rules between fields; each names the key to change and shows the other one's value."""
     d, tok, m, t = cfg.data, cfg.tokenizer, cfg.model, cfg.training
-    for source, key, what_ in (
-        ("files", "paths", "at least one path"),
-        ("hub", "dataset_name", "a dataset name"),
+    for source, key, given, needs in (
+        ("files", "data.paths", bool(d.paths), "at least one path"),
+        ("hub", "data.dataset_name", d.dataset_name is not None, "a dataset name"),
     ):
-        given = bool(getattr(d, key)) if key == "paths" else getattr(d, key) is not None
-        if d.source == source and not given:
-            raise Problem(f"data.{key}", f"data.source {source!r} needs {what_}", ("data.source",))
-        if d.source != source and given:
-            raise Problem(
-                f"data.{key}", f"only used with data.source {source!r} (it is {d.source!r})", ("data.source",)
-            )
-    if d.max_eval_tokens < m.max_seq_len + 1:
-        raise Problem(
-            "data.max_eval_tokens",
-            f"{d.max_eval_tokens} is less than one evaluation window (model.max_seq_len + 1 = {m.max_seq_len + 1})",
-            ("model.max_seq_len",),
-        )
+        _rule(d.source != source or given, key, f"data.source {source!r} needs {needs}", "data.source")
+        only = f"only used with data.source {source!r} (it is {d.source!r})"
+        _rule(d.source == source or not given, key, only, "data.source")
+    window = f"less than one evaluation window (model.max_seq_len + 1 = {m.max_seq_len + 1})"
+    _rule(
+        d.max_eval_tokens > m.max_seq_len,
+        "data.max_eval_tokens",
+        f"{d.max_eval_tokens} is {window}",
+        "model.max_seq_len",
+    )
     seen: dict[str, str] = {}
     for role, token in tok.special_tokens.items():
-        key = f"tokenizer.special_tokens.{name_of(role)}"
-        if role not in SPECIAL_TOKEN_ROLES:
-            hint = suggest(role, SPECIAL_TOKEN_ROLES)
-            roles = ", ".join(SPECIAL_TOKEN_ROLES)
-            raise Problem(
-                key, f"unknown role; did you mean {hint}?" if hint else f"unknown role (roles: {roles})"
-            )
-        if token in seen:
-            raise Problem(key, f"{show(token)} is also the {seen[token]} token")
+        key, hint = f"tokenizer.special_tokens.{name_of(role)}", suggest(role, SPECIAL_TOKEN_ROLES)
+        unknown = f"; did you mean {hint}?" if hint else f" (roles: {', '.join(SPECIAL_TOKEN_ROLES)})"
+        _rule(role in SPECIAL_TOKEN_ROLES, key, f"unknown role{unknown}")
+        _rule(token not in seen, key, f"{show(token)} is also the {seen.get(token)} token")
         seen[token] = role
-    if d.separator not in tok.special_tokens:
-        raise Problem(
-            "data.separator",
-            f"{d.separator!r} needs a tokenizer.special_tokens.{d.separator} token",
-            ("tokenizer.special_tokens",),
-        )
+    separator = f"{d.separator!r} needs a tokenizer.special_tokens.{d.separator} token"
+    _rule(d.separator in tok.special_tokens, "data.separator", separator, "tokenizer.special_tokens")
     # The vocabulary holds 256 bytes, the special tokens and at least one merge.
-    smallest = 256 + len(tok.special_tokens) + 1
-    why = f"256 bytes + {len(tok.special_tokens)} special tokens + 1 merge"
-    if tok.vocab_size < smallest:
-        raise Problem(
-            "tokenizer.vocab_size", f"{tok.vocab_size} is too small: needs at least {smallest} ({why})"
-        )
+    least = 256 + len(tok.special_tokens) + 1
+    small = f"is too small: needs at least {least} (256 bytes + {len(tok.special_tokens)} special tokens + 1 merge)"
+    _rule(tok.vocab_size >= least, "tokenizer.vocab_size", f"{tok.vocab_size} {small}")
     _check_shape(m)
-    if m.vocab_size is not None and m.vocab_size < smallest:
-        raise Problem("model.vocab_size", f"{m.vocab_size} is too small: needs at least {smallest} ({why})")
-    if m.vocab_size is not None and tok.path is None and m.vocab_size < tok.vocab_size:
-        raise Problem(
+    if m.vocab_size is not None:
+        _rule(m.vocab_size >= least, "model.vocab_size", f"{m.vocab_size} {small}")
+        smaller = f"{m.vocab_size} is smaller than tokenizer.vocab_size ({tok.vocab_size})"
+        _rule(
+            tok.path is not None or m.vocab_size >= tok.vocab_size,
             "model.vocab_size",
-            f"{m.vocab_size} is smaller than tokenizer.vocab_size ({tok.vocab_size})",
-            ("tokenizer.vocab_size",),
+            smaller,
+            "tokenizer.vocab_size",
         )
-    if t.epochs is not None and d.sampling != "epochs":
-        raise Problem(
-            "training.epochs", f"needs data.sampling 'epochs' (it is {d.sampling!r})", ("data.sampling",)
-        )
-    if t.epochs is None and t.warmup_steps >= t.max_steps:
-        raise Problem(
-            "training.warmup_steps",
-            f"{t.warmup_steps} must be less than training.max_steps ({t.max_steps})",
-            ("training.max_steps",),
-        )
-    if t.min_lr > t.learning_rate:
-        raise Problem(
-            "training.min_lr",
-            f"{show(t.min_lr)} is greater than training.learning_rate ({show(t.learning_rate)})",
-            ("training.learning_rate",),
-        )
-    if t.sample_tokens > 0 and not t.sample_prompt:
-        raise Problem(
-            "training.sample_prompt",
-            "must not be empty when training.sample_tokens > 0 (set it to 0 to skip the sample)",
-            ("training.sample_tokens",),
-        )
+    epochs = f"needs data.sampling 'epochs' (it is {d.sampling!r})"
+    _rule(t.epochs is None or d.sampling == "epochs", "training.epochs", epochs, "data.sampling")
+    warmup = f"{t.warmup_steps} must be less than training.max_steps ({t.max_steps})"
+    _rule(
+        t.epochs is not None or t.warmup_steps < t.max_steps,
+        "training.warmup_steps",
+        warmup,
+        "training.max_steps",
+    )
+    min_lr = f"{show(t.min_lr)} is greater than training.learning_rate ({show(t.learning_rate)})"
+    _rule(t.min_lr <= t.learning_rate, "training.min_lr", min_lr, "training.learning_rate")
+    prompt = "must not be empty when training.sample_tokens > 0 (set it to 0 to skip the sample)"
+    _rule(
+        t.sample_tokens == 0 or bool(t.sample_prompt),
+        "training.sample_prompt",
+        prompt,
+        "training.sample_tokens",
+    )
 
 
 def check(config: Any) -> None:
