@@ -118,7 +118,13 @@ _VALUES: dict[str, dict[Any, Any]] = {
     "model.attention": {"flash": "sdpa", "eager": "reference"},
     "model.positions": {"absolute": "learned"},
 }
-_DTYPES: dict[str, str | bool] = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16", "half": "fp16"}
+_DTYPES: dict[str, str | bool] = {
+    "bfloat16": "bf16",
+    "bf16": "bf16",
+    "float16": "fp16",
+    "fp16": "fp16",
+    "half": "fp16",
+}
 _DTYPES |= {"float32": False, "fp32": False, "float": False, "auto": True}
 _TARGET = {alias: target for target, aliases in ALIASES.items() for alias in aliases}
 

@@ -139,10 +139,6 @@ Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 def _parse_yaml(text: str, source: str) -> Any:
     try:
         return yaml.load(text, Loader=Loader)  # a SafeLoader: no Python objects are built
-    except TooLargeError as e:
-        mark = e.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        raise ConfigError(one_line(f"{source}: {where}{e.problem}")) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
@@ -150,12 +146,12 @@ def _parse_yaml(text: str, source: str) -> Any:
         # Some problems only make sense after their context: "expected a single document ... but found another"
         if e.problem and e.problem.startswith("but ") and e.context:
             problem = f"{e.context} {e.problem}"
-        raise ConfigError(one_line(f"{source}: {where}invalid YAML: {problem}")) from None
+        what = problem if isinstance(e, TooLargeError) else f"invalid YAML: {problem}"
+        raise ConfigError(one_line(f"{source}: {where}{what}")) from None
     except yaml.reader.ReaderError as e:  # a control character; the reader reports a character offset
         line = text.count("\n", 0, e.position) + 1
-        raise ConfigError(
-            f"{source}: line {line}: invalid YAML: unacceptable character #x{e.character:04x}: {e.reason}"
-        ) from None
+        what = f"unacceptable character #x{e.character:04x}: {e.reason}"
+        raise ConfigError(f"{source}: line {line}: invalid YAML: {what}") from None
     except yaml.YAMLError as e:
         raise ConfigError(one_line(f"{source}: invalid YAML: {e}")) from None
     except RecursionError:

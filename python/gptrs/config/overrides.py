@@ -8,7 +8,6 @@ a rule between keys broken by the overrides blames the last override that set on
 
 from __future__ import annotations
 
-import types
 import typing
 from collections.abc import Sequence
 from typing import Any
@@ -17,14 +16,14 @@ import yaml
 
 from gptrs.config.io import Loader
 from gptrs.config.problems import Problem, clip, name_of, one_line, show
-from gptrs.config.schema import SECTIONS, Config, config_to_dict, fields_of, hints_of
+from gptrs.config.schema import SECTIONS, Config, config_to_dict, fields_of, hints_of, options
 from gptrs.config.validation import check, coerce, unknown_key, unknown_section
 from gptrs.errors import ConfigError
 
 
 def _parse_value(raw: str, hint: Any) -> Any:
     """A --set value: YAML for numbers, bools and lists; strings as typed (YAML would strip `def ` to `def`)."""
-    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    args = options(hint)
     quoted = raw[:1] in ("'", '"')
     if str in args and bool not in args and not quoted:
         if type(None) in args and raw.strip() in ("", "null", "~"):

@@ -10,7 +10,6 @@ model.embed_dim (128)``.
 from __future__ import annotations
 
 import math
-import types
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -24,20 +23,16 @@ from gptrs.config.schema import (
     ModelConfig,
     fields_of,
     hints_of,
+    options,
     resolve_model,
 )
 
 _NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
 
 
-def _options(hint: Any) -> tuple[Any, ...]:
-    """The types a field accepts: ``int | None`` -> (int, NoneType)."""
-    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-
-
 def _expected(hint: Any) -> str:
     names = {list: "a list of strings", dict: "a mapping of strings to strings"}
-    return " or ".join(names.get(typing.get_origin(t), None) or _NAMES[t] for t in _options(hint))
+    return " or ".join(names.get(typing.get_origin(t), None) or _NAMES[t] for t in options(hint))
 
 
 def _choices_problem(key: str, value: Any, choices: Sequence[Any]) -> Problem:
@@ -55,7 +50,7 @@ def _is(value: Any, t: Any) -> bool:
 def coerce(key: str, value: Any, hint: Any, meta: Mapping[str, Any] | None = None) -> Any:
     """`value` as the field type `hint` names (an int passes for a float, a bool never for a number), or a
     Problem at the offending element (``data.paths[1]``, ``tokenizer.special_tokens.bos``)."""
-    for t in _options(hint):
+    for t in options(hint):
         origin = typing.get_origin(t)
         if origin is list and isinstance(value, list):
             (item,) = typing.get_args(t)
