@@ -277,11 +277,12 @@ def convert(legacy: Any, source: str = "<json>", ignore: Sequence[str] = ()) -> 
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    for k in keys:
-        if keys.count(k) > 1:
-            raise ConfigError(f"invalid JSON: duplicate key {show(k)}")
-    return dict(pairs)
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ConfigError(f"invalid JSON: duplicate key {show(key)}")
+        result[key] = value
+    return result
 
 
 def read_legacy(path: str | os.PathLike[str]) -> Any:
