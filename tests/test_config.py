@@ -4,9 +4,11 @@ overrides, save/load round trips, the reference (--describe), the CLI, and the p
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -858,3 +860,36 @@ def test_check_model_agrees_with_config_validation(
     if ok_shape and (kv_heads is None or kv_heads >= 1) and embed_dim % heads == 0:  # the test can fail
         even = arch == "gpt2" or (embed_dim // heads) % 2 == 0
         assert model_ok == (even and heads % (kv_heads or heads) == 0)
+
+
+_HINTS = (int, float, str, bool, int | None, float | None, bool | str, list[str])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=4)
+    | st.lists(st.integers(), max_size=2)
+)
+def test_coerce_follows_the_field_type(value: object) -> None:
+    """Types come from the field's hint alone: an int is a float too (huge ones inf), a bool never a number."""
+    from gptrs.config.problems import Problem
+    from gptrs.config.schema import options
+    from gptrs.config.validation import coerce
+
+    for hint in _HINTS:
+        allowed = [typing.get_origin(t) or t for t in options(hint)]  # list[str] -> list
+        try:
+            out = coerce("k", value, hint)
+        except Problem as p:
+            assert p.key.startswith("k") and "expected" in p.message
+            assert not any(type(value) is t for t in allowed if t not in (float, list))
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and int not in allowed:
+            assert float in allowed and isinstance(out, float)
+            assert out == value or (math.isinf(out) and abs(value) >= 2**1023)
+        else:
+            assert out == value and type(out) is type(value) and any(type(value) is t for t in allowed)

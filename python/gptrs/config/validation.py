@@ -42,14 +42,15 @@ def _choices_problem(key: str, value: Any, choices: Sequence[Any]) -> Problem:
 
 
 def _is(value: Any, t: Any) -> bool:
-    if t is type(None):
-        return value is None
-    return isinstance(value, int if t is float else t) and (t is bool or not isinstance(value, bool))
+    """Whether `value` is of the plain type `t`: an int is a float too, a bool is never a number."""
+    if isinstance(value, bool) and t is not bool:
+        return False
+    return value is None if t is type(None) else isinstance(value, (int, float) if t is float else t)
 
 
 def coerce(key: str, value: Any, hint: Any, meta: Mapping[str, Any] | None = None) -> Any:
-    """`value` as the field type `hint` names (an int passes for a float, a bool never for a number), or a
-    Problem at the offending element (``data.paths[1]``, ``tokenizer.special_tokens.bos``)."""
+    """`value` as the field type `hint` names, or a Problem at the offending element (``data.paths[1]``,
+    ``tokenizer.special_tokens.bos``)."""
     for t in options(hint):
         origin = typing.get_origin(t)
         if origin is list and isinstance(value, list):
@@ -60,17 +61,11 @@ def coerce(key: str, value: Any, hint: Any, meta: Mapping[str, Any] | None = Non
                 if not isinstance(k, str):
                     raise Problem(key, f"keys must be strings, got {what(k)}")
             return {k: coerce(f"{key}.{name_of(k)}", v, typing.get_args(t)[1]) for k, v in value.items()}
-        if t is float and isinstance(value, float):
-            return value
         if origin is None and _is(value, t):
-            # Ints past float range become inf, which the finiteness check then reports.
-            return (
-                value
-                if t is not float
-                else math.copysign(math.inf, value)
-                if abs(value) >= 2**1023
-                else float(value)
-            )
+            if t is float:  # ints past float range become inf, which the finiteness check then reports
+                huge = isinstance(value, int) and abs(value) >= 2**1023
+                return (math.inf if value > 0 else -math.inf) if huge else float(value)
+            return value
     if meta and "choices" in meta:
         raise _choices_problem(key, value, meta["choices"])
     raise Problem(key, f"expected {_expected(hint)}, got {what(value)}")
