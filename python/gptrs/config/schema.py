@@ -94,11 +94,10 @@ NANOCHAT_ROPE_THETA = ROPE_THETA  # the names the current model classes import
 NANOCHAT_LOGIT_SOFTCAP = ARCH_DEFAULTS["nanochat"]["logit_softcap"]
 
 
-def _switch(help: str, **kw: Any) -> Any:
+def _switch(name: str, help: str, **kw: Any) -> Any:
     """A model switch: null takes the value ``model.arch`` gives it (ARCH_DEFAULTS), which the help shows."""
-    name = help.split(":")[0]
     by_arch = ", ".join(f"{a}: {show(d[name])}" for a, d in ARCH_DEFAULTS.items())
-    return _f(None, f"{help.split(': ', 1)[1]}; null: from arch ({by_arch})", **kw)
+    return _f(None, f"{help}; null: from arch ({by_arch})", **kw)
 
 
 @dataclass
@@ -121,32 +120,37 @@ class ModelConfig:
         None, "embedding rows; null takes the tokenizer's vocabulary size", ge=1, le=2**32
     )
     positions: str | None = _switch(
-        "positions: 'learned' (a position table) or 'rotary' (needs an even head size)",
+        "positions",
+        "'learned' (a position table) or 'rotary' (needs an even head size)",
         choices=("learned", "rotary"),
     )
     rope_theta: float | None = _f(
         None, f"rotary base frequency, with positions rotary; null: {ROPE_THETA:g}", gt=0
     )
     norm: str | None = _switch(
-        "norm: 'layernorm' (LayerNorm with gains, and biases per bias) or 'rmsnorm' (parameter-free)",
+        "norm",
+        "'layernorm' (LayerNorm with gains, and biases per bias) or 'rmsnorm' (parameter-free)",
         choices=("layernorm", "rmsnorm"),
     )
-    embed_norm: bool | None = _switch("embed_norm: a norm right after the token embedding")
+    embed_norm: bool | None = _switch("embed_norm", "a norm right after the token embedding")
     qk_norm: bool | None = _switch(
-        "qk_norm: RMS-normalise queries and keys per head before attention (no parameters)"
+        "qk_norm", "RMS-normalise queries and keys per head before attention (no parameters)"
     )
     activation: str | None = _switch(
-        "activation: feed-forward activation, 'gelu' (exact), 'gelu_tanh' (GPT-2's approximation) or "
-        "'relu2' (relu(x)^2)",
+        "activation",
+        "feed-forward activation, 'gelu' (exact), 'gelu_tanh' (GPT-2's approximation) or 'relu2' (relu(x)^2)",
         choices=("gelu", "gelu_tanh", "relu2"),
     )
-    bias: bool | None = _switch("bias: biases in the Linear layers (and LayerNorms)")
-    tie_embeddings: bool | None = _switch("tie_embeddings: the LM head shares the token embedding's weights")
+    bias: bool | None = _switch("bias", "biases in the Linear layers (and LayerNorms)")
+    tie_embeddings: bool | None = _switch(
+        "tie_embeddings", "the LM head shares the token embedding's weights"
+    )
     logit_softcap: float | None = _switch(
-        "logit_softcap: final logits become c * tanh(logits / c); 0: no cap", ge=0
+        "logit_softcap", "final logits become c * tanh(logits / c); 0: no cap", ge=0
     )
     init: str | None = _switch(
-        "init: 'gpt2' (N(0, 0.02), residual projections scaled by 1/sqrt(2 * num_layers)) or 'nanochat' "
+        "init",
+        "'gpt2' (N(0, 0.02), residual projections scaled by 1/sqrt(2 * num_layers)) or 'nanochat' "
         "(fan-in scaled Linear layers, N(0, 1) embeddings, zero LM head and output projections)",
         choices=("gpt2", "nanochat"),
     )
