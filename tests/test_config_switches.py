@@ -174,3 +174,18 @@ def test_a_huge_flat_list_is_refused_for_its_size(tmp_path: Path) -> None:
     msg = str(info.value)
     assert msg.startswith(f"{path}: line 100000, column 3: the document holds more than 100000 values")
     assert "alias" not in msg
+
+
+def test_show_says_what_arch_fills_in(capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from gptrs.config import config_from_dict
+    from gptrs.config.__main__ import main
+
+    assert main(["--show", "nanochat-small", "--set", "model.bias=true"]) == 0
+    out = capsys.readouterr().out
+    assert "  positions: null  # 'rotary'\n" in out and "  kv_heads: null  # 4\n" in out
+    assert "  bias: true\n" in out and "  vocab_size: null\n" in out  # set by hand; nothing to resolve
+    assert config_from_dict(yaml.safe_load(out)) == apply_overrides(
+        load_config("nanochat-small"), ["model.bias=true"]
+    )
