@@ -243,11 +243,11 @@ def test_from_config() -> None:
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
-        (dict(heads=3), r"model.heads \(3\) must divide model.embed_dim \(32\)"),
-        (dict(num_layers=0), "model.num_layers must be a positive integer, got 0"),
-        (dict(dropout=1.0), r"model.dropout must be in \[0, 1\), got 1.0"),
-        (dict(activation="relu"), "model.activation must be one of gelu, gelu_tanh, relu2, got 'relu'"),
-        (dict(attention="flash"), "model.attention must be one of sdpa, reference, got 'flash'"),
+        (dict(heads=3), r"model\.heads: 3 does not divide model\.embed_dim \(32\)"),
+        (dict(num_layers=0), "model.num_layers: must be >= 1, got 0"),
+        (dict(dropout=1.0), r"model.dropout: must be in \[0, 1\), got 1.0"),
+        (dict(activation="relu"), "model.activation: 'relu' is not one of 'gelu', 'gelu_tanh', 'relu2'"),
+        (dict(attention="flash"), "model.attention: 'flash' is not one of 'sdpa', 'reference'"),
         (dict(pad_token_id=64), r"pad_token_id 64 is outside the vocabulary \(size 64\)"),
     ],
 )
