@@ -22,7 +22,7 @@ from gptrs.model import GPT
 from gptrs.training import Trainer, TrainingInterrupted, find_latest
 from gptrs.training.checkpoint import load_trainer_state
 from gptrs.training.metrics import read_metrics
-from gptrs.training.precision import cpu_supports_bf16, resolve_precision
+from gptrs.training.precision import resolve_precision
 
 V, D, FF, L, H, T = 48, 32, 64, 2, 2, 16
 SHAPE = dict(vocab_size=V, embed_dim=D, ff_dim=FF, num_layers=L, heads=H, max_seq_len=T)
@@ -294,10 +294,18 @@ def test_epochs_and_exhausted_data() -> None:
         Trainer(tiny_model(), None, cfg, "cpu").train([])
 
 
-def test_precision_choice() -> None:
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_precision_choice(monkeypatch: pytest.MonkeyPatch, native_bf16: bool) -> None:
+    """Both CPU kinds are tried on every machine: AVX2-only (fp32) and native bf16 (AVX512-BF16 / AMX)."""
+    from gptrs.training import muon, precision
+
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: native_bf16)
+    monkeypatch.setattr(muon, "_native_cpu_bf16", lambda: native_bf16)
     assert resolve_precision(False, "cpu").name == "fp32"
     assert resolve_precision("bf16", "cpu").name == "bf16"
-    assert resolve_precision(True, "cpu").name == ("bf16" if cpu_supports_bf16() else "fp32")
+    assert resolve_precision(True, "cpu").name == ("bf16" if native_bf16 else "fp32")
+    ns = muon.Muon([torch.nn.Parameter(torch.zeros(2, 2))]).ns_dtype(torch.device("cpu"))
+    assert ns == (torch.bfloat16 if native_bf16 else torch.float32)
     assert resolve_precision(True, "cpu").make_scaler() is None
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         resolve_precision("fp16", "cpu")
