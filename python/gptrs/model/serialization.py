@@ -185,6 +185,12 @@ def _read_tensors(
                     )
                 if not t.is_floating_point():
                     raise CheckpointError(f"{path}: tensor {name} has non-float dtype {t.dtype}")
+                bad = t.numel() - int(torch.isfinite(t).sum())
+                if bad:  # a diverged run or a damaged file: refused here, before it samples garbage
+                    raise CheckpointError(
+                        f"{path}: tensor {name} holds {bad:,} non-finite values (NaN or inf) of {t.numel():,}: "
+                        "the weights are damaged"
+                    )
                 state[name] = t
     except CheckpointError:
         raise

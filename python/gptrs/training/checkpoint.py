@@ -354,13 +354,25 @@ def load_trainer_state(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def load_model_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
-    """Load a checkpoint's ``model.safetensors`` into ``model`` in place (exact: same dtype, no rounding)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_model
+    """Load a checkpoint's ``model.safetensors`` into ``model`` in place (exact: same dtype, no rounding).
 
+    A gptrs model is read by the loader every path uses (``gptrs.model.serialization``): names, shapes,
+    dtypes and finite values are checked there, so a checkpoint with NaN/inf weights is refused naming the
+    tensor. Any other ``nn.Module`` (a user's own, saved with ``safetensors.torch.save_model``) is read by
+    safetensors' own loader."""
     f = Path(path) / MODEL_FILE
     if not f.is_file():
         raise CheckpointError(f"{f}: missing")
+    if callable(getattr(model, "save_pretrained", None)):
+        from gptrs.model.serialization import _read_tensors, _tied
+
+        tied = _tied(model)
+        expected = {name: t.shape for name, t in model.state_dict().items() if name not in tied}
+        model.load_state_dict(_read_tensors(f, expected, "cpu"), strict=False)  # tied names share one
+        return
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
     try:
         missing, unexpected = load_model(model, str(f), strict=False)
     except (SafetensorError, RuntimeError, OSError, ValueError) as e:
