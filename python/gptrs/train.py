@@ -70,7 +70,7 @@ def load_run_config(args: argparse.Namespace, run_dir: Path | None) -> tuple[Con
     """The Config for this invocation and a name for it (used for the default run directory)."""
     if args.config:
         cfg, name = load_config(args.config), resolve_config_path(args.config).stem
-    elif args.resume and run_dir is not None and (saved := _saved_config(run_dir)) is not None:
+    elif args.resume and run_dir is not None and (saved := saved_config(run_dir)) is not None:
         cfg, name = load_config(saved), run_dir.name
     else:
         cfg, name = load_config(DEFAULT_PRESET), DEFAULT_PRESET
@@ -100,27 +100,49 @@ def _fit_warmup(cfg: Config, overrides: list[str]) -> None:
         overrides.append(f"training.warmup_steps={max_steps // 10}")
 
 
-def _saved_config(run_dir: Path) -> Path | None:
-    """The config a run was started with: its newest checkpoint's, else the copy in the run directory."""
+def saved_config(run_dir: Path) -> Path | None:
+    """The config a resumed run continues with: the run's own ``config.yaml`` (the user may have edited it:
+    what can change on resume is honoured, what cannot is refused by ``check_resumable``), else the newest
+    checkpoint's copy."""
     from gptrs.training.checkpoint import find_latest
 
     latest = find_latest(run_dir / CHECKPOINTS_DIR)
-    for p in ([latest.path / CONFIG_FILE] if latest else []) + [run_dir / CONFIG_FILE]:
+    for p in [run_dir / CONFIG_FILE] + ([latest.path / CONFIG_FILE] if latest else []):
         if p.is_file():
             return p
     return None
 
 
 def _existing_run_error(run_dir: Path) -> GptrsError | None:
-    from gptrs.training.checkpoint import find_latest
+    from gptrs.training.checkpoint import damaged_checkpoints, find_latest
 
     latest = find_latest(run_dir / CHECKPOINTS_DIR)
-    if latest is None:
-        return None
-    return GptrsError(
-        f"{run_dir} already holds a run (checkpoint {latest.name} at step {latest.step}): "
-        "add --resume to continue it, or choose a new --out"
-    )
+    if latest is not None:
+        return GptrsError(
+            f"{run_dir} already holds a run (checkpoint {latest.name} at step {latest.step}): "
+            "add --resume to continue it, or choose a new --out"
+        )
+    damaged = damaged_checkpoints(run_dir / CHECKPOINTS_DIR)
+    if damaged:  # starting over would write new checkpoints over them
+        return GptrsError(
+            f"{run_dir} already holds a run whose checkpoints are damaged ({', '.join(d.name for d in damaged)}): "
+            "choose a new --out, or move them out of the way"
+        )
+    return None
+
+
+def _write_config(cfg: Config, run_dir: Path) -> None:
+    """The run's config.yaml says what this invocation trains with; a file that already says so (the user's
+    own edit, comments and all) is left as it is."""
+    path = run_dir / CONFIG_FILE
+    if path.is_file():
+        try:
+            if load_config(path) == cfg:
+                return
+        except GptrsError:
+            pass  # unreadable: replaced by what this run uses
+        log.info("updating %s", path)
+    save_config(cfg, path)  # validated when loaded: written as it is
 
 
 def train(args: argparse.Namespace) -> int:
@@ -146,10 +168,12 @@ def train(args: argparse.Namespace) -> int:
             if err is not None:
                 raise err
         if info.is_main and args.resume:  # before config.yaml is rewritten with the changed values
-            check_resumable(run_dir, cfg)
+            changes = check_resumable(run_dir, cfg)
+            if changes:
+                log.info("resuming with settings changed since the checkpoint: %s", "; ".join(changes))
         if info.is_main:
             log.info("run directory: %s", run_dir)
-            save_config(cfg, run_dir / CONFIG_FILE)  # validated when loaded: written as it is
+            _write_config(cfg, run_dir)
         bundle = prepare_data(
             cfg,
             run_dir,

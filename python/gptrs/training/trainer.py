@@ -372,7 +372,15 @@ class Trainer:
             )
         if restored is None:
             state.seed_everything(tc.seed, self.dist.rank)
-        self._counters, self.history = restored or (state.Counters(), [])
+        elif restored.skipped:
+            # Set aside what could not be loaded, so that this run's saves and pruning never replace it.
+            if self.is_main:
+                for path in restored.skipped:
+                    log.warning("kept the damaged %s as %s", path.name, ckpt.set_aside(path))
+            barrier()
+        self._counters, self.history = (
+            (restored.counters, restored.history) if restored else (state.Counters(), [])
+        )
         c = self._counters
         train_model = self._wrap_model()
         if self.run_dir is not None and self.is_main:
