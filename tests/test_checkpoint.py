@@ -181,7 +181,7 @@ def test_malicious_trainer_state_is_refused_not_run(tmp_path: Path) -> None:
 
 def test_corrupt_or_mismatched_weights(tmp_path: Path) -> None:
     path = save(tmp_path, "last", 1)
-    with pytest.raises(CheckpointError, match="missing tensors: transformer.h.1"):
+    with pytest.raises(CheckpointError, match=r"missing tensors: transformer\.h\.1"):
         ckpt.load_model_weights(tiny_gpt(**{**SHAPE, "num_layers": 2}), path)
     (path / "model.safetensors").write_bytes(b"\xff" * 64)
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):

@@ -21,8 +21,8 @@ from gptrs.data import RandomBatches
 from gptrs.model import GPT, NanoChat, build_model
 from gptrs.training import Trainer
 from gptrs.training.distributed import setup_distributed
-from gptrs.training.muon import Muon
 from gptrs.training.metrics import read_metrics
+from gptrs.training.muon import Muon
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
