@@ -361,7 +361,8 @@ def test_a_run_names_its_files_and_the_next_commands(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Each checkpoint and loss.png write is logged; the closing lines name the run directory and the generate,
-    export and resume commands with its real path, and those commands work as printed."""
+    export and resume commands with its real path and this interpreter, and those commands work as printed in
+    a new shell whose PATH has no ``python`` of the venv."""
     import shlex
 
     out = tmp_path / "my run"  # a space: the printed commands must quote it
@@ -372,13 +373,16 @@ def test_a_run_names_its_files_and_the_next_commands(
     assert f"saved checkpoint {out / 'checkpoints' / 'best'} (step 3)" in captured.err
     assert f"wrote the loss curves to {out / 'loss.png'}" in captured.err
     lines = captured.out.splitlines()
+    assert "trained 3 steps (" in lines[0]
     assert f"run directory: {out} (checkpoints in {out / 'checkpoints'}, metrics.jsonl, loss.png)" in lines
-    commands = {
-        line.split()[2]: shlex.split(line.split("   #")[0])
+    printed = {
+        line.split()[2]: line.split("   #")[0].strip()
         for line in lines
-        if line.startswith("  python -m gptrs.")
+        if line.startswith("  ") and " -m gptrs." in line
     }
+    commands = {k: shlex.split(v) for k, v in printed.items()}
     assert sorted(commands) == ["gptrs.export", "gptrs.generate", "gptrs.train"]
+    assert {c[0] for c in commands.values()} == {sys.executable}
     assert commands["gptrs.generate"][3:5] == ["--model-path", str(out)]
     assert commands["gptrs.export"][3:] == [
         "--model-path",
@@ -390,12 +394,41 @@ def test_a_run_names_its_files_and_the_next_commands(
     ]
     assert commands["gptrs.train"][3:] == ["--out", str(out), "--resume", "--set", "training.max_steps=6"]
 
-    gen = commands["gptrs.generate"][3:]
-    gen[gen.index("--max-new-tokens") + 1] = "5"
-    assert generate_cli.main(gen) == 0
-    assert export_cli.main(commands["gptrs.export"][3:]) == 0 and (out / "hf" / "config.json").is_file()
-    assert train_cli.main([*commands["gptrs.train"][3:], "--device", "cpu"]) == 0
+    # A new shell: no venv on PATH (PYTHONPATH stays: this suite runs the working tree's gptrs).
+    shell = {**ENV, "PATH": "/usr/bin:/bin"}
+
+    def paste(line: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", "-c", line], capture_output=True, text=True, env=shell, cwd=tmp_path, timeout=300
+        )
+
+    gen = paste(printed["gptrs.generate"].replace("--max-new-tokens 100", "--max-new-tokens 5"))
+    assert gen.returncode == 0, gen.stderr[-2000:]
+    exp = paste(printed["gptrs.export"])
+    assert exp.returncode == 0 and (out / "hf" / "config.json").is_file(), exp.stderr[-2000:]
+    more = paste(printed["gptrs.train"] + " --device cpu")
+    assert more.returncode == 0, more.stderr[-2000:]
     assert max(train_losses(out)) == 6
+    assert "trained 3 steps (" in more.stdout and "from step 3 to step 6" in more.stdout  # not 'trained 6'
+
+
+def test_the_summary_lists_only_files_that_exist_and_says_when_nothing_was_left(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without matplotlib no loss.png is listed; resuming a finished run says there was nothing to train."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    out = tmp_path / "run"
+    argv = ["--out", str(out), "--device", "cpu", *sets("training.sample_tokens=0")]
+    assert train_cli.main([*argv, "--max-steps", "3"]) == 0
+    captured = capsys.readouterr()
+    assert not (out / "loss.png").exists() and "skipping the loss plot" in captured.err
+    assert f"run directory: {out} (checkpoints in {out / 'checkpoints'}, metrics.jsonl)" in captured.out
+    assert train_cli.main(["--out", str(out), "--device", "cpu", "--resume"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == (
+        "nothing left to train: the run was already at step 3 of training.max_steps 3 "
+        "(add --set training.max_steps=N to train on)"
+    )
 
 
 HELP_COMMANDS = [

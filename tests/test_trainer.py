@@ -352,8 +352,9 @@ class BigramModel(nn.Module):
         return logits, loss
 
 
-def test_user_model_and_torch_dataloader() -> None:
-    """The custom-dataset path: a torch DataLoader over a TensorDataset, a plain nn.Module, no run dir."""
+def test_user_model_and_torch_dataloader(caplog: pytest.LogCaptureFixture) -> None:
+    """The custom-dataset path: a torch DataLoader over a TensorDataset, a plain nn.Module, no run dir. The
+    log reports the loader's 16 sequences a batch, not the config's 4."""
     w = torch.from_numpy(tokens(3400).astype(np.int64))[: 200 * (T + 1)].view(200, T + 1)
     ds = torch.utils.data.TensorDataset(w[:, :-1], w[:, 1:])
     train = torch.utils.data.DataLoader(
@@ -364,7 +365,13 @@ def test_user_model_and_torch_dataloader() -> None:
     model = BigramModel()
     cfg = config(max_steps=30, eval_interval=15, warmup_steps=3, learning_rate=0.1)
     before = Trainer(model, None, cfg, "cpu").evaluate(val)["val_loss"]
-    result = Trainer(model, None, cfg, "cpu").train(train, val)
+    assert cfg.training.batch_size == 4
+    with caplog.at_level(logging.INFO, logger="gptrs"):
+        result = Trainer(model, None, cfg, "cpu").train(train, val)
+    assert any(
+        ": 30 steps of 16 sequences (1 micro-batch of 16 per process)" in r.getMessage()
+        for r in caplog.records
+    )
     assert result["step"] == 30  # more steps than one pass (13 batches): the loader restarts
     assert result["val_loss"] < before - 0.5
 

@@ -30,6 +30,7 @@ from gptrs.cli import make_parser, run_main, setup_logging, summary
 from gptrs.config import Config, apply_overrides, load_config, resolve_config_path, save_config
 from gptrs.errors import ConfigError, GptrsError
 from gptrs.files import CHECKPOINTS_DIR, CONFIG_FILE, METRICS_FILE
+from gptrs.training.metrics import LOSS_PLOT_FILE
 
 log = logging.getLogger("gptrs.train")
 
@@ -210,7 +211,7 @@ def _report(
     import torch
 
     val, unigram = result.get("val_loss"), stats.get("unigram_loss")
-    lines = [f"trained {result['step']} steps ({result['tokens']:,} tokens) in {result['elapsed_s']:.0f} s"]
+    lines = [trained_line(result)]
     if val is not None:
         bpb = f", {result['val_bpb']:.3f} bits/byte" if result.get("val_bpb") else ""
         lines.append(f"validation loss {val:.4f} (perplexity {math.exp(min(val, 50)):.1f}{bpb})")
@@ -242,17 +243,36 @@ def _report(
     sys.stdout.flush()
 
 
+def trained_line(result: dict[str, Any]) -> str:
+    """What this invocation trained (a resumed run: only the steps after its checkpoint), or that nothing was
+    left to train."""
+    step, start = result["step"], result.get("start_step", 0)
+    done, tokens = step - start, result["tokens"] - result.get("start_tokens", 0)
+    if done == 0 and result.get("resumed"):
+        return (
+            f"nothing left to train: the run was already at step {step} of training.max_steps "
+            f"{result.get('max_steps', step)} (add --set training.max_steps=N to train on)"
+        )
+    line = f"trained {done} steps ({tokens:,} tokens) in {result['elapsed_s']:.0f} s"
+    return line + (f", from step {start} to step {step}" if start else "")
+
+
 def next_steps(run_dir: Path, step: int, cfg: Config) -> list[str]:
-    """The closing lines: where the run is, and the commands that use it (with its real path)."""
+    """The closing lines: where the run is, which of its files exist, and the commands that use it, with its
+    real path and the interpreter that ran this one (a new shell's ``python`` may not see gptrs)."""
     d = shlex.quote(str(run_dir))
     hf = shlex.quote(str(run_dir / "hf"))
     prompt = shlex.quote(cfg.training.sample_prompt or "def ")
+    py = shlex.quote(sys.executable or "python")
+    files = [f"checkpoints in {run_dir / CHECKPOINTS_DIR}"] + [
+        name for name in (METRICS_FILE, LOSS_PLOT_FILE) if (run_dir / name).is_file()
+    ]
     return [
-        f"run directory: {run_dir} (checkpoints in {run_dir / CHECKPOINTS_DIR}, {METRICS_FILE}, loss.png)",
+        f"run directory: {run_dir} ({', '.join(files)})",
         "next:",
-        f"  python -m gptrs.generate --model-path {d} --prompt {prompt} --max-new-tokens 100   # sample",
-        f"  python -m gptrs.export --model-path {d} --format hf --out {hf}   # for transformers",
-        f"  python -m gptrs.train --out {d} --resume --set training.max_steps={2 * max(step, 1)}   # train on",
+        f"  {py} -m gptrs.generate --model-path {d} --prompt {prompt} --max-new-tokens 100   # sample",
+        f"  {py} -m gptrs.export --model-path {d} --format hf --out {hf}   # for transformers",
+        f"  {py} -m gptrs.train --out {d} --resume --set training.max_steps={2 * max(step, 1)}   # train on",
     ]
 
 

@@ -44,6 +44,7 @@ from gptrs.training.distributed import all_reduce_mean, any_rank, barrier, joine
 from gptrs.training.losses import evaluate, loss_of, split_batch, to_device
 from gptrs.training.lr_schedule import WarmupCosine, total_steps
 from gptrs.training.metrics import (
+    given_batch_size,
     LOSS_PLOT_FILE,
     RunLog,
     log_run_start,
@@ -74,6 +75,8 @@ class _Run:
     loss_sum: torch.Tensor  # training losses since the last log line, summed on the device (no host sync)
     stop: StopRequest
     resumed: bool
+    start_step: int = 0  # where this call of train() began (a resumed run: the checkpoint's step)
+    start_tokens: int = 0
     stop_reason: str = ""
     last_train: dict[str, Any] = field(default_factory=dict)
     last_eval: dict[str, Any] = field(default_factory=dict)
@@ -394,14 +397,16 @@ class Trainer:
             schedule=schedule,
             stream=stream,
             eval_loader=eval_loader,
-            metrics=self._run_log(max_steps),
+            metrics=self._run_log(max_steps, train_loader),
             loss_sum=torch.tensor(c.interval_loss, dtype=torch.float32, device=self.device),
             stop=stop,
             resumed=restored is not None,
+            start_step=c.step,
+            start_tokens=c.tokens,
             stop_reason="max_steps" if c.step >= max_steps else "",
         )
 
-    def _run_log(self, max_steps: int) -> RunLog:
+    def _run_log(self, max_steps: int, train_loader: Iterable[Any]) -> RunLog:
         """Announce the run; its log measures throughput against the device's peak FLOP/s (``training.peak_flops``,
         else a known GPU's, else measured: ``peak_flops.py``)."""
         tc, c = self.config.training, self._counters
@@ -415,7 +420,7 @@ class Trainer:
                 world_size=self.dist.world_size,
                 max_steps=max_steps,
                 accum=tc.gradient_accumulation_steps,
-                batch_size=tc.batch_size,
+                batch_size=given_batch_size(train_loader, tc.batch_size),
                 peak=peak,
             )
         fpt_fn = getattr(self.model, "flops_per_token", None)
@@ -455,6 +460,9 @@ class Trainer:
             "best_val_loss": c.best_val_loss if math.isfinite(c.best_val_loss) else None,
             "elapsed_s": time.perf_counter() - run.metrics.started,
             "resumed": run.resumed,
+            "start_step": run.start_step,  # what this call trained: step - start_step
+            "start_tokens": run.start_tokens,
+            "max_steps": run.max_steps,
         }
         result.update(run.last_eval)
         result.pop("kind", None)
