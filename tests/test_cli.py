@@ -14,6 +14,8 @@ from typing import ClassVar
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gptrs import export as export_cli
 from gptrs import generate as generate_cli
@@ -160,7 +162,16 @@ TRAIN_ERRORS = [
     ("bad device", lambda t: ["--device", "tpu"], "unknown device"),
     ("bad flag", lambda t: ["--epochs", "3"], "unrecognized arguments: --epochs 3"),
     ("bad max steps", lambda t: ["--max-steps", "0"], "--max-steps: must be >= 1"),
-    ("max steps not int", lambda t: ["--max-steps", "x"], "invalid int value"),
+    (
+        "max steps not int",
+        lambda t: ["--max-steps", "x"],
+        "argument --max-steps: expected an integer, got 'x'",
+    ),
+    (
+        "max steps past 64 bits",
+        lambda t: ["--max-steps", str(2**63)],
+        "argument --max-steps: 9223372036854775808: too large (at most 9223372036854775807)",
+    ),
     ("empty dataset", empty_text_corpus, "produced no documents"),
     ("missing tokenizer", lambda t: ["--tokenizer", str(t / "tok.json")], "tok.json"),
 ]
@@ -207,7 +218,17 @@ GENERATE_ERRORS = [
     (
         "seed",
         lambda t, c: ["--model-path", str(c), "--prompt", "x", "--seed", "abc"],
-        "invalid int value: 'abc'",
+        "argument --seed: expected an integer, got 'abc'",
+    ),
+    (
+        "seed past 64 bits",  # refused while parsing, before the model loads
+        lambda t, c: ["--model-path", str(t / "nope"), "--prompt", "x", "--seed", str(2**64)],
+        "argument --seed: 18446744073709551616: too large (at most 18446744073709551615)",
+    ),
+    (
+        "max tokens of 10**30",
+        lambda t, c: ["--model-path", str(t / "nope"), "--prompt", "x", "--max-new-tokens", str(10**30)],
+        "argument --max-new-tokens: 1000000000000000000000000000000: too large",
     ),
     ("max tokens", lambda t, c: ["--model-path", str(c), "--prompt", "x", "--max-new-tokens", "0"], ">= 1"),
     (
@@ -472,3 +493,33 @@ def test_config_describe_lines_fit_a_terminal() -> None:
 def test_a_short_run_fits_its_warmup(argv: list[str], steps: int, warmup: int) -> None:
     cfg, _ = train_cli.load_run_config(train_cli.build_parser().parse_args(argv), None)
     assert (cfg.training.max_steps, cfg.training.warmup_steps) == (steps, warmup)
+
+
+@given(st.integers(), st.integers(-(2**70), 2**70), st.integers(0, 2**70))
+def test_bounded_int_accepts_exactly_its_range(value: int, lo: int, width: int) -> None:
+    """Every CLI's integer flags parse through bounded_int: in range it is the number, out of range a
+    one-line refusal saying which bound, never Python's own overflow."""
+    import argparse
+
+    from gptrs.cli import bounded_int
+
+    hi = lo + width
+    parse = bounded_int(lo, hi)
+    if lo <= value <= hi:
+        assert parse(str(value)) == value
+    else:
+        with pytest.raises(argparse.ArgumentTypeError, match="too large" if value > hi else "too small"):
+            parse(str(value))
+    assert bounded_int()(str(value)) == value if -(2**63) <= value < 2**63 else True
+
+
+def test_bounded_int_on_absurd_text() -> None:
+    import argparse
+
+    from gptrs.cli import bounded_int
+
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^9{20}\.\.\. \(5000 characters\): too large"):
+        bounded_int()("9" * 5000)
+    with pytest.raises(argparse.ArgumentTypeError, match="expected an integer, got '1e3'"):
+        bounded_int()("1e3")
+    assert bounded_int()("1_000") == 1000

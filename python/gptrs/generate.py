@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gptrs.cli import make_parser, run_main, setup_logging, summary
+from gptrs.cli import bounded_int, make_parser, run_main, setup_logging, summary
 from gptrs.errors import CheckpointError, GptrsError
 from gptrs.files import CONFIG_FILE, TOKENIZER_FILE
 from gptrs.host_memory import tune_host_allocator
@@ -218,10 +218,7 @@ def interactive(model: Any, tok: Any, separator: str, s: Sampling, device: Any) 
 def _int_or_none(value: str) -> int | None:
     if value.strip().lower() in ("none", "off"):
         return None
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {value!r}") from None
+    return bounded_int()(value)
 
 
 def build_parser(prog: str = TAG) -> argparse.ArgumentParser:
@@ -245,7 +242,12 @@ def build_parser(prog: str = TAG) -> argparse.ArgumentParser:
     p.add_argument(
         "--top-p", type=float, default=d.top_p, metavar="P", help="nucleus sampling threshold in (0, 1]"
     )
-    p.add_argument("--seed", type=int, metavar="N", help="seed for reproducible sampling")
+    p.add_argument(
+        "--seed",
+        type=bounded_int(-(2**63), 2**64 - 1),  # what torch.Generator.manual_seed takes
+        metavar="N",
+        help="seed for reproducible sampling",
+    )
     p.add_argument("--interactive", action="store_true", help="read prompts from stdin until EOF or /quit")
     p.add_argument("--quantize", choices=["int8"], help="int8 dynamic quantization of Linear layers (CPU)")
     p.add_argument("--device", default="auto", metavar="DEVICE", help="auto (default), cpu, cuda or mps")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import stat
 import sys
 import sysconfig
 from collections.abc import Iterable, Iterator
@@ -84,6 +85,24 @@ def stdlib_paths() -> list[Path]:
 # ------------------------------------------------------------------------------------------------ local files
 
 
+def special_file_kind(path: str | os.PathLike[str]) -> str | None:
+    """What a path that exists but is no regular file or directory is ("a FIFO (named pipe)", ...), from
+    its metadata alone; None when it does not exist."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    for test, what in (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return what
+    return None
+
+
 def resolve_paths(patterns: Iterable[str]) -> list[Path]:
     """Expand ``data.paths`` (files or globs, ``~`` allowed) into existing files: each glob sorted, duplicates
     dropped, the order of the patterns kept. Anything missing or unsupported is a ``DataError`` naming it."""
@@ -107,6 +126,9 @@ def resolve_paths(patterns: Iterable[str]) -> list[Path]:
                     f"data.paths: {pattern!r} is a directory; give files or a glob like {pattern}/*.txt"
                 )
             if not os.path.isfile(expanded):
+                what = special_file_kind(expanded)  # never opened: reading a FIFO would block
+                if what:
+                    raise DataError(f"data.paths: {pattern} is {what}, not a regular file")
                 raise DataError(f"data.paths: file not found: {pattern}")
             matches = [expanded]
         for match in matches:

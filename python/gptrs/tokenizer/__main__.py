@@ -19,7 +19,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from gptrs.cli import make_parser, run_main, setup_logging, summary
+from gptrs.cli import bounded_int, make_parser, run_main, setup_logging, summary
 from gptrs.data.sources import stdlib_paths
 from gptrs.tokenizer import DEFAULT_SPECIAL_TOKENS, BPETokenizer
 
@@ -74,15 +74,6 @@ def demo(vocab_size: int = 4096, out: Any = None) -> dict[str, Any]:
 MAX_VOCAB_SIZE = 2**32  # ids are u32 in gptrs_tok (the config's tokenizer.vocab_size has the same bound)
 
 
-def _check_size(flag: str, value: int, most: int) -> None:
-    """An integer flag beyond what the tokenizer can hold: one line, before it reaches the Rust side (whose
-    conversion would fail with a message about C longs)."""
-    if value > most:
-        text = str(value)
-        shown = text if len(text) <= 40 else f"{text[:20]}... ({len(text)} digits)"
-        raise ValueError(f"{flag} {shown}: too large (at most {most})")
-
-
 def _parse_specials(items: list[str] | None) -> dict[str, str]:
     if items is None:
         return dict(DEFAULT_SPECIAL_TOKENS)
@@ -133,7 +124,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a tokenizer on text files")
     t.add_argument("--input", nargs="+", required=True, metavar="PATH", help="UTF-8 text files")
     t.add_argument(
-        "--vocab-size", type=int, required=True, help="total tokens: 256 bytes + merges + specials"
+        "--vocab-size",
+        type=bounded_int(None, MAX_VOCAB_SIZE),
+        required=True,
+        help="total tokens: 256 bytes + merges + specials",
     )
     t.add_argument("--output", required=True, help="tokenizer JSON to write")
     t.add_argument("--pattern", default="gpt4", help="'gpt4' (default), 'gpt2' or a regex")
@@ -155,17 +149,15 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
     d = sub.add_parser("decode", help="print the text of token ids")
     d.add_argument("--tokenizer", required=True, help="tokenizer JSON")
-    d.add_argument("--ids", type=int, nargs="+", required=True, help="token ids")
+    d.add_argument("--ids", type=bounded_int(0, 2**32 - 1), nargs="+", required=True, help="token ids")
     d.add_argument("--keep-special", action="store_true", help="keep special tokens in the text")
 
     m = sub.add_parser("demo", help="train on the built-in corpus and show speed and a round trip")
-    m.add_argument("--vocab-size", type=int, default=4096)
+    m.add_argument("--vocab-size", type=bounded_int(None, MAX_VOCAB_SIZE), default=4096)
     return p
 
 
 def _train(args: argparse.Namespace) -> None:
-    _check_size("--vocab-size", args.vocab_size, MAX_VOCAB_SIZE)
-    _check_size("--min-frequency", args.min_frequency, 2**63 - 1)
     for path in args.input:
         if not os.path.isfile(path):
             what = "is a directory; pass files (e.g. DIR/*.txt)" if os.path.isdir(path) else "not found"
@@ -205,7 +197,6 @@ def _run(args: argparse.Namespace) -> None:
         tok = BPETokenizer.load(args.tokenizer)
         print(tok.decode(args.ids, skip_special_tokens=not args.keep_special))
     elif args.command == "demo":
-        _check_size("--vocab-size", args.vocab_size, MAX_VOCAB_SIZE)
         demo(vocab_size=args.vocab_size)
 
 
