@@ -14,13 +14,13 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from tqdm import tqdm
 
 from gptrs.cli import bounded_int, make_parser, run_main, setup_logging, summary
-from gptrs.data.sources import stdlib_paths
+from gptrs.data.sources import coverage_problem, special_file_kind, stdlib_paths
 from gptrs.tokenizer import DEFAULT_SPECIAL_TOKENS, BPETokenizer
 
 PROG = "python -m gptrs.tokenizer"
@@ -157,11 +157,37 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     return p
 
 
+def _check_regular(flag: str, path: str) -> None:
+    """A file to read must be a regular file: a FIFO or a device is named, never opened (it could block)."""
+    if os.path.isfile(path):
+        return
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path}: is a directory; pass files (e.g. DIR/*.txt)")
+    what = special_file_kind(path)
+    raise ValueError(f"{flag} {path}: " + (f"is {what}, not a regular file" if what else "not found"))
+
+
+def _read_utf8(flag: str, path: str) -> str:
+    _check_regular(flag, path)
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{flag} {path}: not UTF-8 text (byte 0x{data[e.start]:02x} at byte offset {e.start:,})"
+        ) from None
+
+
+def _heads(paths: list[str], size: int = 1 << 20) -> Iterator[str]:
+    for path in paths:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            yield f.read(size)
+
+
 def _train(args: argparse.Namespace) -> None:
     for path in args.input:
-        if not os.path.isfile(path):
-            what = "is a directory; pass files (e.g. DIR/*.txt)" if os.path.isdir(path) else "not found"
-            raise ValueError(f"--input {path}: {what}")
+        _check_regular("--input", path)
     tok = BPETokenizer(
         vocab_size=args.vocab_size,
         special_tokens=_parse_specials(args.special),
@@ -175,6 +201,9 @@ def _train(args: argparse.Namespace) -> None:
     finally:
         bar.close()
     tok.save(args.output)
+    problem = coverage_problem(_heads(args.input), tok.pattern, "--input")
+    if problem:
+        print(f"warning: {problem}", file=sys.stderr)
     print(
         f"trained {tok.get_vocab_size()} tokens in {time.perf_counter() - t0:.2f} s -> {args.output}",
         file=sys.stderr,
@@ -186,12 +215,12 @@ def _run(args: argparse.Namespace) -> None:
         _train(args)
     elif args.command == "encode":
         tok = BPETokenizer.load(args.tokenizer)
-        if args.file is not None:
-            with open(args.file, encoding="utf-8") as f:
-                text = f.read()
-        else:
-            text = args.text
+        text = _read_utf8("--file", args.file) if args.file is not None else args.text
         ids = tok.encode_ordinary(text) if args.no_special else tok.encode(text)
+        what = f"--file {args.file}" if args.file is not None else "--text"
+        problem = coverage_problem([text], tok.pattern, what)
+        if problem:
+            print(f"warning: {problem}", file=sys.stderr)
         print(" ".join(map(str, ids)))
     elif args.command == "decode":
         tok = BPETokenizer.load(args.tokenizer)
