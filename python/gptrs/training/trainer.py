@@ -44,9 +44,9 @@ from gptrs.training.distributed import all_reduce_mean, any_rank, barrier, joine
 from gptrs.training.losses import evaluate, loss_of, split_batch, to_device
 from gptrs.training.lr_schedule import WarmupCosine, total_steps
 from gptrs.training.metrics import (
-    given_batch_size,
     LOSS_PLOT_FILE,
     RunLog,
+    given_batch_size,
     log_run_start,
     plot_loss_curves,
     truncate_metrics,
