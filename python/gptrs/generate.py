@@ -14,6 +14,7 @@ import argparse
 import codecs
 import dataclasses
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -201,7 +202,10 @@ def interactive(model: Any, tok: Any, separator: str, s: Sampling, device: Any) 
     while True:
         sys.stderr.write(">>> ")
         sys.stderr.flush()
-        line = sys.stdin.readline()
+        try:
+            line = sys.stdin.readline() if sys.stdin is not None else ""
+        except (OSError, ValueError):  # standard input closed under us: the same as its end
+            line = ""
         if not line:  # EOF
             sys.stderr.write("\n")
             return
@@ -213,6 +217,14 @@ def interactive(model: Any, tok: Any, separator: str, s: Sampling, device: Any) 
                 return
             continue
         _generate_one(model, tok, line, separator, s, device, echo=False)
+
+
+def _stdin_open() -> bool:
+    """Whether standard input exists at all (``0<&-`` closes it: Python then has no ``sys.stdin``)."""
+    try:
+        return sys.stdin is not None and os.fstat(sys.stdin.fileno()) is not None
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _int_or_none(value: str) -> int | None:
@@ -259,6 +271,10 @@ def generate(args: argparse.Namespace) -> int:
 
     s = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     s.check()
+    if args.interactive and not _stdin_open():
+        raise GptrsError(
+            "--interactive: standard input is closed; give --prompt instead, or run it from a terminal or a pipe"
+        )
     if not args.interactive:
         if args.prompt is None:
             raise GptrsError("--prompt is required (or use --interactive)")

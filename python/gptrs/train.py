@@ -132,6 +132,18 @@ def _existing_run_error(run_dir: Path) -> GptrsError | None:
     return None
 
 
+def _check_run_dir(run_dir: Path) -> None:
+    """--out must be a directory or creatable as one: a regular file there (or above it) is named."""
+    for p in [run_dir, *run_dir.parents]:
+        if p.is_dir():
+            return
+        if p.exists() or p.is_symlink():
+            where = "is" if p == run_dir else f"is below {p}, which is"
+            raise GptrsError(
+                f"--out {run_dir}: {where} a file, not a directory (give a directory for the run)"
+            )
+
+
 def _write_config(cfg: Config, run_dir: Path) -> None:
     """The run's config.yaml says what this invocation trains with; a file that already says so (the user's
     own edit, comments and all) is left as it is."""
@@ -160,6 +172,7 @@ def train(args: argparse.Namespace) -> int:
     run_dir = Path(args.out).expanduser() if args.out else None
     cfg, name = load_run_config(args, run_dir)
     run_dir = run_dir or Path("runs") / name
+    _check_run_dir(run_dir)
     info, device = setup_distributed(args.device)  # the one place the process group is joined
     check_fits(cfg, device_memory(device), str(device))  # before anything is built (config/budget.py)
     lock = RunLock(run_dir).acquire() if info.is_main else None
