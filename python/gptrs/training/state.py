@@ -206,20 +206,38 @@ def check_same_model(path: Path, config: Config) -> None:
         )
 
 
+def _why(path: Path, e: BaseException) -> str:
+    """A load error of checkpoint ``path`` without the path in front (the message names the checkpoint)."""
+    return str(e).replace(f"{path}/", "").replace(f"{path}: ", "").replace(str(path), path.name)
+
+
 def check_resumable(run_dir: Path, config: Config) -> list[str]:
     """Before a resumed run writes anything (its config.yaml included): refuse a config whose model or
-    tokenizer differs from the newest checkpoint's (see ``check_same_model``), or a run whose checkpoints are
-    all damaged. Returns the settings that differ from the checkpoint's (``training.max_steps: 3 -> 6``):
-    they apply from the resumed step on."""
+    tokenizer differs from the checkpoint's (see ``check_same_model``), or a run none of whose checkpoints
+    loads (each is read: trainer state and weights, the finite check included). Returns the settings that
+    differ from the checkpoint's (``training.max_steps: 3 -> 6``): they apply from the resumed step on."""
+    from gptrs.model import load_model
+
     root = run_dir / ckpt.CHECKPOINTS_DIR
-    latest = ckpt.find_latest(root)
-    if latest is None:
-        damaged = [(d, ckpt.why_incomplete(d)) for d in ckpt.damaged_checkpoints(root)]
-        if damaged:
-            raise _none_loads(root, damaged)
+    found = [c.path for c in reversed(ckpt.list_checkpoints(root))]
+    failed = [(d, ckpt.why_incomplete(d)) for d in ckpt.damaged_checkpoints(root)]
+    if found:
+        check_same_model(found[0], config)
+    good = None
+    for path in found:
+        try:
+            ckpt.load_trainer_state(path)
+            load_model(path)
+        except CheckpointError as e:
+            failed.append((path, _why(path, e)))
+            continue
+        good = path
+        break
+    if good is None:
+        if failed:
+            raise _none_loads(root, failed)
         return []
-    check_same_model(latest.path, config)
-    saved = latest.path / ckpt.CONFIG_FILE
+    saved = good / ckpt.CONFIG_FILE
     if not saved.is_file():
         return []
     from gptrs.config import config_to_dict, load_config
@@ -257,7 +275,7 @@ def _candidates(
 
 
 def _none_loads(checkpoint_dir: Path, damaged: list[tuple[Path, str]]) -> CheckpointError:
-    what = "; ".join(f"{p.name}: {why}" for p, why in damaged)
+    what = "; ".join(f"{p.name}: {why if len(why) <= 140 else why[:137] + '...'}" for p, why in damaged)
     return CheckpointError(
         f"cannot resume: no checkpoint in {checkpoint_dir} loads ({what}); nothing was changed. Start a fresh "
         f"run with another --out, or move the damaged checkpoints out of {checkpoint_dir} to start over there"
@@ -326,7 +344,7 @@ def restore(
             state = _load(path, model, optimizer, scaler)
             break
         except CheckpointError as e:
-            why = str(e).replace(f"{path}/", "").replace(f"{path}: ", "").replace(str(path), path.name)
+            why = _why(path, e)
             failed.append((path, why))
             skipped.append(path)
             log.warning("skipping checkpoint %s: %s", path, why)
