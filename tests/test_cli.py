@@ -165,7 +165,7 @@ TRAIN_ERRORS = [
     (
         "max steps not int",
         lambda t: ["--max-steps", "x"],
-        "argument --max-steps: expected an integer, got 'x'",
+        "argument --max-steps: invalid int value: 'x'",
     ),
     (
         "max steps past 64 bits",
@@ -218,7 +218,7 @@ GENERATE_ERRORS = [
     (
         "seed",
         lambda t, c: ["--model-path", str(c), "--prompt", "x", "--seed", "abc"],
-        "argument --seed: expected an integer, got 'abc'",
+        "argument --seed: invalid int value: 'abc'",
     ),
     (
         "seed past 64 bits",  # refused while parsing, before the model loads
@@ -520,6 +520,6 @@ def test_bounded_int_on_absurd_text() -> None:
 
     with pytest.raises(argparse.ArgumentTypeError, match=r"^9{20}\.\.\. \(5000 characters\): too large"):
         bounded_int()("9" * 5000)
-    with pytest.raises(argparse.ArgumentTypeError, match="expected an integer, got '1e3'"):
+    with pytest.raises(argparse.ArgumentTypeError, match="invalid int value: '1e3'"):
         bounded_int()("1e3")
     assert bounded_int()("1_000") == 1000

@@ -69,7 +69,7 @@ def bounded_int(lo: int | None = INT64[0], hi: int | None = INT64[1]) -> Callabl
     def parse(text: str) -> int:
         digits = text.strip().replace("_", "")
         if not re.fullmatch(r"[+-]?\d+", digits):
-            raise argparse.ArgumentTypeError(f"expected an integer, got {_shown(text)!r}")
+            raise argparse.ArgumentTypeError(f"invalid int value: {_shown(text)!r}")
         if len(digits.lstrip("+-")) > 4000:  # int() refuses more than 4300 digits anyway
             value = -(10**4000) if digits.startswith("-") else 10**4000
         else:

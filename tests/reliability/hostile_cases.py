@@ -833,7 +833,7 @@ def _generation_cases() -> list[Case]:
         ("top-p 1.5", ["--prompt", "x", "--top-p", "1.5"], r"^gptrs-generate: error: --top-p must be in \(0, 1\], got 1\.5"),
         ("negative temperature", ["--prompt", "x", "--temperature", "-1"], r"^gptrs-generate: error: --temperature must be a number >= 0"),
         ("top-k 0", ["--prompt", "x", "--top-k", "0"], r"^gptrs-generate: error: --top-k must be an integer >= 1"),
-        ("seed 1.5", ["--prompt", "x", "--seed", "1.5"], r"^gptrs-generate: error: argument --seed: expected an integer, got '1\.5'"),
+        ("seed 1.5", ["--prompt", "x", "--seed", "1.5"], r"^gptrs-generate: error: argument --seed: invalid int value: '1\.5'"),
     ]  # fmt: skip
     cases += [
         Case(
