@@ -170,7 +170,7 @@ TRAIN_ERRORS = [
     (
         "max steps past 64 bits",
         lambda t: ["--max-steps", str(2**63)],
-        "argument --max-steps: 9223372036854775808: too large (at most 9223372036854775807)",
+        "argument --max-steps: 9223372036854775808: out of range (at most 9223372036854775807)",
     ),
     ("empty dataset", empty_text_corpus, "produced no documents"),
     ("missing tokenizer", lambda t: ["--tokenizer", str(t / "tok.json")], "tok.json"),
@@ -223,12 +223,12 @@ GENERATE_ERRORS = [
     (
         "seed past 64 bits",  # refused while parsing, before the model loads
         lambda t, c: ["--model-path", str(t / "nope"), "--prompt", "x", "--seed", str(2**64)],
-        "argument --seed: 18446744073709551616: too large (at most 18446744073709551615)",
+        "argument --seed: 18446744073709551616: out of range (at most 18446744073709551615)",
     ),
     (
         "max tokens of 10**30",
         lambda t, c: ["--model-path", str(t / "nope"), "--prompt", "x", "--max-new-tokens", str(10**30)],
-        "argument --max-new-tokens: 1000000000000000000000000000000: too large",
+        "argument --max-new-tokens: 1000000000000000000000000000000: out of range",
     ),
     ("max tokens", lambda t, c: ["--model-path", str(c), "--prompt", "x", "--max-new-tokens", "0"], ">= 1"),
     (
@@ -508,7 +508,7 @@ def test_bounded_int_accepts_exactly_its_range(value: int, lo: int, width: int) 
     if lo <= value <= hi:
         assert parse(str(value)) == value
     else:
-        with pytest.raises(argparse.ArgumentTypeError, match="too large" if value > hi else "too small"):
+        with pytest.raises(argparse.ArgumentTypeError, match="at most" if value > hi else "at least"):
             parse(str(value))
     assert bounded_int()(str(value)) == value if -(2**63) <= value < 2**63 else True
 
@@ -518,7 +518,7 @@ def test_bounded_int_on_absurd_text() -> None:
 
     from gptrs.cli import bounded_int
 
-    with pytest.raises(argparse.ArgumentTypeError, match=r"^9{20}\.\.\. \(5000 characters\): too large"):
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^9{20}\.\.\. \(5000 characters\): out of range"):
         bounded_int()("9" * 5000)
     with pytest.raises(argparse.ArgumentTypeError, match="invalid int value: '1e3'"):
         bounded_int()("1e3")

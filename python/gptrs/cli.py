@@ -63,7 +63,7 @@ def _shown(text: str) -> str:
 
 def bounded_int(lo: int | None = INT64[0], hi: int | None = INT64[1]) -> Callable[[str], int]:
     """An argparse ``type`` for an integer flag in ``[lo, hi]``: a value out of range is refused while the
-    flags are parsed, naming the flag (``argument --seed: ...: too large (at most ...)``), not after the model
+    flags are parsed, naming the flag (``argument --seed: ...: out of range (at most ...)``), not after the model
     has loaded with a message about C longs."""
 
     def parse(text: str) -> int:
@@ -75,9 +75,9 @@ def bounded_int(lo: int | None = INT64[0], hi: int | None = INT64[1]) -> Callabl
         else:
             value = int(digits)
         if hi is not None and value > hi:
-            raise argparse.ArgumentTypeError(f"{_shown(text)}: too large (at most {hi})")
+            raise argparse.ArgumentTypeError(f"{_shown(text)}: out of range (at most {hi})")
         if lo is not None and value < lo:
-            raise argparse.ArgumentTypeError(f"{_shown(text)}: too small (at least {lo})")
+            raise argparse.ArgumentTypeError(f"{_shown(text)}: out of range (at least {lo})")
         return value
 
     parse.__name__ = "integer"  # argparse names the type in its own messages
