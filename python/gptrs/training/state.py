@@ -275,10 +275,10 @@ def _candidates(
 
 
 def _none_loads(checkpoint_dir: Path, damaged: list[tuple[Path, str]]) -> CheckpointError:
-    what = "; ".join(f"{p.name}: {why if len(why) <= 140 else why[:137] + '...'}" for p, why in damaged)
+    what = "; ".join(f"{p.name}: {why if len(why) <= 100 else why[:97] + '...'}" for p, why in damaged)
     return CheckpointError(
         f"cannot resume: no checkpoint in {checkpoint_dir} loads ({what}); nothing was changed. Start a fresh "
-        f"run with another --out, or move the damaged checkpoints out of {checkpoint_dir} to start over there"
+        "run with another --out, or move the damaged checkpoints out of there to start over in this one"
     )
 
 
