@@ -636,6 +636,7 @@ def nothing_lost_cases() -> list[Case]:
         ("data path is a FIFO", _special_data("fifo"), 2, r"^gptrs-train: error: data\.paths: {path} is a FIFO \(named pipe\), not a regular file", _short_line()),
         ("data path is a socket", _special_data("socket"), 2, r"^gptrs-train: error: data\.paths: {path} is a socket, not a regular file", _short_line()),
         ("data path is a device", _special_data("device"), 2, r"^gptrs-train: error: data\.paths: /dev/null is a character device, not a regular file", _short_line()),
+        ("train with a split pattern that matches almost nothing", lambda fx: _train(fx, _fresh(fx, "vanishing_run"), "--set", "data.num_training_samples=4", "--set", r"tokenizer.pattern=\bqqq\b"), 2, r"^gptrs-train: error: corpus too small: .*; the split pattern '\\\\bqqq\\\\b' matched only 0% of the corpus's bytes", _short_line()),
         ("--out is a regular file", _out_file(False), 2, r"^gptrs-train: error: --out {path}: is a file, not a directory", _short_line()),
         ("--out below a regular file", _out_file(True), 2, r"^gptrs-train: error: --out {path}/sub: is below {path}, which is a file", _short_line()),
     ]  # fmt: skip
