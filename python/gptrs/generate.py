@@ -14,6 +14,7 @@ import argparse
 import codecs
 import dataclasses
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gptrs.cli import make_parser, run_main, setup_logging, summary
+from gptrs.cli import bounded_int, make_parser, run_main, setup_logging, summary
 from gptrs.errors import CheckpointError, GptrsError
 from gptrs.files import CONFIG_FILE, TOKENIZER_FILE
 from gptrs.host_memory import tune_host_allocator
@@ -225,7 +226,10 @@ def interactive(model: Any, tok: Any, separator: str, s: Sampling, device: Any) 
     while True:
         sys.stderr.write(">>> ")
         sys.stderr.flush()
-        line = sys.stdin.readline()
+        try:
+            line = sys.stdin.readline() if sys.stdin is not None else ""
+        except (OSError, ValueError):  # standard input closed under us: the same as its end
+            line = ""
         if not line:  # EOF
             sys.stderr.write("\n")
             return
@@ -239,13 +243,18 @@ def interactive(model: Any, tok: Any, separator: str, s: Sampling, device: Any) 
         _generate_one(model, tok, line, separator, s, device, echo=False)
 
 
+def _stdin_open() -> bool:
+    """Whether standard input exists at all (``0<&-`` closes it: Python then has no ``sys.stdin``)."""
+    try:
+        return sys.stdin is not None and os.fstat(sys.stdin.fileno()) is not None
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _int_or_none(value: str) -> int | None:
     if value.strip().lower() in ("none", "off"):
         return None
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {value!r}") from None
+    return bounded_int()(value)
 
 
 def build_parser(prog: str = TAG) -> argparse.ArgumentParser:
@@ -269,7 +278,12 @@ def build_parser(prog: str = TAG) -> argparse.ArgumentParser:
     p.add_argument(
         "--top-p", type=float, default=d.top_p, metavar="P", help="nucleus sampling threshold in (0, 1]"
     )
-    p.add_argument("--seed", type=int, metavar="N", help="seed for reproducible sampling")
+    p.add_argument(
+        "--seed",
+        type=bounded_int(-(2**63), 2**64 - 1),  # what torch.Generator.manual_seed takes
+        metavar="N",
+        help="seed for reproducible sampling",
+    )
     p.add_argument("--interactive", action="store_true", help="read prompts from stdin until EOF or /quit")
     p.add_argument("--quantize", choices=["int8"], help="int8 dynamic quantization of Linear layers (CPU)")
     p.add_argument("--device", default="auto", metavar="DEVICE", help="auto (default), cpu, cuda or mps")
@@ -281,6 +295,10 @@ def generate(args: argparse.Namespace) -> int:
 
     s = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     s.check()
+    if args.interactive and not _stdin_open():
+        raise GptrsError(
+            "--interactive: standard input is closed; give --prompt instead, or run it from a terminal or a pipe"
+        )
     if not args.interactive:
         if args.prompt is None:
             raise GptrsError("--prompt is required (or use --interactive)")
