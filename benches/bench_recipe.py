@@ -48,6 +48,7 @@ if __package__ in (None, ""):  # run as a script: make `benches` importable
 
 from benches import common
 from gptrs.config import Config, apply_overrides, load_config
+from gptrs.errors import GptrsError
 
 
 def _books_dir() -> Path:
@@ -447,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--arm: two arms with the same name")
         for arm in arms:
             arm_config(arm, p, 0)  # a bad preset or key: one line now, not in a worker later
-    except Exception as e:  # ValueError or a gptrs ConfigError: both name the arm and the key
+    except (ValueError, GptrsError) as e:  # both name the arm and the key
         print(f"bench_recipe: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
