@@ -176,7 +176,9 @@ def time_training(
 
     else:
         assert isinstance(model, GPT)
-        if compiled and st.tiny and dev.type == "cpu":  # the debug mode checks the path, skipping the C++ build
+        if (
+            compiled and st.tiny and dev.type == "cpu"
+        ):  # the debug mode checks the path, skipping the C++ build
             step = trainer_step(st.compile(model), s, st, x, y, compiled=False)  # type: ignore[arg-type]
         else:
             step = trainer_step(model, s, st, x, y, compiled=compiled)

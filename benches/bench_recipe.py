@@ -32,6 +32,7 @@ most ``--goal-time`` of its time (0.5) and ends, at equal time, ``--goal-gain`` 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import multiprocessing as mp
 import os
@@ -69,7 +70,11 @@ BASE_PRESET = "small"  # the race's data and tokenizer sections come from here
 EVAL_TOKENS = 32768  # held-out targets per evaluation: 128 windows of 256
 QUICK_EVAL_TOKENS = 4096
 # Training-loop settings every run shares: no sample, no peak-FLOP/s timing (MFU plays no part here).
-RUN_SETTINGS = ["training.sample_tokens=0", "training.peak_flops=1e12", "training.early_stopping_patience=null"]
+RUN_SETTINGS = [
+    "training.sample_tokens=0",
+    "training.peak_flops=1e12",
+    "training.early_stopping_patience=null",
+]
 
 
 @dataclass(frozen=True)
@@ -265,7 +270,15 @@ def mean_curve(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for step in sorted(common_steps):
         pts = [next(pt for pt in r["curve"] if pt["step"] == step) for r in runs]
         bpb, secs = _spread([pt["bpb"] for pt in pts]), _spread([pt["train_s"] for pt in pts])
-        out.append({"step": step, "train_s": secs["mean"], "bpb": bpb["mean"], "bpb_spread": bpb, "train_s_spread": secs})
+        out.append(
+            {
+                "step": step,
+                "train_s": secs["mean"],
+                "bpb": bpb["mean"],
+                "bpb_spread": bpb,
+                "train_s_spread": secs,
+            }
+        )
     return out
 
 
@@ -286,7 +299,7 @@ def time_to_reach(curve: list[dict[str, Any]], target: float) -> float | None:
 
 def bpb_at(curve: list[dict[str, Any]], seconds: float) -> float | None:
     """The curve's bpb at ``seconds`` of training (linear between evaluations); None outside the curve."""
-    for a, b in zip(curve, curve[1:]):
+    for a, b in itertools.pairwise(curve):
         if a["train_s"] <= seconds <= b["train_s"]:
             frac = (seconds - a["train_s"]) / max(b["train_s"] - a["train_s"], 1e-12)
             return float(a["bpb"] + frac * (b["bpb"] - a["bpb"]))
@@ -421,7 +434,9 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    ap.add_argument("--quick", action="store_true", help="24 steps (12 s at most), one seed: checks the race runs")
+    ap.add_argument(
+        "--quick", action="store_true", help="24 steps (12 s at most), one seed: checks the race runs"
+    )
     ap.add_argument("--arm", action="append", default=[], metavar="'NAME=PRESET [KEY=VALUE ...]'")
     ap.add_argument("--seeds", type=int, default=None, help="runs per arm (default 1)")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 2000)")

@@ -131,7 +131,13 @@ def trainer_step(
     """One optimizer step of ``model`` on ``(x, y)`` per call, taken by the Trainer (``Trainer.step_fn``)."""
     cfg = Config()
     mc, tc = cfg.model, cfg.training
-    mc.embed_dim, mc.ff_dim, mc.num_layers, mc.heads, mc.max_seq_len = (s.embed, 4 * s.embed, s.layers, s.heads, s.block)
+    mc.embed_dim, mc.ff_dim, mc.num_layers, mc.heads, mc.max_seq_len = (
+        s.embed,
+        4 * s.embed,
+        s.layers,
+        s.heads,
+        s.block,
+    )
     mc.compile = compiled
     tc.batch_size, tc.mixed_precision, tc.max_grad_norm = s.batch, "bf16" if bf16 else False, 1.0
     tc.peak_flops = 1e12  # not timed at start (this suite measures its own peak)

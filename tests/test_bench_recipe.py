@@ -31,7 +31,9 @@ NAMES = st.text("abcdefghijklmnopqrstuvwxyz0123456789-_.", min_size=1, max_size=
 VALUES = st.one_of(st.integers(1, 4096).map(str), st.sampled_from(["0.02", "null", "true", "[1, 2]", "a b"]))
 
 
-@given(name=NAMES, keys=st.lists(st.sampled_from(["model.embed_dim", "training.muon_lr"]), max_size=3), v=VALUES)
+@given(
+    name=NAMES, keys=st.lists(st.sampled_from(["model.embed_dim", "training.muon_lr"]), max_size=3), v=VALUES
+)
 def test_an_arm_spec_parses_back_to_the_same_arm(name: str, keys: list[str], v: str) -> None:
     arm = Arm(name, "nanochat-small", tuple(f"{k}={v}" for k in keys))
     assert Arm.parse(arm.spec()) == arm
@@ -108,11 +110,16 @@ def test_time_to_reach_and_bpb_at_interpolate() -> None:
 
 
 def _race(base: list[tuple[int, float, float]], challenger: list[tuple[int, float, float]]) -> dict:
-    return {"baseline": "gpt2", "arms": {"gpt2": {"runs": [_run(base)]}, "nanochat": {"runs": [_run(challenger)]}}}
+    return {
+        "baseline": "gpt2",
+        "arms": {"gpt2": {"runs": [_run(base)]}, "nanochat": {"runs": [_run(challenger)]}},
+    }
 
 
 def test_summarize_against_the_baseline() -> None:
-    out = summarize(_race([(1, 0, 4.0), (2, 60, 2.0)], [(1, 0, 4.0), (2, 20, 2.5), (3, 30, 2.0), (4, 60, 1.8)]))
+    out = summarize(
+        _race([(1, 0, 4.0), (2, 60, 2.0)], [(1, 0, 4.0), (2, 20, 2.5), (3, 30, 2.0), (4, 60, 1.8)])
+    )
     v = out["arms"]["nanochat"]["vs_baseline"]
     assert v["time_to_baseline_final_s"] == pytest.approx(30.0) and v["time_fraction"] == pytest.approx(0.5)
     assert v["bpb_at_baseline_time"] == pytest.approx(1.8) and v["gain_at_equal_time"] == pytest.approx(0.1)
@@ -133,5 +140,5 @@ def test_bad_arms_on_the_command_line_are_one_line_and_exit_2(capsys: pytest.Cap
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 4 and all(line.startswith("bench_recipe: ") for line in err), err
     assert "data.source" in err[0] and "no-such-preset" in err[1] and "num_layers" in err[2]
-    with pytest.raises(SystemExit):
-        benches_main.main(["train", "--no-such-option"])  # a suite without options of its own: argparse says so
+    with pytest.raises(SystemExit):  # a suite without options of its own: argparse says so
+        benches_main.main(["train", "--no-such-option"])
