@@ -315,7 +315,7 @@ def cli_cases() -> list[Case]:
 
 
 def _train(fx: Fixtures, out: Path, *more: str) -> list[str]:
-    return ["gptrs.train", "--out", str(out), "--device", "cpu", *tiny_sets(), *more]
+    return ["gptrs.train", "--config", "small", "--out", str(out), "--device", "cpu", *tiny_sets(), *more]
 
 
 def _fresh(fx: Fixtures, name: str) -> Path:
