@@ -7,7 +7,7 @@ draw ``<suite>.png``. ``all`` runs every suite in its own process (so one suite'
 graphs and memory never colour the next) and carries on past a suite that fails or is not there yet.
 
 Arguments after the suite's name that this entry point does not know go to the suite's own ``main`` (e.g.
-``python -m benches recipe --seeds 3 --arm ...``; ``--help`` after the suite lists them).
+``python -m benches recipe --seeds 3 --arm ...``; ``python -m benches.bench_recipe --help`` lists them).
 
 ``--quick`` uses tiny shapes and one or two timed steps: it only checks that every suite runs (the whole
 ``all --quick`` stays under 3 minutes on 2 cores). The full run is what the README's tables quote.

@@ -11,11 +11,11 @@ runs. The protocol:
 - **Arms**: ``NAME=PRESET KEY=VALUE ...`` (``--arm``, repeatable): a preset and ``--set``-style overrides of
   its ``model.*`` / ``training.*`` keys (data and tokenizer are the race's). The first arm is the baseline.
   Default: ``gpt2=small`` against ``nanochat=nanochat-small``.
-- **Runs**: ``--seeds`` per arm, ``--steps`` optimizer steps each (the schedule is the preset's over those
-  steps; ``--minutes`` also caps each run's training time, ``Trainer(time_budget_s=...)``), one thread per
-  run, ``--jobs`` runs at a time in separate processes (2 on a 2-core machine; the queue alternates arms,
-  so arms share the machine's load alike). Held-out bits/byte every ``--eval-every`` steps, with the run's
-  own training seconds (evaluations excluded) from the Trainer's ``on_step`` hook.
+- **Runs**: ``--seeds`` per arm (3), ``--steps`` optimizer steps each (2000; the schedule is the preset's
+  over those steps; ``--minutes`` also caps each run's training time, ``Trainer(time_budget_s=...)``), one
+  thread per run, ``--jobs`` runs at a time in separate processes (2 on a 2-core machine; the queue
+  alternates arms, so arms share the machine's load alike). Held-out bits/byte every ``--eval-every``
+  steps, with the run's own training seconds (evaluations excluded) from the Trainer's ``on_step`` hook.
 - **Report**: per arm and evaluation, the mean and spread (min, max, standard deviation) over seeds of
   held-out bits/byte and of training seconds; against the baseline, the time each arm takes to reach the
   baseline's final bits/byte and its bits/byte at the baseline's final time (equal wall time). Table, JSON
@@ -109,7 +109,7 @@ DEFAULT_ARMS = (Arm("gpt2", "small"), Arm("nanochat", "nanochat-small"))
 @dataclass(frozen=True)
 class Protocol:
     steps: int = 2000
-    seeds: int = 1
+    seeds: int = 3
     jobs: int = 2
     eval_every: int = 250
     minutes: float | None = None  # a cap on each run's training time
@@ -122,7 +122,7 @@ def _has_books() -> bool:
 
 
 # 24 steps, and at most 12 s of training each (a loaded machine must not make the test suite slow)
-QUICK = Protocol(steps=24, eval_every=8, minutes=0.2, eval_tokens=QUICK_EVAL_TOKENS)
+QUICK = Protocol(steps=24, seeds=1, eval_every=8, minutes=0.2, eval_tokens=QUICK_EVAL_TOKENS)
 
 
 # ----------------------------------------------------------------------------------------------- configs
@@ -437,15 +437,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--quick", action="store_true", help="24 steps (12 s at most), one seed: checks the race runs"
     )
-    ap.add_argument("--arm", action="append", default=[], metavar="'NAME=PRESET [KEY=VALUE ...]'")
-    ap.add_argument("--seeds", type=int, default=None, help="runs per arm (default 1)")
+    ap.add_argument(
+        "--arm",
+        action="append",
+        default=[],
+        metavar="'NAME=PRESET [KEY=VALUE ...]'",
+        help="a preset and model.*/training.* overrides (repeatable; the first is the baseline; default: "
+        + ", ".join(a.spec() for a in DEFAULT_ARMS)
+        + ")",
+    )
+    ap.add_argument("--seeds", type=int, default=None, help="runs per arm (default 3)")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 2000)")
     ap.add_argument("--minutes", type=float, default=None, help="cap on each run's training minutes")
     ap.add_argument("--eval-every", type=int, default=None, help="steps between evaluations (default 250)")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each (default 2)")
     ap.add_argument("--corpus", default=None, help="a folder of .txt books, or 'stdlib' (default: books)")
-    ap.add_argument("--goal-time", type=float, default=0.5)
-    ap.add_argument("--goal-gain", type=float, default=0.05)
+    ap.add_argument(
+        "--goal-time", type=float, default=0.5, help="goal: reach the baseline's final in this fraction"
+    )
+    ap.add_argument("--goal-gain", type=float, default=0.05, help="goal: this much lower bpb at equal time")
     args = ap.parse_args(argv)
     base = QUICK if args.quick else Protocol()
     given = {
