@@ -192,9 +192,10 @@ class Trainer:
                 if log_now:
                     self._log(run, lr, grad_norm)
                 run.train_s += time.perf_counter() - t0
-                if run.time_budget_s is not None and run.train_s >= run.time_budget_s:
+                budget = run.time_budget_s  # under DDP every rank stops at the same step
+                if budget is not None and any_rank(run.train_s >= budget, self.device):
                     run.stop_reason = "time_budget"
-                    log.info("time budget of %.0f s reached at step %d", run.time_budget_s, c.step)
+                    log.info("time budget of %.0f s reached at step %d", budget, c.step)
                 improved = False
                 eval_due = c.step % tc.eval_interval == 0 or c.step == run.max_steps or bool(run.stop_reason)
                 with Pause() as pause:  # not a training step: left out of the next log line's throughput
@@ -203,9 +204,14 @@ class Trainer:
                         improved = self._evaluate_and_track(run)
                     final = self._checkpoint(run, improved)
                     if run.on_step is not None:
-                        train = run.last_train if log_now else None
-                        info = {"step": c.step, "train_s": run.train_s, "train": train}
-                        run.on_step({**info, "eval": run.last_eval if evaluated else None})
+                        run.on_step(
+                            {
+                                "step": c.step,
+                                "train_s": run.train_s,
+                                "train": run.last_train if log_now else None,
+                                "eval": run.last_eval if evaluated else None,
+                            }
+                        )
                 run.metrics.exclude_time(pause.seconds)
                 if final:
                     break
