@@ -97,11 +97,14 @@ def hf_model(s: Shape) -> torch.nn.Module:
     ).train()
 
 
-def our_model(s: Shape) -> GPT:
-    mc = ModelConfig(
+def model_config(s: Shape) -> ModelConfig:
+    return ModelConfig(
         embed_dim=s.embed, ff_dim=4 * s.embed, num_layers=s.layers, heads=s.heads, max_seq_len=s.block
     )
-    return GPT.from_config(mc, vocab_size=s.vocab).train()
+
+
+def our_model(s: Shape) -> GPT:
+    return GPT.from_config(model_config(s), vocab_size=s.vocab).train()
 
 
 def fused_adamw(params: Any, tc: TrainingConfig) -> torch.optim.Optimizer:
@@ -129,16 +132,9 @@ def trainer_step(
     model: GPT, s: Shape, x: torch.Tensor, y: torch.Tensor, *, bf16: bool, compiled: bool
 ) -> Callable[[], None]:
     """One optimizer step of ``model`` on ``(x, y)`` per call, taken by the Trainer (``Trainer.step_fn``)."""
-    cfg = Config()
-    mc, tc = cfg.model, cfg.training
-    mc.embed_dim, mc.ff_dim, mc.num_layers, mc.heads, mc.max_seq_len = (
-        s.embed,
-        4 * s.embed,
-        s.layers,
-        s.heads,
-        s.block,
-    )
-    mc.compile = compiled
+    cfg = Config(model=model_config(s))
+    cfg.model.compile = compiled
+    tc = cfg.training
     tc.batch_size, tc.mixed_precision, tc.max_grad_norm = s.batch, "bf16" if bf16 else False, 1.0
     tc.peak_flops = 1e12  # not timed at start (this suite measures its own peak)
     trainer = Trainer(model, None, cfg, "cpu", log_level="WARNING")
