@@ -365,7 +365,7 @@ def chart(out: dict[str, Any], quick: bool) -> Path | None:
         hi = [pt["bpb_spread"]["max"] for pt in c]
         ax.fill_between(minutes, lo, hi, alpha=0.2)
     ax.set_xlabel("training minutes (each run's own, one thread)")
-    ax.set_ylabel("held-out bits per byte (mean; band: min-max over seeds)")
+    ax.set_ylabel("held-out bits per byte (band: min-max of seeds)", fontsize=9)
     corpus = out["protocol"]["corpus"].rsplit("/", 1)[-1]
     ax.set_title(f"recipe race, {corpus}, {out['protocol']['seeds']} seed(s) per arm", fontsize=10)
     ax.grid(alpha=0.3)
