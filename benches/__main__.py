@@ -6,6 +6,9 @@ machine, versions and git commit (``<suite>_quick.json`` for ``--quick``). ``tra
 draw ``<suite>.png``. ``all`` runs every suite in its own process (so one suite's threads, compiled
 graphs and memory never colour the next) and carries on past a suite that fails or is not there yet.
 
+Arguments after the suite's name that this entry point does not know go to the suite's own ``main`` (e.g.
+``python -m benches recipe --seeds 3 --arm ...``; ``python -m benches.bench_recipe --help`` lists them).
+
 ``--quick`` uses tiny shapes and one or two timed steps: it only checks that every suite runs (the whole
 ``all --quick`` stays under 3 minutes on 2 cores). The full run is what the README's tables quote.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import os
 import subprocess
 import sys
@@ -113,8 +117,14 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help=f"torch intra-op threads (default: physical cores, {common.physical_cores()} here)",
     )
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     threads = args.threads or common.physical_cores()
+    if extra:  # the suite's own options
+        module = _import(args.suite) if args.suite != "all" else None
+        if module is None or not inspect.signature(getattr(module, "main", lambda: 0)).parameters:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        with common.torch_threads(threads):
+            return int(module.main([*extra, *(["--quick"] if args.quick else [])]) or 0)
     if args.suite != "all":
         try:
             status = run_suite(args.suite, args.quick, threads)

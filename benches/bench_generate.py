@@ -51,7 +51,6 @@ from gptrs.config import Config
 from gptrs.host_memory import tune_host_allocator
 from gptrs.model import GPT
 from gptrs.model.kernels import as_plain_linears
-from gptrs.training.precision import cpu_supports_bf16
 
 GOAL = 2.0
 
@@ -78,41 +77,30 @@ QUICK_PROMPT, QUICK_NEW = 8, 24
 # ----------------------------------------------------------------------------------------------- models
 
 
-def _data(vocab: int, seq_len: int, batch: int, run_dir: str, quick: bool) -> Any:
+def _data(vocab: int, seq_len: int, batch: int, run_dir: str, quick: bool, steps: int) -> tuple[Config, Any]:
+    """The small preset's recipe for ``steps`` steps at this shape, and its data (``gptrs.data.prepare_data``)."""
     from gptrs.data import prepare_data
 
     cfg = Config()
     cfg.tokenizer.vocab_size = vocab
     cfg.model.max_seq_len = seq_len
-    cfg.training.batch_size = batch
+    t = cfg.training
+    t.batch_size, t.max_steps, t.warmup_steps = batch, steps, max(1, steps // 10)
+    t.sample_tokens, t.peak_flops, t.log_interval = 0, 1e12, steps  # no sample, no peak timing
     if quick:
         cfg.data.num_training_samples = 200
         cfg.data.max_eval_tokens = 4 * batch * seq_len
-    return prepare_data(cfg, run_dir, progress=False)
+    return cfg, prepare_data(cfg, run_dir, progress=False)
 
 
-def train_briefly(model: GPT, data: Any, steps: int) -> dict[str, Any]:
-    """A few hundred steps of our usual recipe (bf16 autocast where the CPU has native bf16, else fp32, as the
-    trainer picks it; fused AdamW, warmup + cosine, clipping). Emulated bf16 made this part take 20+ minutes."""
-    from gptrs.training.lr_schedule import lr_at
+def train_briefly(model: GPT, cfg: Config, data: Any, steps: int) -> dict[str, Any]:
+    """A few hundred steps of the small preset's recipe through the ``Trainer`` (bf16 autocast where the CPU
+    has native bf16, else fp32; fused AdamW, warmup + cosine, clipping). Emulated bf16 took 20+ minutes."""
+    from gptrs.training import Trainer
 
-    model.train()
-    opt = torch.optim.AdamW(model.optimizer_groups(0.1), lr=3e-3, betas=(0.9, 0.95), fused=True)
-    batches = iter(data.train)
-    t0 = time.perf_counter()
-    loss = torch.zeros(())
-    for step in range(steps):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, max_lr=3e-3, min_lr=3e-4, warmup_steps=max(1, steps // 10), max_steps=steps)
-        x, y = next(batches)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_supports_bf16()):
-            _, loss = model(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    result = Trainer(model, data.tokenizer, cfg, "cpu", log_level="WARNING").train(data.train)
     model.eval()
-    return {"steps": steps, "seconds": time.perf_counter() - t0, "final_train_loss": float(loss.detach())}
+    return {"steps": result["step"], "seconds": result["train_s"], "final_train_loss": result["train_loss"]}
 
 
 def hf_from_ours(model: GPT) -> nn.Module:
@@ -214,8 +202,9 @@ def bench_shape(s: Shape, quick: bool, rounds: int, tmp: str) -> dict[str, Any]:
     res: dict[str, Any] = {"shape": s.label, "prompt_tokens": prompt_len, "new_tokens": new, "context": ctx}
     data = None
     if s.train_steps:
-        data = _data(s.vocab, ctx, 16 if not quick else 4, f"{tmp}/{s.label.replace('/', '_')}", quick)
-        res["training"] = train_briefly(model, data, s.train_steps)
+        run_dir = f"{tmp}/{s.label.replace('/', '_')}"
+        cfg, data = _data(s.vocab, ctx, 16 if not quick else 4, run_dir, quick, s.train_steps)
+        res["training"] = train_briefly(model, cfg, data, s.train_steps)
         val_ids = next(iter(data.val))[0][0, :prompt_len]
         prompt = val_ids[None].clone()  # a real prompt from held-out text
         res["weights"] = f"trained {s.train_steps} steps on the stdlib corpus"

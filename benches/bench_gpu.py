@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import logging
 import math
 import sys
@@ -43,8 +44,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benches import common
-from gptrs.config import load_config
+from gptrs.config import Config, load_config
 from gptrs.model import GPT, static_decode
+from gptrs.training import Trainer
 from gptrs.training.peak_flops import gpu_peak_flops, measure_peak_flops
 
 BUDGET_S = 220.0  # the whole run, compiles included
@@ -133,26 +135,53 @@ def hf_from_ours(model: GPT) -> nn.Module:
 # ----------------------------------------------------------------------------------------------- training
 
 
+def trainer_step(
+    model: GPT, s: Shape, st: Settings, x: torch.Tensor, y: torch.Tensor, *, compiled: bool
+) -> Callable[[], None]:
+    """Our step, taken by the Trainer itself (``Trainer.step_fn``, the code of ``train()``'s steps): fused
+    AdamW on ``optimizer_groups``, the schedule, clipping, bf16 autocast on the GPU, ``torch.compile`` on
+    request (inductor, also in the CPU debug mode)."""
+    cfg = Config()
+    tc = cfg.training
+    cfg.model.compile = compiled
+    tc.batch_size, tc.learning_rate, tc.weight_decay, tc.max_grad_norm = s.batch, 6e-4, 0.1, 1.0
+    tc.beta1, tc.beta2, tc.mixed_precision = 0.9, 0.95, "bf16" if st.device.type == "cuda" else False
+    tc.peak_flops = 1e12  # not timed at start (this suite measures its own peak)
+    trainer = Trainer(model, None, cfg, st.device, log_level="WARNING")
+    return trainer.step_fn(itertools.repeat((x, y)))
+
+
 def time_training(
     model: nn.Module, s: Shape, st: Settings, *, compiled: bool, hf: bool, flops_per_token: float, peak: float
 ) -> dict[str, Any]:
-    """Warm up, then time ``st.steps`` optimizer steps of one (batch, seq) micro-batch each."""
+    """Warm up, then time ``st.steps`` optimizer steps of one (batch, seq) micro-batch each: the peer's own
+    loop for HF, the Trainer's step for ours."""
     dev = st.device
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=dev.type == "cuda"
-    )
-    run = st.compile(model) if compiled else model
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, s.vocab, (s.batch, s.seq), generator=g).to(dev)
     y = torch.randint(0, s.vocab, (s.batch, s.seq), generator=g).to(dev)
+    if hf:
+        opt = torch.optim.AdamW(
+            model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=dev.type == "cuda"
+        )
+        run = st.compile(model) if compiled else model
 
-    def step() -> None:
-        with st.autocast:
-            loss = run(input_ids=x, labels=x).loss if hf else run(x, y)[1]
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        def step() -> None:
+            with st.autocast:
+                loss = run(input_ids=x, labels=x).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    else:
+        assert isinstance(model, GPT)
+        if (
+            compiled and st.tiny and dev.type == "cpu"
+        ):  # the debug mode checks the path, skipping the C++ build
+            step = trainer_step(st.compile(model), s, st, x, y, compiled=False)  # type: ignore[arg-type]
+        else:
+            step = trainer_step(model, s, st, x, y, compiled=compiled)
 
     t0 = time.perf_counter()
     for _ in range(st.warmup + (1 if compiled else 0)):

@@ -1,57 +1,55 @@
-"""Recipe benchmark: the GPT-2 recipe against the modern (nanochat) recipe, same wall-clock budget.
+"""The recipe race: arms (a preset plus config overrides) trained by the ``Trainer``, side by side, N seeds each.
 
-Both recipes train at the small size on the same corpus (``../shared/corpora/books`` when present, else the
-built-in stdlib corpus) with the same tokenizer (gptrs' BPE, vocab 4096), batches (16 x 256) and held-out
-documents, for ``--minutes`` of *their own* training time each:
+Every run is ``gptrs.training.Trainer.train()`` on the arm's config, so what picks a default is what a user
+runs. The protocol:
 
-- **gpt2**: ``GPT`` at the small preset (5 x 128, 4 heads, ctx 256; 1,548,672 parameters), fused AdamW with
-  ``configs/small.yaml``'s hyperparameters (peak 3e-3, floor 3e-4, 100 warmup steps, cosine, decay 0.1).
-- **nanochat**: ``NanoChat`` at about the same parameter count (the ``nanochat-small`` preset's model,
-  ``MODERN_SMALL``), Muon on the hidden
-  matrices and AdamW on the embedding and LM head, hyperparameters from ``benches/sweep_recipe.py``.
+- **Data**: ``../shared/corpora/books`` (``$GPTRS_BOOKS_DIR``; else the built-in stdlib corpus), one
+  document per book, ``data.validation_split`` of the books held out whole. The tokenizer (gptrs' BPE,
+  vocab 4096) and token cache are built once, before any run, under ``runs/bench_recipe``; every run of
+  every arm trains on the same training books and is scored on the same held-out windows (``EVAL_TOKENS``
+  targets). A run's seed changes its initialisation and batch order, never the split.
+- **Arms**: ``NAME=PRESET KEY=VALUE ...`` (``--arm``, repeatable): a preset and ``--set``-style overrides of
+  its ``model.*`` / ``training.*`` keys (data and tokenizer are the race's). The first arm is the baseline.
+  Default: ``gpt2=small`` against ``nanochat=nanochat-small``.
+- **Runs**: ``--seeds`` per arm (3), ``--steps`` optimizer steps each (2000; the schedule is the preset's
+  over those steps; ``--minutes`` also caps each run's training time, ``Trainer(time_budget_s=...)``), one
+  thread per run, ``--jobs`` runs at a time in separate processes (2 on a 2-core machine; the queue
+  alternates arms, so arms share the machine's load alike). Held-out bits/byte every ``--eval-every``
+  steps, with the run's own training seconds (evaluations excluded) from the Trainer's ``on_step`` hook.
+- **Report**: per arm and evaluation, the mean and spread (min, max, standard deviation) over seeds of
+  held-out bits/byte and of training seconds; against the baseline, the time each arm takes to reach the
+  baseline's final bits/byte and its bits/byte at the baseline's final time (equal wall time). Table, JSON
+  and a chart in ``benches/results/recipe.*``.
 
-Same machine load for both. By default (``--mode parallel``) the two train at the same time, one thread
-each, in two processes: on a 2-core machine shared with other jobs this is far steadier than two threads
-per recipe, whose OpenMP barriers stall whenever another process holds a core (measured while other jobs
-ran: 7-13 s per step on two threads against 1.8 s on one). ``--mode alternate`` instead takes turns of
-``SLICE_S`` seconds in one process with ``--threads`` threads, each recipe having the whole machine in its
-turn. Only the optimizer steps count as training time; every ``EVAL_EVERY_S`` seconds of its own training
-time each recipe is evaluated (untimed) on the same fixed held-out windows (``EVAL_TOKENS`` targets from
-the held-out books), and the learning-rate schedules run on the fraction of the time budget used.
-Precision is what the trainer picks for ``mixed_precision: true`` (bf16 autocast where the CPU has native
-bf16, else fp32). The result: held-out bits per byte against minutes, as a table, JSON and a PNG
-(``benches/results/recipe.*``).
-
-Goals (2-core CPU, small size, 10 minutes each): the modern recipe reaches the GPT-2 recipe's 10-minute
-held-out loss in at most half the time, and ends at least 5% lower in bits per byte.
+Goals (the default arms, 2-core CPU): the challenger reaches the baseline's final held-out bits/byte in at
+most ``--goal-time`` of its time (0.5) and ends, at equal time, ``--goal-gain`` lower (5%).
 
     python -m benches recipe [--quick]
-    python benches/bench_recipe.py [--minutes 10] [--quick] [--mode parallel|alternate] [--threads 2]
+    python -m benches recipe --seeds 3 --steps 2000 --arm gpt2=small --arm nanochat=nanochat-small \\
+        --arm "nanochat-wide=nanochat-small model.embed_dim=160 model.heads=5"
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import multiprocessing as mp
 import os
+import shlex
+import statistics
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-import torch
 
 if __package__ in (None, ""):  # run as a script: make `benches` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benches import common
 from gptrs.config import Config, apply_overrides, load_config
-from gptrs.model import build_model as build_family
-from gptrs.training.muon import apply_lr, build_optimizer
-from gptrs.training.precision import resolve_precision
+from gptrs.errors import GptrsError
 
 
 def _books_dir() -> Path:
@@ -67,202 +65,226 @@ def _books_dir() -> Path:
 
 
 BOOKS = _books_dir()
-WORK_DIR = common.REPO / "runs" / "bench_recipe"  # tokenizer + token cache, reused between runs
-SLICE_S = 15.0
-EVAL_EVERY_S = 30.0
+WORK_DIR = common.REPO / "runs" / "bench_recipe"  # tokenizer + token cache, reused between races
+BASE_PRESET = "small"  # the race's data and tokenizer sections come from here
 EVAL_TOKENS = 32768  # held-out targets per evaluation: 128 windows of 256
-MODERN_SMALL = {"embed_dim": 128, "num_layers": 3, "heads": 4}  # 1,638,400 params (+5.8% of GPT small)
+QUICK_EVAL_TOKENS = 4096
+# Training-loop settings every run shares: no sample, no peak-FLOP/s timing (MFU plays no part here).
+RUN_SETTINGS = [
+    "training.sample_tokens=0",
+    "training.peak_flops=1e12",
+    "training.early_stopping_patience=null",
+]
 
 
 @dataclass(frozen=True)
-class Recipe:
-    """How one family is trained: model shape, optimizer and schedule (peak rates; see ``lr_factor``)."""
+class Arm:
+    """One contender: a preset and overrides of its model and training keys."""
 
     name: str
-    arch: str  # "gpt2" | "nanochat"
-    model: dict[str, Any] = field(default_factory=dict)  # NanoChat shape (gpt2: the preset's)
-    optimizer: str = "adamw"
-    lr: float = 3e-3  # AdamW peak (gpt2: everything; nanochat: the LM head)
-    embedding_lr: float | None = None  # AdamW peak of the token embedding (None: lr)
-    muon_lr: float = 0.02
-    muon_momentum: float = 0.95
-    weight_decay: float = 0.1  # AdamW decay on hidden matrices (gpt2 only: nanochat's are Muon's)
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    warmup_steps: int = 100
-    decay: str = "cosine"  # cosine | linear | warmdown (constant, then linear over the last warmdown_frac)
-    min_lr_frac: float = 0.1
-    warmdown_frac: float = 0.4
+    preset: str
+    overrides: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, spec: str) -> Arm:
+        """``NAME=PRESET [KEY=VALUE ...]`` (shell-quoted words)."""
+        words = shlex.split(spec)
+        if not words or "=" not in words[0]:
+            raise ValueError(f"--arm {spec!r}: expected NAME=PRESET [KEY=VALUE ...]")
+        name, preset = words[0].split("=", 1)
+        if not name or not preset:
+            raise ValueError(f"--arm {spec!r}: expected NAME=PRESET [KEY=VALUE ...]")
+        for o in words[1:]:
+            if not o.startswith(("model.", "training.")) or "=" not in o:
+                raise ValueError(f"--arm {name}: {o!r} is not a model.* or training.* KEY=VALUE override")
+        return cls(name, preset, tuple(words[1:]))
+
+    def spec(self) -> str:
+        return shlex.join([f"{self.name}={self.preset}", *self.overrides])
 
 
-GPT2_RECIPE = Recipe("gpt2", "gpt2")  # configs/small.yaml: 3e-3 -> 3e-4, 100 warmup, cosine, wd 0.1
-# The sweep's winners (benches/results/recipe_sweep.json, 100-step runs; see benches/sweep_recipe.py):
-# Muon 0.04 (0.02 equal, 0.08 worse), AdamW head 0.016 / embedding 0.6 (half of both: clearly worse),
-# no warmup (12 steps: equal), cosine to 10% (linear to 0 and a 40% warmdown a little worse, 20% worse).
-MODERN_RECIPE = Recipe(
-    "nanochat",
-    "nanochat",
-    model=MODERN_SMALL,
-    optimizer="muon",
-    lr=0.016,
-    embedding_lr=0.6,
-    muon_lr=0.04,
-    weight_decay=0.0,
-    betas=(0.8, 0.95),
-    eps=1e-10,
-    warmup_steps=0,
-    decay="cosine",
-    min_lr_frac=0.1,
-)
+DEFAULT_ARMS = (Arm("gpt2", "small"), Arm("nanochat", "nanochat-small"))
 
 
-def lr_factor(r: Recipe, step: int, progress: float) -> float:
-    """Multiplier of the peak rates at optimizer ``step`` with ``progress`` in [0, 1] of the budget used."""
-    if step < r.warmup_steps:
-        return (step + 1) / r.warmup_steps
-    p = min(1.0, max(0.0, progress))
-    lo = r.min_lr_frac
-    if r.decay == "cosine":
-        return lo + 0.5 * (1 + math.cos(math.pi * p)) * (1 - lo)
-    if r.decay == "linear":
-        return 1 - p * (1 - lo)
-    if r.decay == "warmdown":
-        start = 1 - r.warmdown_frac
-        return 1.0 if p < start else lo + (1 - lo) * (1 - p) / max(r.warmdown_frac, 1e-9)
-    raise ValueError(f"unknown decay shape {r.decay!r}")
+@dataclass(frozen=True)
+class Protocol:
+    steps: int = 2000
+    seeds: int = 3
+    jobs: int = 2
+    eval_every: int = 250
+    minutes: float | None = None  # a cap on each run's training time
+    eval_tokens: int = EVAL_TOKENS
+    corpus: str = field(default_factory=lambda: str(BOOKS) if _has_books() else "stdlib")
 
 
-# ----------------------------------------------------------------------------------------------- data
+def _has_books() -> bool:
+    return BOOKS.is_dir() and any(BOOKS.glob("*.txt"))
 
 
-def small_config() -> Config:
-    cfg = load_config(common.REPO / "configs" / "small.yaml")
-    if BOOKS.is_dir() and any(BOOKS.glob("*.txt")):
-        cfg = apply_overrides(cfg, ["data.source=files", f"data.paths=['{BOOKS}/*.txt']"])
-    return apply_overrides(cfg, [f"data.max_eval_tokens={EVAL_TOKENS}"])
+# 24 steps, and at most 12 s of training each (a loaded machine must not make the test suite slow)
+QUICK = Protocol(steps=24, seeds=1, eval_every=8, minutes=0.2, eval_tokens=QUICK_EVAL_TOKENS)
 
 
-def prepare(cfg: Config, log: Any = None) -> Any:
-    """Tokenizer, token cache and samplers (``gptrs.data.prepare_data``), cached under ``runs/``."""
+# ----------------------------------------------------------------------------------------------- configs
+
+
+def base_config(p: Protocol) -> Config:
+    """The data and tokenizer every arm shares (the small preset's, on the race's corpus)."""
+    over = [f"data.max_eval_tokens={p.eval_tokens}"]
+    if p.corpus != "stdlib":
+        over += ["data.source=files", f"data.paths=['{p.corpus}/*.txt']"]
+    return apply_overrides(load_config(BASE_PRESET), over, source="bench_recipe")
+
+
+def arm_config(arm: Arm, p: Protocol, seed: int) -> Config:
+    """The arm's preset with its overrides, the race's data and tokenizer, ``p.steps`` steps and ``seed``."""
+    from gptrs.train import _fit_warmup  # the rule of `--max-steps`: a warmup longer than the run shrinks
+
+    base = base_config(p)
+    cfg = load_config(arm.preset)
+    cfg.data, cfg.tokenizer = base.data, base.tokenizer
+    over = [
+        *RUN_SETTINGS,
+        f"training.max_steps={p.steps}",
+        f"training.eval_interval={p.eval_every}",
+        f"training.log_interval={p.eval_every}",
+        f"training.seed={seed}",
+        *arm.overrides,
+    ]
+    _fit_warmup(cfg, over)
+    return apply_overrides(cfg, over, source=f"--arm {arm.name}")
+
+
+def prepare(p: Protocol, quiet: bool = False) -> Any:
+    """Tokenizer, token cache and validation windows (``gptrs.data.prepare_data``), cached under ``runs/``."""
     from gptrs.data import prepare_data
 
-    work = WORK_DIR / ("books" if cfg.data.source == "files" else "stdlib")
+    work = WORK_DIR / ("stdlib" if p.corpus == "stdlib" else Path(p.corpus).name)
     work.mkdir(parents=True, exist_ok=True)
-    return prepare_data(cfg, work, log=log or (lambda m: print(f"[data] {m}", flush=True)))
+    log = (lambda m: None) if quiet else (lambda m: print(f"[data] {m}", flush=True))
+    return prepare_data(base_config(p), work, log=log)
 
 
-# ----------------------------------------------------------------------------------------------- runs
+# ----------------------------------------------------------------------------------------------- one run
 
 
-def build_model(r: Recipe, cfg: Config, vocab_size: int, seed: int) -> torch.nn.Module:
-    """The recipe's model through the config factory: gpt2 from ``cfg`` (the small preset), nanochat from
-    the ``nanochat-small`` preset's model section with ``r.model`` on top, at ``cfg``'s context."""
+def train_one(arm: Arm, p: Protocol, seed: int) -> dict[str, Any]:
+    """One seed of one arm, on one thread, through the Trainer; its held-out curve against training time."""
+    import torch
+
+    from gptrs.data import RandomBatches
+    from gptrs.model import build_model
+    from gptrs.training import Trainer
+
+    torch.set_num_threads(1)
+    bundle = prepare(p, quiet=True)  # the cache the parent built: loaded, not rebuilt
+    cfg = arm_config(arm, p, seed)
+    tok = bundle.tokenizer
     torch.manual_seed(seed)
-    if r.arch == "gpt2":
-        return build_family(cfg, vocab_size=vocab_size)
-    preset = load_config("nanochat-small").model
-    mc = replace(preset, **{"max_seq_len": cfg.model.max_seq_len, **r.model})
-    return build_family(mc, vocab_size=vocab_size)
+    model = build_model(cfg, vocab_size=tok.get_vocab_size(), pad_token_id=tok.pad_token_id)
+    train = RandomBatches(bundle.train_tokens, cfg.training.batch_size, cfg.model.max_seq_len, seed=seed)
+    curve: list[dict[str, Any]] = []
 
-
-class Run:
-    """One recipe in training: model, optimizer, its own copy of the training batch stream, clocks."""
-
-    def __init__(
-        self, r: Recipe, cfg: Config, bundle: Any, budget_s: float | None, max_steps: int | None
-    ) -> None:
-        from gptrs.data import RandomBatches
-
-        self.recipe = r
-        self.vocab = bundle.tokenizer.get_vocab_size()
-        self.model = build_model(r, cfg, self.vocab, cfg.training.seed)
-        self.model.train()
-        self.opt = build_optimizer(
-            self.model,
-            optimizer=r.optimizer,
-            lr=r.lr,
-            weight_decay=r.weight_decay,
-            betas=r.betas,
-            eps=r.eps,
-            embedding_lr=r.embedding_lr,
-            muon_lr=r.muon_lr,
-            muon_momentum=r.muon_momentum,
-        )
-        self.params = [p for g in self.opt.param_groups for p in g["params"]]
-        self.batches: Iterator[Any] = iter(
-            RandomBatches(
-                bundle.train_tokens, cfg.training.batch_size, cfg.model.max_seq_len, seed=cfg.training.seed
+    def on_step(info: dict[str, Any]) -> None:
+        if info["eval"] is not None:
+            e = info["eval"]
+            pt = {"step": info["step"], "train_s": round(info["train_s"], 2), "bpb": round(e["val_bpb"], 4)}
+            curve.append({**pt, "val_loss": round(e["val_loss"], 4), "load": round(os.getloadavg()[0], 2)})
+            print(
+                f"  {arm.name:<14} seed {seed}  step {pt['step']:5d}  {pt['train_s'] / 60:6.2f} min  "
+                f"bpb {pt['bpb']:.4f}",
+                flush=True,
             )
-        )
-        self.val = bundle.val
-        self.bytes_per_token = float(bundle.stats["val_bytes_per_token"])
-        self.precision = resolve_precision(cfg.training.mixed_precision, "cpu")
-        self.budget_s, self.max_steps = budget_s, max_steps
-        self.train_s = 0.0
-        self.step = 0
-        self.tokens = 0
-        self.last_loss = math.nan
-        self.curve: list[dict[str, Any]] = []
 
-    @property
-    def progress(self) -> float:
-        if self.max_steps:
-            return self.step / self.max_steps
-        assert self.budget_s
-        return self.train_s / self.budget_s
+    trainer = Trainer(model, tok, cfg, "cpu", log_level="WARNING")
+    budget = p.minutes * 60 if p.minutes else None
+    result = trainer.train(
+        train,
+        bundle.val,
+        bytes_per_token=bundle.stats["val_bytes_per_token"],
+        on_step=on_step,
+        time_budget_s=budget,
+    )
+    return {
+        "arm": arm.name,
+        "seed": seed,
+        "steps": result["step"],
+        "stop_reason": result["stop_reason"],
+        "train_s": round(result["train_s"], 2),
+        "parameters": sum(q.numel() for q in model.parameters()),
+        "precision": trainer.precision.name,
+        "curve": curve,
+    }
 
-    def train_step(self) -> None:
-        t0 = time.perf_counter()
-        apply_lr(self.opt, self.recipe.lr * lr_factor(self.recipe, self.step, self.progress))
-        x, y = next(self.batches)
-        with self.precision.autocast():
-            _, loss = self.model(x, y)
-        assert loss is not None
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        self.last_loss = loss.item()
-        if not math.isfinite(self.last_loss):
-            raise FloatingPointError(
-                f"{self.recipe.name}: training loss became {self.last_loss} at step {self.step}"
-            )
-        self.step += 1
-        self.tokens += x.numel()
-        self.train_s += time.perf_counter() - t0
 
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, Any]:
-        """Mean held-out loss (nats/token) and bits per byte on the fixed windows; appended to the curve."""
-        self.model.eval()
-        total, n = 0.0, 0
-        for x, y in self.val:
-            with self.precision.autocast():
-                _, loss = self.model(x, y)
-            assert loss is not None
-            total += float(loss) * y.numel()
-            n += y.numel()
-        self.model.train()
-        val_loss = total / n
-        point = {
-            "train_s": round(self.train_s, 2),
-            "minutes": round(self.train_s / 60, 3),
-            "step": self.step,
-            "tokens": self.tokens,
-            "train_loss": round(self.last_loss, 4),
-            "val_loss": round(val_loss, 4),
-            "bpb": round(val_loss / math.log(2) / self.bytes_per_token, 4),
-            "load": round(os.getloadavg()[0], 2),
-        }
-        self.curve.append(point)
-        return point
+def _train_one(args: tuple[Arm, Protocol, int]) -> dict[str, Any]:
+    return train_one(*args)
 
 
 # ----------------------------------------------------------------------------------------------- the race
 
 
+def seeds(p: Protocol) -> list[int]:
+    base = load_config(BASE_PRESET).training.seed
+    return [base + i for i in range(p.seeds)]
+
+
+def race(arms: list[Arm], p: Protocol) -> dict[str, Any]:
+    """Every seed of every arm, ``p.jobs`` at a time (one thread each); the runs grouped by arm."""
+    bundle = prepare(p)  # once, here: the workers only load it
+    jobs = [(arm, p, s) for s in seeds(p) for arm in arms]  # seed-major: arms side by side
+    t0 = time.perf_counter()
+    if p.jobs <= 1:
+        runs = [_train_one(j) for j in jobs]
+    else:
+        with mp.get_context("spawn").Pool(p.jobs, maxtasksperchild=1) as pool:
+            runs = pool.map(_train_one, jobs, chunksize=1)
+    return {
+        "protocol": asdict(p),
+        "arms": {a.name: {"spec": a.spec(), "runs": [r for r in runs if r["arm"] == a.name]} for a in arms},
+        "baseline": arms[0].name,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "data": {
+            k: bundle.stats[k]
+            for k in ("train_docs", "val_docs", "train_tokens", "eval_tokens", "val_bytes_per_token")
+        },
+    }
+
+
+# ----------------------------------------------------------------------------------------------- summaries
+
+
+def _spread(xs: list[float]) -> dict[str, float]:
+    return {
+        "mean": statistics.fmean(xs),
+        "std": statistics.stdev(xs) if len(xs) > 1 else 0.0,
+        "min": min(xs),
+        "max": max(xs),
+    }
+
+
+def mean_curve(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per evaluation (the steps every seed reached): the mean step and mean and spread of bpb and time."""
+    common_steps = set.intersection(*({pt["step"] for pt in r["curve"]} for r in runs)) if runs else set()
+    out = []
+    for step in sorted(common_steps):
+        pts = [next(pt for pt in r["curve"] if pt["step"] == step) for r in runs]
+        bpb, secs = _spread([pt["bpb"] for pt in pts]), _spread([pt["train_s"] for pt in pts])
+        out.append(
+            {
+                "step": step,
+                "train_s": secs["mean"],
+                "bpb": bpb["mean"],
+                "bpb_spread": bpb,
+                "train_s_spread": secs,
+            }
+        )
+    return out
+
+
 def time_to_reach(curve: list[dict[str, Any]], target: float) -> float | None:
-    """Training seconds at which ``curve`` first gets to ``target`` bpb (linear between evaluations)."""
+    """Training seconds at which ``curve`` first gets to ``target`` bpb (linear between evaluations; from the
+    untrained start at time 0 before the first)."""
     prev = None
     for pt in curve:
         if pt["bpb"] <= target:
@@ -275,120 +297,52 @@ def time_to_reach(curve: list[dict[str, Any]], target: float) -> float | None:
     return None
 
 
-def _say(run: Run, pt: dict[str, Any], note: str = "") -> None:
-    print(
-        f"  {run.recipe.name:<9} {pt['minutes']:6.2f} min  step {pt['step']:5d}  bpb {pt['bpb']:.4f}{note}",
-        flush=True,
-    )
+def bpb_at(curve: list[dict[str, Any]], seconds: float) -> float | None:
+    """The curve's bpb at ``seconds`` of training (linear between evaluations); None outside the curve."""
+    for a, b in itertools.pairwise(curve):
+        if a["train_s"] <= seconds <= b["train_s"]:
+            frac = (seconds - a["train_s"]) / max(b["train_s"] - a["train_s"], 1e-12)
+            return float(a["bpb"] + frac * (b["bpb"] - a["bpb"]))
+    if curve and math.isclose(curve[-1]["train_s"], seconds):
+        return float(curve[-1]["bpb"])
+    return None
 
 
-def _train_slice(
-    run: Run, until_s: float, budget: float, next_eval: list[float], eval_every_s: float
-) -> None:
-    """Train ``run`` until its own training time reaches ``until_s``, evaluating at each ``eval_every_s``."""
-    while run.train_s < until_s:
-        run.train_step()
-        if next_eval[0] <= run.train_s < budget:
-            _say(run, run.evaluate())
-            next_eval[0] += eval_every_s
-
-
-def _report(run: Run) -> dict[str, Any]:
-    return {
-        "recipe": asdict(run.recipe),
-        "parameters": sum(p.numel() for p in run.model.parameters()),
-        "curve": run.curve,
-    }
-
-
-def _solo(args: tuple[dict[str, Any], float, float]) -> dict[str, Any]:
-    """One recipe alone on one thread, in its own process (``mode="parallel"``)."""
-    fields, budget, eval_every_s = args
-    torch.set_num_threads(1)
-    cfg = small_config()
-    bundle = prepare(cfg, log=lambda m: None)
-    run = Run(Recipe(**{**fields, "betas": tuple(fields["betas"])}), cfg, bundle, budget, None)
-    run.evaluate()
-    _train_slice(run, budget, budget, [eval_every_s], eval_every_s)
-    _say(run, run.evaluate(), " (final)")
-    return _report(run)
-
-
-def race(
-    recipes: list[Recipe],
-    minutes: float,
-    *,
-    mode: str = "parallel",
-    slice_s: float = SLICE_S,
-    eval_every_s: float = EVAL_EVERY_S,
-) -> dict[str, Any]:
-    """Train every recipe for ``minutes`` of its own training time under the same machine load:
-    ``parallel`` runs them at the same time, one thread each, in separate processes; ``alternate`` runs
-    them in turns of ``slice_s`` seconds in this process, with all of its threads."""
-    cfg = small_config()
-    bundle = prepare(cfg)
-    budget = minutes * 60
-    t_start = time.perf_counter()
-    if mode == "parallel":
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(len(recipes)) as pool:
-            reports = pool.map(_solo, [(asdict(r), budget, eval_every_s) for r in recipes])
-        threads = 1
-    elif mode == "alternate":
-        runs = [Run(r, cfg, bundle, budget, None) for r in recipes]
-        next_eval = {id(run): [eval_every_s] for run in runs}
-        for run in runs:
-            run.evaluate()
-        rnd = 0
-        while any(run.train_s < budget for run in runs):
-            for run in runs if rnd % 2 == 0 else list(reversed(runs)):
-                _train_slice(
-                    run, min(run.train_s + slice_s, budget), budget, next_eval[id(run)], eval_every_s
-                )
-            rnd += 1
-        for run in runs:
-            _say(run, run.evaluate(), " (final)")
-        reports = [_report(run) for run in runs]
-        threads = torch.get_num_threads()
-    else:
-        raise ValueError(f"mode must be parallel or alternate, got {mode!r}")
-    return {
-        "minutes_per_recipe": minutes,
-        "mode": mode,
-        "threads_per_recipe": threads,
-        "wall_s": round(time.perf_counter() - t_start, 1),
-        "slice_s": slice_s if mode == "alternate" else None,
-        "eval_every_s": eval_every_s,
-        "precision": resolve_precision(cfg.training.mixed_precision, "cpu").name,
-        "corpus": str(BOOKS) if cfg.data.source == "files" else "stdlib",
-        "data": {
-            k: bundle.stats[k]
-            for k in ("train_docs", "val_docs", "train_tokens", "eval_tokens", "val_bytes_per_token")
-        },
-        "recipes": {rep["recipe"]["name"]: rep for rep in reports},
-    }
-
-
-def summarize(out: dict[str, Any]) -> dict[str, Any]:
-    """Goals: the modern recipe reaches the GPT-2 recipe's final loss in <= half the time, ends >= 5% lower."""
-    rec = out["recipes"]
-    if "gpt2" not in rec or "nanochat" not in rec:
+def summarize(out: dict[str, Any], goal_time: float = 0.5, goal_gain: float = 0.05) -> dict[str, Any]:
+    """Mean curves, and each arm against the baseline: time to its final bpb, bpb at its final time."""
+    for arm in out["arms"].values():
+        arm["curve"] = mean_curve(arm["runs"])
+    base = out["arms"][out["baseline"]]["curve"]
+    if not base:
         return out
-    gpt, modern = rec["gpt2"]["curve"], rec["nanochat"]["curve"]
-    target = gpt[-1]["bpb"]
-    t = time_to_reach(modern, target)
-    budget = out["minutes_per_recipe"] * 60
-    reduction = 1 - modern[-1]["bpb"] / target
-    out["gpt2_final_bpb"] = target
-    out["nanochat_final_bpb"] = modern[-1]["bpb"]
-    out["nanochat_time_to_gpt2_final_s"] = None if t is None else round(t, 1)
-    out["time_fraction"] = None if t is None else round(t / budget, 3)
-    out["bpb_reduction"] = round(reduction, 4)
-    out["goals"] = {
-        "reaches GPT-2's final loss in <= 1/2 the time": t is not None and t <= budget / 2,
-        "final bpb >= 5% lower": reduction >= 0.05,
-    }
+    target, t_base = base[-1]["bpb"], base[-1]["train_s"]
+    goals: dict[str, bool] = {}
+    for name, arm in out["arms"].items():
+        if name == out["baseline"] or not arm["curve"]:
+            continue
+        c = arm["curve"]
+        t = time_to_reach(c, target)
+        at = bpb_at(c, t_base)
+        if at is None and c[-1]["train_s"] < t_base:
+            at = c[-1]["bpb"]  # finished sooner: its final loss is what it has at the baseline's time
+        arm["vs_baseline"] = {
+            "time_to_baseline_final_s": None if t is None else round(t, 1),
+            "time_fraction": None if t is None else round(t / t_base, 3),
+            "bpb_at_baseline_time": None if at is None else round(at, 4),
+            "gain_at_equal_time": None if at is None else round(1 - at / target, 4),
+        }
+        v = arm["vs_baseline"]
+        goals[f"{name} reaches {out['baseline']}'s final bpb in <= {goal_time:g}x its time"] = (
+            v["time_fraction"] is not None and v["time_fraction"] <= goal_time
+        )
+        goals[f"{name} >= {100 * goal_gain:g}% lower bpb at equal time"] = (
+            v["gain_at_equal_time"] is not None and v["gain_at_equal_time"] >= goal_gain
+        )
+    out["goals"] = goals
     return out
+
+
+# ----------------------------------------------------------------------------------------------- output
 
 
 def chart(out: dict[str, Any], quick: bool) -> Path | None:
@@ -400,20 +354,20 @@ def chart(out: dict[str, Any], quick: bool) -> Path | None:
     except ImportError:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for name, r in out["recipes"].items():
-        c = r["curve"]
-        ax.plot(
-            [p["minutes"] for p in c],
-            [p["bpb"] for p in c],
-            marker=".",
-            label=f"{name} ({r['parameters']:,} params)",
-        )
-    ax.set_xlabel("training minutes (each recipe's own time)")
-    ax.set_ylabel("held-out bits per byte")
-    ax.set_title(f"GPT-2 vs nanochat recipe, small size, {out['corpus'].rsplit('/', 1)[-1]}", fontsize=10)
-    lows = [p["bpb"] for r in out["recipes"].values() for p in r["curve"][1:]]
-    if lows:
-        ax.set_ylim(min(lows) * 0.97, max(lows) * 1.05)
+    for name, arm in out["arms"].items():
+        c = arm["curve"]
+        if not c:
+            continue
+        minutes = [pt["train_s"] / 60 for pt in c]
+        params = arm["runs"][0]["parameters"]
+        ax.plot(minutes, [pt["bpb"] for pt in c], marker=".", label=f"{name} ({params:,} params)")
+        lo = [pt["bpb_spread"]["min"] for pt in c]
+        hi = [pt["bpb_spread"]["max"] for pt in c]
+        ax.fill_between(minutes, lo, hi, alpha=0.2)
+    ax.set_xlabel("training minutes (each run's own, one thread)")
+    ax.set_ylabel("held-out bits per byte (band: min-max of seeds)", fontsize=9)
+    corpus = out["protocol"]["corpus"].rsplit("/", 1)[-1]
+    ax.set_title(f"recipe race, {corpus}, {out['protocol']['seeds']} seed(s) per arm", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -425,43 +379,54 @@ def chart(out: dict[str, Any], quick: bool) -> Path | None:
 
 
 def print_table(out: dict[str, Any]) -> None:
-    rec = out["recipes"]
-    names = list(rec)
-    n = max(len(r["curve"]) for r in rec.values())
     rows = []
-    for i in range(n):
-        row: list[Any] = []
-        for name in names:
-            c = rec[name]["curve"]
-            if i < len(c):
-                row += [f"{c[i]['minutes']:.2f}", f"{c[i]['step']}", f"{c[i]['bpb']:.4f}"]
-            else:
-                row += ["", "", ""]
-        rows.append(row)
-    headers = [h for name in names for h in (f"{name} min", "step", "bpb")]
-    title = f"held-out bits per byte ({out['corpus']}, {out['precision']}, {out['mode']})"
-    common.print_table(headers, rows, title=title)
-    if "bpb_reduction" in out:
-        t = out["nanochat_time_to_gpt2_final_s"]
-        print(
-            f"\nGPT-2 final {out['gpt2_final_bpb']:.4f} bpb; nanochat final {out['nanochat_final_bpb']:.4f} "
-            f"({100 * out['bpb_reduction']:.1f}% lower); nanochat reached GPT-2's final at "
-            + (
-                "never"
-                if t is None
-                else f"{t / 60:.2f} min ({100 * out['time_fraction']:.0f}% of the budget)"
+    for name, arm in out["arms"].items():
+        for pt in arm["curve"]:
+            b, t = pt["bpb_spread"], pt["train_s_spread"]
+            rows.append(
+                [
+                    name,
+                    pt["step"],
+                    f"{t['mean'] / 60:.2f} ({t['min'] / 60:.2f}-{t['max'] / 60:.2f})",
+                    f"{b['mean']:.4f}",
+                    f"{b['std']:.4f}",
+                    f"{b['min']:.4f}-{b['max']:.4f}",
+                ]
             )
-        )
+    p = out["protocol"]
+    title = (
+        f"held-out bits per byte ({p['corpus']}, {out['precision']}, {p['seeds']} seed(s) per arm, "
+        f"one thread per run, {p['jobs']} at a time)"
+    )
+    headers = ["arm", "step", "train min (range)", "bpb mean", "std", "bpb range"]
+    common.print_table(headers, rows, title=title)
+    for name, arm in out["arms"].items():
+        v = arm.get("vs_baseline")
+        if v is None:
+            continue
+        t = v["time_to_baseline_final_s"]
+        reach = "never" if t is None else f"in {t / 60:.2f} min ({100 * v['time_fraction']:.0f}% of its time)"
+        gain = "-" if v["gain_at_equal_time"] is None else f"{100 * v['gain_at_equal_time']:.1f}%"
+        print(f"{name}: reaches {out['baseline']}'s final bpb {reach}; {gain} lower bpb at equal time")
     common.print_goals_and_chart(out)
 
 
-def run(quick: bool, minutes: float | None = None, mode: str = "parallel") -> dict[str, Any]:
-    if minutes is None:
-        minutes = 0.25 if quick else 10.0
-    slice_s, every = (5.0, 10.0) if quick else (SLICE_S, EVAL_EVERY_S)
-    out = summarize(
-        race([GPT2_RECIPE, MODERN_RECIPE], minutes, mode=mode, slice_s=slice_s, eval_every_s=every)
-    )
+# ----------------------------------------------------------------------------------------------- entry
+
+
+def run(
+    quick: bool,
+    arms: list[Arm] | None = None,
+    protocol: Protocol | None = None,
+    goal_time: float = 0.5,
+    goal_gain: float = 0.05,
+) -> dict[str, Any]:
+    """The race (``quick``: ``QUICK``, one seed, small validation windows: it checks that the race runs)."""
+    p = protocol or (QUICK if quick else Protocol())
+    out = race(list(arms or DEFAULT_ARMS), p)
+    runs = [r for arm in out["arms"].values() for r in arm["runs"]]
+    out["precision"] = ", ".join(sorted({r["precision"] for r in runs}))
+    summarize(out, goal_time, goal_gain)
     path = chart(out, quick)
     out["chart"] = str(path) if path else None
     return out
@@ -469,20 +434,51 @@ def run(quick: bool, minutes: float | None = None, mode: str = "parallel") -> di
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    ap.add_argument("--minutes", type=float, default=None, help="training minutes per recipe (default 10)")
-    ap.add_argument("--quick", action="store_true", help="15 seconds per recipe: checks that it runs")
     ap.add_argument(
-        "--mode",
-        choices=("parallel", "alternate"),
-        default="parallel",
-        help="parallel: both at once, one thread each (default); alternate: turns of 15 s with --threads",
+        "--quick", action="store_true", help="24 steps (12 s at most), one seed: checks the race runs"
     )
-    ap.add_argument("--threads", type=int, default=2, help="threads in alternate mode")
+    ap.add_argument(
+        "--arm",
+        action="append",
+        default=[],
+        metavar="'NAME=PRESET [KEY=VALUE ...]'",
+        help="a preset and model.*/training.* overrides (repeatable; the first is the baseline; default: "
+        + ", ".join(a.spec() for a in DEFAULT_ARMS)
+        + ")",
+    )
+    ap.add_argument("--seeds", type=int, default=None, help="runs per arm (default 3)")
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 2000)")
+    ap.add_argument("--minutes", type=float, default=None, help="cap on each run's training minutes")
+    ap.add_argument("--eval-every", type=int, default=None, help="steps between evaluations (default 250)")
+    ap.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each (default 2)")
+    ap.add_argument("--corpus", default=None, help="a folder of .txt books, or 'stdlib' (default: books)")
+    ap.add_argument(
+        "--goal-time", type=float, default=0.5, help="goal: reach the baseline's final in this fraction"
+    )
+    ap.add_argument("--goal-gain", type=float, default=0.05, help="goal: this much lower bpb at equal time")
     args = ap.parse_args(argv)
-    with common.torch_threads(args.threads):
-        t0 = time.perf_counter()
-        out = run(args.quick, args.minutes, args.mode)
-        out["seconds"] = round(time.perf_counter() - t0, 1)
+    base = QUICK if args.quick else Protocol()
+    given = {
+        "steps": args.steps,
+        "seeds": args.seeds,
+        "minutes": args.minutes,
+        "eval_every": args.eval_every,
+        "jobs": args.jobs,
+        "corpus": args.corpus,
+    }
+    p = replace(base, **{k: v for k, v in given.items() if v is not None})
+    try:
+        arms = [Arm.parse(a) for a in args.arm] or list(DEFAULT_ARMS)
+        if len({a.name for a in arms}) != len(arms):
+            raise ValueError("--arm: two arms with the same name")
+        for arm in arms:
+            arm_config(arm, p, 0)  # a bad preset or key: one line now, not in a worker later
+    except (ValueError, GptrsError) as e:  # both name the arm and the key
+        print(f"bench_recipe: {e}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    out = run(args.quick, arms, p, args.goal_time, args.goal_gain)
+    out["seconds"] = round(time.perf_counter() - t0, 1)
     path = common.write_results("recipe", out, args.quick)
     print_table(out)
     print(f"results: {path}")

@@ -8,9 +8,10 @@ autocast on both sides.
 - **peer**: ``GPT2LMHeadModel(GPT2Config(<our dims>, n_inner=4*embed, activation_function="gelu" (exact),
   dropouts 0), attn_implementation="sdpa")``, labels = inputs (HF shifts them), eager and under
   ``torch.compile`` (same parameters); its figure is the better of the two.
-- **ours**: ``GPT.from_config`` with the same dimensions, as ``gptrs.training.Trainer`` runs it: bf16 autocast
-  (``resolve_precision(True)``), fused AdamW on ``optimizer_groups``, ``torch.compile`` when the model config's
-  ``compile`` default says so (``ModelConfig().compile``).
+- **ours**: ``GPT.from_config`` with the same dimensions, each step taken by ``gptrs.training.Trainer`` itself
+  (``Trainer.step_fn``: the same code as ``train()``'s steps): bf16 autocast, fused AdamW on
+  ``optimizer_groups``, the schedule, clipping, ``torch.compile`` when the model config's ``compile``
+  default says so (``ModelConfig().compile``). The peer's loop stays a peer's loop.
 - The contenders are alternated step by step (order reversed every round) after warm-up steps (the first
   compiled call, which compiles, is timed separately); medians over the timed steps, and the speed-up is the
   median of per-round time ratios.
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import itertools
 import logging
 import math
 import os
@@ -51,9 +53,10 @@ if __package__ in (None, ""):  # run as a script: make `benches` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benches import common
-from gptrs.config import ModelConfig, TrainingConfig
+from gptrs.config import Config, ModelConfig, TrainingConfig
 from gptrs.host_memory import tune_host_allocator
 from gptrs.model import GPT
+from gptrs.training import Trainer
 from gptrs.training.compile import should_compile
 from gptrs.training.precision import resolve_precision
 
@@ -94,18 +97,21 @@ def hf_model(s: Shape) -> torch.nn.Module:
     ).train()
 
 
-def our_model(s: Shape) -> GPT:
-    mc = ModelConfig(
+def model_config(s: Shape) -> ModelConfig:
+    return ModelConfig(
         embed_dim=s.embed, ff_dim=4 * s.embed, num_layers=s.layers, heads=s.heads, max_seq_len=s.block
     )
-    return GPT.from_config(mc, vocab_size=s.vocab).train()
+
+
+def our_model(s: Shape) -> GPT:
+    return GPT.from_config(model_config(s), vocab_size=s.vocab).train()
 
 
 def fused_adamw(params: Any, tc: TrainingConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=tc.learning_rate, betas=(tc.beta1, tc.beta2), fused=True)
 
 
-def make_step(
+def peer_step(
     call: Callable[[], torch.Tensor], model: torch.nn.Module, opt: torch.optim.Optimizer, bf16: bool
 ) -> Callable[[], None]:
     autocast = resolve_precision("bf16" if bf16 else False, "cpu").autocast
@@ -120,6 +126,19 @@ def make_step(
         opt.zero_grad(set_to_none=True)
 
     return step
+
+
+def trainer_step(
+    model: GPT, s: Shape, x: torch.Tensor, y: torch.Tensor, *, bf16: bool, compiled: bool
+) -> Callable[[], None]:
+    """One optimizer step of ``model`` on ``(x, y)`` per call, taken by the Trainer (``Trainer.step_fn``)."""
+    cfg = Config(model=model_config(s))
+    cfg.model.compile = compiled
+    tc = cfg.training
+    tc.batch_size, tc.mixed_precision, tc.max_grad_norm = s.batch, "bf16" if bf16 else False, 1.0
+    tc.peak_flops = 1e12  # not timed at start (this suite measures its own peak)
+    trainer = Trainer(model, None, cfg, "cpu", log_level="WARNING")
+    return trainer.step_fn(itertools.repeat((x, y)))
 
 
 def _compile(model: torch.nn.Module) -> torch.nn.Module:
@@ -204,18 +223,16 @@ def bench_shape(
     contenders: dict[str, Callable[[], None]] = {}
     hf = hf_model(s)
     hf_opt = fused_adamw(hf.parameters(), tc)
-    contenders["hf_eager"] = make_step(lambda: hf(input_ids=x, labels=x).loss, hf, hf_opt, True)
+    contenders["hf_eager"] = peer_step(lambda: hf(input_ids=x, labels=x).loss, hf, hf_opt, True)
     if compile_peer:
         hf_c = _compile(hf)
-        contenders["hf_compiled"] = make_step(lambda: hf_c(input_ids=x, labels=x).loss, hf, hf_opt, True)
+        contenders["hf_compiled"] = peer_step(lambda: hf_c(input_ids=x, labels=x).loss, hf, hf_opt, True)
 
     ours = our_model(s)
-    ours_opt = fused_adamw(ours.optimizer_groups(tc.weight_decay), tc)
-    ours_call: torch.nn.Module = _compile(ours) if compile_ours else ours
     ours_name = "ours_compiled" if compile_ours else "ours_eager"
-    contenders[ours_name] = make_step(lambda: ours_call(x, y)[1], ours, ours_opt, True)
+    contenders[ours_name] = trainer_step(ours, s, x, y, bf16=True, compiled=compile_ours)
     if with_fp32:
-        contenders["ours_fp32"] = make_step(lambda: ours_call(x, y)[1], ours, ours_opt, False)
+        contenders["ours_fp32"] = trainer_step(ours, s, x, y, bf16=False, compiled=compile_ours)
 
     first_step_s: dict[str, float] = {}
     for name, fn in contenders.items():  # warm-up; the first call of a compiled model compiles it

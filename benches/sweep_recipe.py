@@ -1,15 +1,16 @@
-"""The small sweep behind the recipes' hyperparameters in ``bench_recipe.py``.
+"""The small sweep behind the presets' hyperparameters, on the recipe race's runner (``bench_recipe.py``).
 
-Each setting trains for a fixed number of optimizer steps (``--steps``, the schedule compressed to that
-length) at the small size on the recipe benchmark's data, and is scored by its held-out bits per byte at
-the end (and half-way). Settings of one recipe are compared at equal steps, i.e. equal tokens seen, so the
-shared machine's load (other jobs on the 2 cores) changes how long a run takes but not its score; the
-seconds are reported too, and matter only where the model shape changes (the ``arch`` rows).
+Each setting is an arm of the race (a preset plus ``--set``-style overrides) trained by the ``Trainer`` for
+``--steps`` optimizer steps (the preset's warmup + cosine schedule over that length) at the small size on the
+race's data, scored by its held-out bits per byte at the end (and half-way). Settings are compared at equal
+steps, i.e. equal tokens seen, so the shared machine's load changes how long a run takes but not its score;
+the seconds are reported too, and matter only where the model shape changes (the ``arch`` rows).
 
-Runs go two at a time, one thread each, in separate processes. Stage 1 varies the learning rates one at a
-time around a baseline (nanochat: the Muon rate, the AdamW rates of embedding and LM head scaled together;
-GPT-2: its AdamW rate); stage 2 takes stage 1's best rates and varies warmup, decay shape and (nanochat)
-the model shape. ``benches/results/recipe_sweep.json`` holds every run; the winners are printed.
+Runs go ``--jobs`` at a time, one thread each, in separate processes. Stage 1 varies the learning rates one
+at a time around the ``nanochat-small`` preset (the Muon rate; the AdamW rates of embedding and LM head
+scaled together) and the ``small`` preset's AdamW rate; stage 2 takes stage 1's best and varies warmup, the
+cosine's floor and (nanochat) the model shape. ``benches/results/recipe_sweep.json`` holds every run; the
+winners are printed.
 
     python benches/sweep_recipe.py [--steps 120] [--jobs 2] [--stage 1|2|all]
 """
@@ -18,10 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import sys
-import time
-from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,68 +27,25 @@ if __package__ in (None, ""):  # run as a script: make `benches` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benches import common
-from benches.bench_recipe import GPT2_RECIPE, MODERN_RECIPE, Recipe
-
-GPT2_BASE = replace(GPT2_RECIPE, warmup_steps=36)
-# Stage 1's nanochat baseline: nanochat's own rates (Muon 0.02; AdamW head 0.004 and embedding 0.2 at width
-# 768, x sqrt(768 / 128) at our width; betas 0.8/0.95), Muon doubled, then a 40% linear warmdown to 0.
-SWEEP_BASE = replace(
-    MODERN_RECIPE,
-    lr=0.008,
-    embedding_lr=0.3,
-    muon_lr=0.04,
-    warmup_steps=0,
-    decay="warmdown",
-    min_lr_frac=0.0,
-    warmdown_frac=0.4,
-)  # ~30% of the run, as small.yaml's 100 of a ~350-step run
+from benches.bench_recipe import Arm, Protocol, mean_curve, race
+from gptrs.config import load_config
 
 
-def _worker(args: tuple[str, dict[str, Any], int]) -> dict[str, Any]:
-    """Train one setting for ``steps`` steps on one thread; evaluate half-way and at the end."""
-    import torch
-
-    from benches.bench_recipe import Run, prepare, small_config
-
-    torch.set_num_threads(1)
-    label, fields, steps = args
-    recipe = Recipe(**{**fields, "betas": tuple(fields["betas"])})
-    cfg = small_config()
-    bundle = prepare(cfg, log=lambda m: None)
-    run = Run(recipe, cfg, bundle, None, steps)
-    t0 = time.perf_counter()
-    try:
-        while run.step < steps:
-            run.train_step()
-            if run.step == steps // 2:
-                run.evaluate()
-        run.evaluate()
-        status = "ok"
-    except FloatingPointError as e:
-        status = str(e)
-    return {
-        "label": label,
-        "recipe": asdict(recipe),
-        "status": status,
-        "steps": run.step,
-        "tokens": run.tokens,
-        "train_s": round(run.train_s, 1),
-        "wall_s": round(time.perf_counter() - t0, 1),
-        "half_bpb": run.curve[0]["bpb"] if run.curve else None,
-        "bpb": run.curve[-1]["bpb"] if len(run.curve) > 1 else None,
-        "parameters": sum(p.numel() for p in run.model.parameters()),
-    }
+def _scaled_adamw(preset: str, k: float) -> tuple[str, ...]:
+    """The preset's AdamW peaks (and floor, so the cosine still ends at the same fraction) times ``k``."""
+    t = load_config(preset).training
+    out = [f"training.learning_rate={t.learning_rate * k:g}", f"training.min_lr={t.min_lr * k:g}"]
+    if t.embedding_lr is not None:
+        out.append(f"training.embedding_lr={t.embedding_lr * k:g}")
+    return tuple(out)
 
 
-def stage1() -> list[tuple[str, Recipe]]:
-    m = SWEEP_BASE
-    out = [("nanochat base", m)]
-    out += [(f"nanochat muon_lr={v}", replace(m, muon_lr=v)) for v in (0.02, 0.08)]
-    assert m.embedding_lr is not None
-    for k in (0.5, 2.0):
-        label = f"nanochat adamw x{k} (head {m.lr * k:g}, emb {m.embedding_lr * k:g})"
-        out.append((label, replace(m, lr=m.lr * k, embedding_lr=m.embedding_lr * k)))
-    out += [(f"gpt2 lr={v:g}", replace(GPT2_BASE, lr=v, min_lr_frac=0.1)) for v in (3e-3, 6e-3, 1e-2)]
+def stage1() -> list[Arm]:
+    nano, gpt = Arm("nanochat base", "nanochat-small"), Arm("gpt2 base", "small")
+    out = [nano, gpt]
+    out += [Arm(f"nanochat muon_lr={v}", nano.preset, (f"training.muon_lr={v}",)) for v in (0.02, 0.08)]
+    out += [Arm(f"nanochat adamw x{k}", nano.preset, _scaled_adamw(nano.preset, k)) for k in (0.5, 2.0)]
+    out += [Arm(f"gpt2 adamw x{k}", gpt.preset, _scaled_adamw(gpt.preset, k)) for k in (2.0, 3.33)]
     return out
 
 
@@ -99,33 +54,38 @@ def best(results: list[dict[str, Any]], prefix: str) -> dict[str, Any]:
     return min(ok, key=lambda r: r["bpb"])
 
 
-def stage2(results: list[dict[str, Any]]) -> list[tuple[str, Recipe]]:
-    def recipe(r: dict[str, Any]) -> Recipe:
-        return Recipe(**{**r["recipe"], "betas": tuple(r["recipe"]["betas"])})
+def stage2(results: list[dict[str, Any]]) -> list[Arm]:
+    def arm(r: dict[str, Any], label: str, *more: str) -> Arm:
+        return Arm(label, r["preset"], (*r["overrides"], *more))
 
-    m, g = recipe(best(results, "nanochat")), recipe(best(results, "gpt2"))
+    m, g = best(results, "nanochat"), best(results, "gpt2")
     return [
-        ("nanochat warmup=12", replace(m, warmup_steps=12)),
-        ("nanochat cosine->0.1", replace(m, decay="cosine", min_lr_frac=0.1)),
-        ("nanochat linear->0", replace(m, decay="linear", min_lr_frac=0.0)),
-        ("nanochat warmdown 0.2", replace(m, warmdown_frac=0.2)),
-        ("nanochat arch 4x112", replace(m, model={"embed_dim": 112, "num_layers": 4, "heads": 4})),
-        ("gpt2 warmup=12", replace(g, warmup_steps=12)),
+        arm(m, "nanochat warmup=12", "training.warmup_steps=12"),
+        arm(m, "nanochat cosine->0", "training.min_lr=0"),
+        arm(m, "nanochat arch 4x112", "model.embed_dim=112", "model.ff_dim=448", "model.num_layers=4"),
+        arm(g, "gpt2 warmup=12", "training.warmup_steps=12"),
     ]
 
 
-def run_all(settings: list[tuple[str, Recipe]], steps: int, jobs: int) -> list[dict[str, Any]]:
-    ctx = mp.get_context("spawn")
-    args = [(label, asdict(r), steps) for label, r in settings]
-    out = []
-    with ctx.Pool(jobs, maxtasksperchild=1) as pool:
-        for res in pool.imap_unordered(_worker, args):
-            print(
-                f"  {res['label']:<52} bpb {res['bpb']}  (half {res['half_bpb']})  {res['train_s']}s  {res['status']}",
-                flush=True,
-            )
-            out.append(res)
-    return out
+def run_all(arms: list[Arm], steps: int, jobs: int) -> list[dict[str, Any]]:
+    out = race(arms, Protocol(steps=steps, eval_every=max(1, steps // 2), seeds=1, jobs=jobs))
+    results = []
+    for arm in arms:
+        runs = out["arms"][arm.name]["runs"]
+        curve = mean_curve(runs)
+        results.append(
+            {
+                "label": arm.name,
+                "preset": arm.preset,
+                "overrides": list(arm.overrides),
+                "steps": runs[0]["steps"],
+                "train_s": runs[0]["train_s"],
+                "half_bpb": curve[0]["bpb"] if len(curve) > 1 else None,
+                "bpb": curve[-1]["bpb"] if curve else None,
+                "parameters": runs[0]["parameters"],
+            }
+        )
+    return results
 
 
 def print_sweep(results: list[dict[str, Any]]) -> None:
@@ -133,18 +93,10 @@ def print_sweep(results: list[dict[str, Any]]) -> None:
         return "-" if v is None else f"{v:.4f}"
 
     rows = [
-        [
-            r["label"],
-            r["steps"],
-            r["tokens"],
-            f(r["half_bpb"]),
-            f(r["bpb"]),
-            f"{r['train_s']:.0f}",
-            r["parameters"],
-        ]
+        [r["label"], r["steps"], f(r["half_bpb"]), f(r["bpb"]), f"{r['train_s']:.0f}", r["parameters"]]
         for r in sorted(results, key=lambda r: (r["label"].split()[0], r["bpb"] or 99))
     ]
-    headers = ["setting", "steps", "tokens", "bpb @half", "bpb", "train s (1 thread)", "params"]
+    headers = ["setting", "steps", "bpb @half", "bpb", "train s (1 thread)", "params"]
     common.print_table(headers, rows, title="recipe sweep (held-out bits per byte; lower is better)")
 
 
@@ -158,9 +110,6 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = (
         json.loads(path.read_text())["runs"] if path.exists() and args.stage == "2" else []
     )
-    from benches.bench_recipe import prepare, small_config
-
-    prepare(small_config())  # build the tokenizer and token cache once, before the workers need them
     if args.stage in ("1", "all"):
         results = run_all(stage1(), args.steps, args.jobs)
         common.write_results("recipe_sweep", {"steps": args.steps, "runs": results}, False)

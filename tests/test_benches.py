@@ -65,6 +65,15 @@ def test_all_quick_writes_every_suite(tmp_path: Path) -> None:
         assert _positive(shape["speedup_vs_peer"])
     assert (tmp_path / "train_quick.png").stat().st_size > 0
 
+    recipe = json.loads((tmp_path / "recipe_quick.json").read_text())
+    assert set(recipe["arms"]) == {"gpt2", "nanochat"} and recipe["data"]["val_docs"] >= 1
+    for arm in recipe["arms"].values():  # each run is a Trainer run, evaluated at its last step
+        for run in arm["runs"]:
+            assert run["stop_reason"] in ("max_steps", "time_budget") and run["steps"] >= 1
+            assert run["curve"][-1]["step"] == run["steps"] and _positive(run["train_s"])
+            assert all(_positive(pt["bpb"]) and pt["train_s"] <= run["train_s"] for pt in run["curve"])
+        assert arm["curve"] and _positive(arm["curve"][-1]["bpb_spread"]["mean"])
+
     gen = json.loads((tmp_path / "generate_quick.json").read_text())
     for shape in gen["shapes"]:
         assert shape["cache_equals_recompute"] is True

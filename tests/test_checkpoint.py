@@ -262,7 +262,8 @@ def test_run_lock_refuses_a_second_live_process(tmp_path: Path) -> None:
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "python")}
     with RunLock(tmp_path):
-        RunLock(tmp_path).acquire().release()  # the same process may take it again (CLI, then Trainer)
+        with pytest.raises(GptrsError, match="in use by another training process"):
+            RunLock(tmp_path).acquire()  # a run takes it once: a second take, even in this process, fails
         r = subprocess.run(
             [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, env=env
         )

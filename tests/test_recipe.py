@@ -364,25 +364,19 @@ def test_train_generate_and_export_a_nanochat_run(
         torch.testing.assert_close(hf(ids).logits, ours(ids)[0], rtol=1e-5, atol=2e-5)
 
 
-def test_the_quick_start_trains_the_race_winner_with_its_hyperparameters() -> None:
-    """scripts/quickstart.sh trains nanochat-small, whose recipe is the one benches/bench_recipe.py raced."""
-    from benches.bench_recipe import MODERN_RECIPE, MODERN_SMALL
+def test_the_quick_start_and_plain_train_run_the_race_winner() -> None:
+    """scripts/quickstart.sh runs `python -m gptrs.train` as it is, whose default is nanochat-small: the preset
+    the recipe race (benches/bench_recipe.py, through the Trainer) runs unchanged as its modern arm."""
+    from benches.bench_recipe import DEFAULT_ARMS
 
-    assert "-m gptrs.train --config nanochat-small" in (ROOT / "scripts" / "quickstart.sh").read_text()
-    cfg = load_config("nanochat-small")
-    r, t = MODERN_RECIPE, cfg.training
-    assert {k: getattr(cfg.model, k) for k in MODERN_SMALL} == MODERN_SMALL
-    assert (t.optimizer, t.learning_rate, t.embedding_lr, t.muon_lr, t.muon_momentum) == (
-        r.optimizer,
-        r.lr,
-        r.embedding_lr,
-        r.muon_lr,
-        r.muon_momentum,
-    )
-    assert ((t.beta1, t.beta2), t.adam_eps, t.warmup_steps, t.weight_decay) == (
-        r.betas,
-        r.eps,
-        r.warmup_steps,
-        r.weight_decay,
-    )
-    assert r.decay == "cosine" and t.min_lr == pytest.approx(r.min_lr_frac * t.learning_rate)
+    from gptrs import train as train_cli
+
+    script = (ROOT / "scripts" / "quickstart.sh").read_text()
+    assert '.venv/bin/python -m gptrs.train "$@"' in script and "--config" not in script.split("setup.sh")[-1]
+    assert train_cli.DEFAULT_PRESET == "nanochat-small"
+    args = train_cli.build_parser().parse_args([])
+    cfg, name = train_cli.load_run_config(args, None)
+    assert name == "nanochat-small" and cfg == load_config("nanochat-small")
+    arms = {a.name: a for a in DEFAULT_ARMS}
+    assert (arms["nanochat"].preset, arms["nanochat"].overrides) == ("nanochat-small", ())
+    assert (arms["gpt2"].preset, arms["gpt2"].overrides) == ("small", ())

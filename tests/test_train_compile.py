@@ -47,7 +47,8 @@ def test_compiling_is_logged(caplog: pytest.LogCaptureFixture, monkeypatch: pyte
 
 
 def test_evaluation_time_is_not_counted_as_a_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A fake clock that only moves during evaluation (100 s each): every logged step time stays ~0."""
+    """A fake clock that only moves during evaluation (100 s each): every logged step time stays ~0, and so
+    does the training time the on_step hook and the time budget see (the budget of 50 s never runs out)."""
     clock = [1000.0]
     monkeypatch.setattr(compile_policy.time, "perf_counter", lambda: clock[0])
     real_eval = trainer_module.Trainer._evaluate_and_track
@@ -68,10 +69,18 @@ def test_evaluation_time_is_not_counted_as_a_step(tmp_path: Path, monkeypatch: p
     val = RandomBatches(stream, 4, 16, seed=1)
     model = tiny_gpt(0, vocab_size=48, embed_dim=32, ff_dim=64, num_layers=2, heads=2, max_seq_len=16)
     trainer = Trainer(model, None, cfg, "cpu", run_dir=tmp_path)
-    trainer.train(RandomBatches(stream, 4, 16, seed=0), [next(val) for _ in range(2)])
+    seen: list[float] = []
+    result = trainer.train(
+        RandomBatches(stream, 4, 16, seed=0),
+        [next(val) for _ in range(2)],
+        on_step=lambda info: seen.append(info["train_s"]),
+        time_budget_s=50.0,
+    )
     steps = [r for r in trainer.history if r.get("kind") == "train"]
     assert len(steps) == 6 and sum(r.get("kind") == "eval" for r in trainer.history) >= 3
     assert all(r["step_time_ms"] < 1.0 for r in steps), [r["step_time_ms"] for r in steps]
+    assert clock[0] >= 1300.0 and seen == [0.0] * 6  # 300+ s of evaluations, none of it training time
+    assert result["stop_reason"] == "max_steps" and result["train_s"] == 0.0
 
 
 def test_no_recompilation_after_the_first_evaluation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

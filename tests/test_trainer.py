@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -352,6 +353,43 @@ def test_run_files_and_metrics(tmp_path: Path) -> None:
     # each line is one JSON object
     for line in (tmp_path / "metrics.jsonl").read_text().splitlines():
         assert isinstance(json.loads(line), dict)
+
+
+def test_on_step_sees_every_step_and_the_time_budget_stops_the_run(tmp_path: Path) -> None:
+    """The hook gets each step with its log and eval records (the ones the run keeps); its own time and the
+    evaluations are not training time, and the budget ends the run like max_steps does (evaluated, saved)."""
+    seen: list[dict] = []
+    cfg = config(max_steps=9, log_interval=2, eval_interval=4)
+    result = Trainer(tiny_model(), None, cfg, "cpu", run_dir=tmp_path / "a").train(
+        RandomBatches(tokens(), 4, T, seed=0), eval_batches(), on_step=seen.append
+    )
+    assert [i["step"] for i in seen] == list(range(1, 10))
+    records = read_metrics(tmp_path / "a" / "metrics.jsonl")
+    assert [i["train"] for i in seen if i["train"]] == [r for r in records if r["kind"] == "train"]
+    assert [i["eval"] for i in seen if i["eval"]] == [r for r in records if r["kind"] == "eval"]
+    assert [i["step"] for i in seen if i["eval"]] == [4, 8, 9]
+    times = [i["train_s"] for i in seen]
+    assert times == sorted(times) and times[-1] == result["train_s"] > 0
+
+    class Slow(BigramModel):
+        def forward(self, x, y=None):
+            time.sleep(0.01)  # a step takes at least 10 ms
+            return super().forward(x, y)
+
+    def slow_hook(info: dict) -> None:
+        seen.append(info)
+        time.sleep(0.1)  # were this training time, the budget would end the run at step 2
+
+    seen.clear()
+    cfg = config(max_steps=100, eval_interval=50, save_interval=50)
+    result = Trainer(Slow(), None, cfg, "cpu", run_dir=tmp_path / "b").train(
+        RandomBatches(tokens(), 4, T, seed=0), eval_batches(), on_step=slow_hook, time_budget_s=0.2
+    )
+    assert result["stop_reason"] == "time_budget"
+    assert 3 <= result["step"] <= 20 and result["step"] == len(seen)
+    assert result["train_s"] >= 0.2 > seen[-2]["train_s"]  # stopped at the first step past the budget
+    assert seen[-1]["eval"] is not None and seen[-1]["eval"]["step"] == result["step"]
+    assert load_trainer_state(tmp_path / "b" / "checkpoints" / "last")["step"] == result["step"]
 
 
 class BigramModel(nn.Module):

@@ -1,11 +1,12 @@
 """Train a model on the built-in corpus, local files or a Hub dataset: ``python -m gptrs.train``.
 
-With no arguments it trains the small preset on the built-in corpus (the standard library's ``.py``
-files) into ``runs/small``, then prints the validation loss next to the unigram baseline and a sample.
+With no arguments it trains what the quick start trains, the nanochat-small preset (the modern recipe,
+which won the recipe race), on the built-in corpus (the standard library's ``.py`` files) into
+``runs/nanochat-small``, then prints the validation loss next to the unigram baseline and a sample.
 The console script ``gptrs-train`` is the same command.
 
-    python -m gptrs.train --config small --out runs/mine --set training.max_steps=500
-    python -m gptrs.train --config nanochat-small                     # the modern recipe (Muon)
+    python -m gptrs.train --out runs/mine --set training.max_steps=500
+    python -m gptrs.train --config small                              # the GPT-2 recipe (AdamW)
     python -m gptrs.train --config my.yaml --out runs/mine --resume   # continue from the newest checkpoint
     torchrun --nproc_per_node 2 -m gptrs.train --config default       # DistributedDataParallel
 
@@ -35,7 +36,7 @@ from gptrs.training.metrics import LOSS_PLOT_FILE
 log = logging.getLogger("gptrs.train")
 
 TAG = "gptrs-train"  # the console script; error lines start with it
-DEFAULT_PRESET = "small"
+DEFAULT_PRESET = "nanochat-small"  # what scripts/quickstart.sh trains: the recipe race's winner
 
 
 def build_parser(prog: str = TAG) -> argparse.ArgumentParser:
@@ -199,7 +200,7 @@ def train(args: argparse.Namespace) -> int:
         tok = bundle.tokenizer
         torch.manual_seed(cfg.training.seed)
         model = build_model(cfg, vocab_size=tok.get_vocab_size(), pad_token_id=tok.pad_token_id)
-        trainer = Trainer(model, tok, cfg, device, run_dir=run_dir)
+        trainer = Trainer(model, tok, cfg, device, run_dir=run_dir, run_lock=lock)
         trainer.data_stats = dict(bundle.stats)
         val = bundle.val.shard(info.rank, info.world_size) if info.is_distributed else bundle.val
         try:

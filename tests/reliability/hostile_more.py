@@ -300,7 +300,7 @@ def cli_cases() -> list[Case]:
         ("export: --model-path missing", lambda fx: ["gptrs.export", "--model-path", str(fx.root / "nope"), "--out", str(fx.path("exp_missing"))], r"^error: .*nope"),
         ("export: --tokenizer missing", _export(lambda fx: fx.path("exp_tok"), "--tokenizer", "/nonexistent/tok.json"), r"^error: tokenizer file not found: /nonexistent/tok\.json"),
         ("model.json: 10**9 layers (refused before building)", lambda fx: ["gptrs.generate", "--model-path", str(_model_json("layers_1e9", num_layers=10**9)(fx)), "--device", "cpu", "--prompt", "x"], r"^gptrs-generate: error: {path}/model\.json: describes a model of [\d,]+ parameters, more than model\.safetensors holds"),
-        ("model.json: embed_dim 2**31", lambda fx: ["gptrs.generate", "--model-path", str(_model_json("wide", embed_dim=2**31, heads=1)(fx)), "--device", "cpu", "--prompt", "x"], r"^gptrs-generate: error: {path}/model\.json: describes a model of"),
+        ("model.json: embed_dim 2**31", lambda fx: ["gptrs.generate", "--model-path", str(_model_json("wide", embed_dim=2**31, heads=1, kv_heads=1)(fx)), "--device", "cpu", "--prompt", "x"], r"^gptrs-generate: error: {path}/model\.json: describes a model of"),
         ("model.json: heads do not divide the width", lambda fx: ["gptrs.generate", "--model-path", str(_model_json("heads3", heads=3)(fx)), "--device", "cpu", "--prompt", "x"], r"^gptrs-generate: error: {path}/model\.json: model\.heads: 3 does not divide model\.embed_dim \(32\)"),
         ("generate: --max-new-tokens 10**30", _gen("--prompt", "x", "--max-new-tokens", str(10**30)), r"^gptrs-generate: error: argument --max-new-tokens: 10{30}: out of range"),
         ("generate: --temperature nan", _gen("--prompt", "x", "--temperature", "nan"), r"^gptrs-generate: error: --temperature must be a number >= 0"),
@@ -316,7 +316,7 @@ def cli_cases() -> list[Case]:
 
 
 def _train(fx: Fixtures, out: Path, *more: str) -> list[str]:
-    return ["gptrs.train", "--out", str(out), "--device", "cpu", *tiny_sets(), *more]
+    return ["gptrs.train", "--config", "small", "--out", str(out), "--device", "cpu", *tiny_sets(), *more]
 
 
 def _fresh(fx: Fixtures, name: str) -> Path:
@@ -769,16 +769,6 @@ def all_more_cases() -> list[Case]:
 # ---------------------------------------------------------------------------------------------------------
 # Export over what it reads or over the user's files (issue 22): refused, every file that existed before
 # unchanged (by hash); an earlier export is overwritten; a killed export's temporary file is cleaned up.
-
-
-def _hashes(root: Path) -> dict[str, str]:
-    import hashlib
-
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 def _run_copy(fx: Fixtures, name: str) -> Path:

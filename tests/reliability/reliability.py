@@ -128,7 +128,7 @@ class TinyRun:
             str(run_dir),
             "--device",
             "cpu",
-            *(["--resume"] if resume else []),
+            *(["--resume"] if resume else ["--config", "small"]),  # GPT-2: it has dropout (nanochat has none)
             *self.overrides(keep_last, save_interval),
         ]
 

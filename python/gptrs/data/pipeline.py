@@ -1,7 +1,8 @@
 """The data pipeline: text source -> tokenizer -> token cache -> train/validation batches.
 
-``prepare_data(config, run_dir)`` is the one call that builds a run's data, for ``python -m gptrs.train``
-and for ``Trainer.train()`` without loaders alike. In order:
+``prepare_data(config, run_dir)`` is the one call that builds a run's data, for ``python -m gptrs.train``,
+the benchmarks' training runs and your own scripts alike (the ``Trainer`` takes the batches it returns).
+In order:
 
 1. **Tokenizer**: the one passed in; else ``tokenizer.path`` from the config; else ``<run_dir>/tokenizer.json``
    from an earlier run; else a new one trained with ``gptrs_tok`` on the *training split* of the source and

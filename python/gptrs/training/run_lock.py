@@ -3,6 +3,10 @@
 ``fcntl.flock`` on ``<run_dir>/.lock``: the kernel drops it when the process dies, however it dies, so a
 killed run never leaves a stale lock behind; a second live run on the same directory gets a clear error
 instead of two processes interleaving checkpoints. On platforms without ``fcntl`` the lock is a no-op.
+
+A run takes it once: ``python -m gptrs.train`` before it writes the run's config and token cache, handing it
+to the ``Trainer`` (``run_lock=``); a ``Trainer`` used alone takes it in ``train()``. Taking it twice in one
+process fails like a second process would (``flock`` on a new descriptor conflicts with our own).
 """
 
 from __future__ import annotations
@@ -20,10 +24,6 @@ except ImportError:  # Windows
 
 LOCK_FILE = ".lock"
 
-# Locks this process holds, by real path: re-acquiring one (the CLI locks the run dir, then the Trainer
-# does) only counts up, since a second flock on a new descriptor would conflict with our own.
-_held: dict[str, list[int]] = {}
-
 
 class RunLock:
     """``with RunLock(run_dir): ...`` or ``lock = RunLock(run_dir).acquire(); ...; lock.release()``."""
@@ -37,11 +37,6 @@ class RunLock:
         if self._fd is not None:
             return self
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        key = os.path.realpath(self.path)
-        if key in _held:
-            _held[key][1] += 1
-            self._fd = _held[key][0]
-            return self
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         if fcntl is not None:
             try:
@@ -59,20 +54,11 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
-        _held[key] = [fd, 1]
         return self
 
     def release(self) -> None:
         if self._fd is None:
             return
-        key = os.path.realpath(self.path)
-        entry = _held.get(key)
-        if entry is not None:
-            entry[1] -= 1
-            if entry[1] > 0:
-                self._fd = None
-                return
-            del _held[key]
         if fcntl is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)

@@ -6,7 +6,8 @@ it) at the rate of the warmup + cosine schedule. Every ``log_interval`` steps th
 progress bar, the log, ``metrics.jsonl`` and TensorBoard; every ``eval_interval`` steps the validation
 set is scored (loss, perplexity, bits per byte) and early stopping is decided; checkpoints are written
 every ``save_interval`` steps, on a new best validation loss, at the end, and when SIGINT/SIGTERM asks
-the run to stop (the current step is finished first).
+the run to stop (the current step is finished first). An ``on_step`` callback sees every step (the race in
+``benches/bench_recipe.py`` records its curves so) and ``time_budget_s`` ends a run at equal training time.
 
 Resuming restores weights, optimizer, scaler, step, every RNG and the batch sampler, so on CPU a
 resumed run's losses and final weights are bitwise those of a run that never stopped.
@@ -24,7 +25,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,9 @@ class _Run:
     resumed: bool
     start_step: int = 0  # where this call of train() began (a resumed run: the checkpoint's step)
     start_tokens: int = 0
+    on_step: Callable[[dict[str, Any]], Any] | None = None
+    time_budget_s: float | None = None
+    train_s: float = 0.0  # this call's training time: the steps and log lines, not evaluations or saves
     stop_reason: str = ""
     last_train: dict[str, Any] = field(default_factory=dict)
     last_eval: dict[str, Any] = field(default_factory=dict)
@@ -91,6 +95,8 @@ class Trainer:
     None nothing is written. ``device`` is 'auto' (cuda, else mps, else cpu), 'cpu', 'cuda', 'cuda:1',
     'mps' or a ``torch.device``. Under torchrun, join the process group first
     (``gptrs.training.distributed.setup_distributed``); without one the Trainer is rank 0 of 1.
+    ``train()`` locks ``run_dir`` (``run_lock.py``) unless the caller already holds ``run_lock`` on it, as
+    the CLI does from before it writes the run's config and token cache.
     """
 
     def __init__(
@@ -101,6 +107,7 @@ class Trainer:
         device: str | torch.device = "auto",
         *,
         run_dir: str | os.PathLike[str] | None = None,
+        run_lock: RunLock | None = None,
         log_level: str | None = None,
     ) -> None:
         if log_level is not None or not (logging.getLogger("gptrs").handlers or logging.getLogger().handlers):
@@ -116,6 +123,7 @@ class Trainer:
         self.model = model.to(self.device)
         self.tokenizer = tokenizer
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.run_lock = run_lock
         self.precision = resolve_precision(self.config.training.mixed_precision, self.device)
         self.data_stats: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
@@ -137,25 +145,34 @@ class Trainer:
 
     def train(
         self,
-        train_dataloader: Iterable[Any] | None = None,
+        train_dataloader: Iterable[Any],
         eval_dataloader: Iterable[Any] | None = None,
         *,
         resume: bool | str | os.PathLike[str] = False,
         bytes_per_token: float | None = None,
+        on_step: Callable[[dict[str, Any]], Any] | None = None,
+        time_budget_s: float | None = None,
     ) -> dict[str, Any]:
         """Train and return the final metrics.
 
-        Without loaders, batches come from ``gptrs.data.prepare_data`` on the config (and the run dir's
-        token cache). ``resume=True`` continues from the newest complete checkpoint in the run dir (a
-        path: from that checkpoint); with none there it starts from scratch. ``bytes_per_token`` (of the
-        validation text) turns the validation loss into bits per byte. Raises :class:`TrainingInterrupted`
-        after saving a checkpoint when SIGINT/SIGTERM stops the run.
+        Batches come from ``train_dataloader`` (``gptrs.data.prepare_data`` builds them from a config).
+        ``resume=True`` continues from the newest complete checkpoint in the run dir (a path: from that
+        checkpoint); with none there it starts from scratch. ``bytes_per_token`` (of the validation text)
+        turns the validation loss into bits per byte. ``on_step(info)`` is called after every optimizer
+        step with ``step``, ``train_s`` (training seconds so far in this call: steps and log lines, not
+        evaluations, checkpoints or the callback itself), ``train`` and ``eval`` (the records logged at
+        this step, or None). ``time_budget_s`` ends the run (evaluated and saved as at ``max_steps``) once
+        ``train_s`` reaches it, so runs can be compared at equal training time. Raises
+        :class:`TrainingInterrupted` after saving a checkpoint when SIGINT/SIGTERM stops the run.
         """
-        lock = RunLock(self.run_dir).acquire() if self.run_dir is not None and self.is_main else None
+        lock = None
+        if self.run_dir is not None and self.is_main and self.run_lock is None:
+            lock = RunLock(self.run_dir).acquire()
         stop = StopRequest(announce=self.is_main)
         try:
             with stop.handling():
                 run = self._start(train_dataloader, eval_dataloader, resume, bytes_per_token, stop)
+                run.on_step, run.time_budget_s = on_step, time_budget_s
                 return self._train(run)
         finally:
             if lock is not None:
@@ -167,6 +184,7 @@ class Trainer:
         faults.point("train")
         try:
             while c.step < run.max_steps:
+                t0 = time.perf_counter()
                 lr = run.schedule(c.step)
                 log_now = (c.step + 1) % tc.log_interval == 0 or c.step + 1 == run.max_steps
                 try:
@@ -176,12 +194,27 @@ class Trainer:
                     break
                 if log_now:
                     self._log(run, lr, grad_norm)
+                run.train_s += time.perf_counter() - t0
+                budget = run.time_budget_s  # under DDP every rank stops at the same step
+                if budget is not None and any_rank(run.train_s >= budget, self.device):
+                    run.stop_reason = "time_budget"
+                    log.info("time budget of %.0f s reached at step %d", budget, c.step)
                 improved = False
-                eval_due = c.step % tc.eval_interval == 0 or c.step == run.max_steps
+                eval_due = c.step % tc.eval_interval == 0 or c.step == run.max_steps or bool(run.stop_reason)
                 with Pause() as pause:  # not a training step: left out of the next log line's throughput
-                    if run.eval_loader is not None and eval_due:
+                    evaluated = run.eval_loader is not None and eval_due
+                    if evaluated:
                         improved = self._evaluate_and_track(run)
                     final = self._checkpoint(run, improved)
+                    if run.on_step is not None:
+                        run.on_step(
+                            {
+                                "step": c.step,
+                                "train_s": run.train_s,
+                                "train": run.last_train if log_now else None,
+                                "eval": run.last_eval if evaluated else None,
+                            }
+                        )
                 run.metrics.exclude_time(pause.seconds)
                 if final:
                     break
@@ -233,6 +266,17 @@ class Trainer:
         c.interval_steps += 1
         run.metrics.bar.update(1)
         return grad_norm
+
+    def step_fn(self, train_dataloader: Iterable[Any]) -> Callable[[], None]:
+        """A function that takes one optimizer step per call exactly as ``train()`` does (schedule,
+        autocast, micro-batches, clipping, the optimizer; no logging, evaluation or checkpoints), for
+        benchmarks that time our steps one by one, interleaved with a peer's."""
+        run = self._start(train_dataloader, None, False, None, StopRequest(announce=False))
+
+        def step() -> None:
+            self._step(run, run.schedule(self._counters.step), need_norm=False)
+
+        return step
 
     def _data_exhausted(self, run: _Run) -> None:
         c = self._counters
@@ -337,7 +381,7 @@ class Trainer:
 
     def _start(
         self,
-        train_loader: Iterable[Any] | None,
+        train_loader: Iterable[Any],
         eval_loader: Iterable[Any] | None,
         resume_from: bool | str | os.PathLike[str],
         bytes_per_token: float | None,
@@ -345,9 +389,6 @@ class Trainer:
     ) -> _Run:
         """Data, schedule, optimizer, the resumed (or freshly seeded) state, sinks: all the loop needs."""
         tc = self.config.training
-        if train_loader is None:
-            train_loader, built_eval = self._build_data()
-            eval_loader = eval_loader if eval_loader is not None else built_eval
         if bytes_per_token is not None:
             self.data_stats["val_bytes_per_token"] = bytes_per_token
         max_steps = total_steps(tc, train_loader)
@@ -459,6 +500,7 @@ class Trainer:
             "train_loss": run.last_train.get("loss", self._last_logged("loss")),
             "best_val_loss": c.best_val_loss if math.isfinite(c.best_val_loss) else None,
             "elapsed_s": time.perf_counter() - run.metrics.started,
+            "train_s": run.train_s,
             "resumed": run.resumed,
             "start_step": run.start_step,  # what this call trained: step - start_step
             "start_tokens": run.start_tokens,
@@ -488,30 +530,6 @@ class Trainer:
             if not self.dist.is_distributed:  # evaluation runs unwrapped: reuse the compiled model there
                 self._eval_model = model
         return model
-
-    def _build_data(self) -> tuple[Iterable[Any], Iterable[Any]]:
-        """Training and validation batches from the one data pipeline, ``gptrs.data.prepare_data``."""
-        from gptrs.data import prepare_data
-
-        if self.run_dir is None:
-            raise GptrsError(
-                "Trainer.train() without data loaders needs a run_dir (for the tokenizer and token cache)"
-            )
-        bundle = prepare_data(
-            self.config,
-            self.run_dir,
-            self.tokenizer,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
-            device=self.device,
-            log=log.info if self.is_main else log.debug,
-        )
-        self.tokenizer = bundle.tokenizer
-        self.data_stats = dict(bundle.stats)
-        val = (
-            bundle.val.shard(self.dist.rank, self.dist.world_size) if self.dist.is_distributed else bundle.val
-        )
-        return bundle.train, val
 
     # ------------------------------------------------------------------------------------------------ eval
 
