@@ -753,7 +753,8 @@ def test_presets_state_their_counts() -> None:
 
 
 def test_defaults_are_the_small_preset() -> None:
-    """Config() is the small preset, what `python -m gptrs.train` trains with no arguments."""
+    """Config() is the small preset (the GPT-2 recipe); `python -m gptrs.train` with no arguments trains
+    nanochat-small instead (tests/test_recipe.py)."""
     small = load_config(Path(__file__).resolve().parents[1] / "configs" / "small.yaml")
     assert config_to_dict(Config()) == config_to_dict(small)
 
