@@ -118,6 +118,10 @@ def serve(args: argparse.Namespace) -> int:
         # Connections beyond what the batch and queue can hold get 503 before any body is read.
         limit_concurrency=args.max_batch + args.max_queue + 64,
     )
+    # uvicorn re-raises the signal that stopped it once it is done; these handlers take it, so a graceful
+    # stop logs its summary and exits 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     _server_class(state)(config).run()
     engine.stop(drain=False, timeout=10)
     log.info("stopped (%d tokens generated in %d decode steps)", engine.tokens_out, engine.steps)
