@@ -61,11 +61,30 @@ def prepare_model(tmp: Path, quick: bool) -> tuple[Path, Path]:
     run, hf = tmp / "run", tmp / "hf"
     sets = ["training.eval_interval=100000", "training.sample_tokens=0", "training.log_interval=50"]
     if quick:  # tiny shapes: only checks that every server answers
-        sets += ["model.num_layers=1", "model.embed_dim=64", "model.ff_dim=128", "model.heads=2",
-                 "model.max_seq_len=128", "tokenizer.vocab_size=300", "data.num_training_samples=100"]  # fmt: skip
+        sets += [
+            "model.num_layers=1",
+            "model.embed_dim=64",
+            "model.ff_dim=128",
+            "model.heads=2",
+            "model.max_seq_len=128",
+            "tokenizer.vocab_size=300",
+            "data.num_training_samples=100",
+        ]
     steps = 20 if quick else 200
-    cmd = [sys.executable, "-m", "gptrs.train", "--config", "nanochat-small", "--out", str(run), "--device",
-           "cpu", "--max-steps", str(steps), *(a for s in sets for a in ("--set", s))]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "gptrs.train",
+        "--config",
+        "nanochat-small",
+        "--out",
+        str(run),
+        "--device",
+        "cpu",
+        "--max-steps",
+        str(steps),
+        *(a for s in sets for a in ("--set", s)),
+    ]
     subprocess.run(cmd, env=_env(), check=True, capture_output=True, text=True)
     cmd = [sys.executable, "-m", "gptrs.export", "--model-path", str(run), "--format", "hf", "--out", str(hf)]
     subprocess.run(cmd, env=_env(), check=True, capture_output=True, text=True)
@@ -93,11 +112,33 @@ def server(kind: str, run: Path, hf: Path, threads: int) -> Iterator[str]:
     """Start one server, wait until it answers /health, yield its base URL, stop it."""
     port = _free_port()
     if kind == "gptrs":
-        cmd = [sys.executable, "-m", "gptrs.serve", "--model-path", str(run), "--port", str(port), "--device", "cpu",
-               "--log-level", "WARNING"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "gptrs.serve",
+            "--model-path",
+            str(run),
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+            "--log-level",
+            "WARNING",
+        ]
     else:
-        cmd = [shutil.which("transformers") or "transformers", "serve", str(hf), "--port", str(port),
-               "--host", "127.0.0.1", "--device", "cpu", "--log-level", "warning"]  # fmt: skip
+        cmd = [
+            shutil.which("transformers") or "transformers",
+            "serve",
+            str(hf),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--device",
+            "cpu",
+            "--log-level",
+            "warning",
+        ]
         cmd.append("--continuous-batching" if kind == "transformers-cb" else "--no-continuous-batching")
     env = _env() | {"OMP_NUM_THREADS": str(threads)}
     log = tempfile.TemporaryFile()
@@ -132,8 +173,15 @@ def one_request(url: str, model: str, i: int) -> dict[str, Any]:
     """One streaming completion: time to first text, total time, tokens, and whether it came back whole."""
     import requests
 
-    body = {"model": model, "prompt": f"def f{i}(x", "max_tokens": NEW_TOKENS, "temperature": 1.0, "seed": i,
-            "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+    body: dict[str, Any] = {
+        "model": model,
+        "prompt": f"def f{i}(x",
+        "max_tokens": NEW_TOKENS,
+        "temperature": 1.0,
+        "seed": i,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     t0 = time.perf_counter()
     first = None
     chunks, usage, finish, done = 0, None, None, False
@@ -262,8 +310,10 @@ def _ratios(out: dict[str, Any], clients: tuple[int, ...]) -> tuple[dict[str, An
     for c in clients:
         best = max((p[str(c)]["tokens_per_s"] for p in peers), default=math.nan)
         p99 = min((p[str(c)]["latency_p99_s"] for p in peers), default=math.nan)
-        ratios[str(c)] = {"throughput_vs_best_transformers": ours[str(c)]["tokens_per_s"] / best,
-                          "p99_lower": ours[str(c)]["latency_p99_s"] < p99}  # fmt: skip
+        ratios[str(c)] = {
+            "throughput_vs_best_transformers": ours[str(c)]["tokens_per_s"] / best,
+            "p99_lower": ours[str(c)]["latency_p99_s"] < p99,
+        }
     goals = {}
     if peers:
         for name, (c, x) in GOALS.items():
@@ -288,8 +338,18 @@ def print_table(out: dict[str, Any]) -> None:
             ratio = (
                 out["ratios"].get(str(c), {}).get("throughput_vs_best_transformers") if k == "gptrs" else None
             )
-            rows.append([k, c, m["tokens_per_s"], m["ttft_p50_ms"], m["latency_p50_s"], m["latency_p99_s"],
-                         f"{m['complete']}" + (f"  ({ratio:.2f}x)" if ratio is not None and not math.isnan(ratio) else "")])  # fmt: skip
+            rows.append(
+                [
+                    k,
+                    c,
+                    m["tokens_per_s"],
+                    m["ttft_p50_ms"],
+                    m["latency_p50_s"],
+                    m["latency_p99_s"],
+                    f"{m['complete']}"
+                    + (f"  ({ratio:.2f}x)" if ratio is not None and not math.isnan(ratio) else ""),
+                ]
+            )
     table = [
         [r[0], str(r[1])] + [common.fmt(v, 1) if isinstance(v, float) else str(v) for v in r[2:]]
         for r in rows

@@ -56,8 +56,20 @@ def env() -> dict[str, str]:
 
 def train(out: Path, config: str) -> Path:
     sets = [a for s in TRAIN_SETS for a in ("--set", s)]
-    cmd = [sys.executable, "-m", "gptrs.train", "--config", config, "--out", str(out), "--device", "cpu",
-           "--max-steps", "200", *sets]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "gptrs.train",
+        "--config",
+        config,
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--max-steps",
+        "200",
+        *sets,
+    ]
     done = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     return out
@@ -192,8 +204,11 @@ def test_stop_sequences_and_token_prompts(nano_server: Server, nanochat_run: Pat
     full = reference(nanochat_run, "class ", 30)
     stop = full.strip()[2:4]
     assert stop, full
-    r = requests.post(f"{nano_server.url}/v1/completions", timeout=60,
-                   json={"prompt": "class ", "max_tokens": 30, "temperature": 0, "stop": [stop]}).json()  # fmt: skip
+    r = requests.post(
+        f"{nano_server.url}/v1/completions",
+        timeout=60,
+        json={"prompt": "class ", "max_tokens": 30, "temperature": 0, "stop": [stop]},
+    ).json()
     assert r["choices"][0]["text"] == full[: full.index(stop)]
     assert r["choices"][0]["finish_reason"] == "stop"
     # The same prompt as token ids (the separator included, as a string prompt is encoded) gives the same text.
@@ -202,8 +217,11 @@ def test_stop_sequences_and_token_prompts(nano_server: Server, nanochat_run: Pat
 
     tok = BPETokenizer.load(str(nanochat_run / "tokenizer.json"))
     ids = encode_prompt(tok, "class ")
-    r = requests.post(f"{nano_server.url}/v1/completions", timeout=60,
-                   json={"prompt": ids, "max_tokens": 30, "temperature": 0}).json()  # fmt: skip
+    r = requests.post(
+        f"{nano_server.url}/v1/completions",
+        timeout=60,
+        json={"prompt": ids, "max_tokens": 30, "temperature": 0},
+    ).json()
     assert r["choices"][0]["text"] == full
     assert r["usage"]["prompt_tokens"] == len(ids)
 
@@ -278,8 +296,10 @@ def _stream_until_first_token(url: str, body: dict[str, object]) -> socket.socke
     host, port = url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)))
     data = json.dumps(body).encode()
-    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\n\r\n%s" % (len(data), data))  # fmt: skip
+    sock.sendall(
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(data), data)
+    )
     got = b""
     while b"data: " not in got:
         got += sock.recv(4096)
@@ -299,8 +319,11 @@ def test_a_client_that_disconnects_frees_its_row_at_once(nano_server: Server) ->
 def test_a_full_queue_answers_429_at_once(nanochat_run: Path) -> None:
     with serving(nanochat_run, "--max-batch", "1", "--max-queue", "1") as server:
         busy = [_stream_until_first_token(server.url, {"prompt": "a", "max_tokens": 4096, "stream": True})]
-        waiting = threading.Thread(target=lambda: requests.post(f"{server.url}/v1/completions", timeout=60,
-                                                             json={"prompt": "b", "max_tokens": 2}))  # fmt: skip
+        waiting = threading.Thread(
+            target=lambda: requests.post(
+                f"{server.url}/v1/completions", timeout=60, json={"prompt": "b", "max_tokens": 2}
+            )
+        )
         waiting.start()
         while server.health()["waiting"] != 1:
             time.sleep(0.02)
@@ -330,8 +353,9 @@ def test_sigterm_finishes_running_requests_and_refuses_new_ones(gpt2_run: Path) 
         # The GPT-2 family: learned positions, so prompt + max_tokens must fit the 64-token context.
         r = requests.post(f"{server.url}/v1/completions", json={"prompt": "x" * 40, "max_tokens": 60})
         assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
-        sock = _stream_until_first_token(server.url, {"prompt": "def ", "max_tokens": 50, "stream": True,
-                                                      "temperature": 0.0})  # fmt: skip
+        sock = _stream_until_first_token(
+            server.url, {"prompt": "def ", "max_tokens": 50, "stream": True, "temperature": 0.0}
+        )
         server.proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         with pytest.raises(requests.RequestException):  # the listening socket is closed
@@ -461,8 +485,15 @@ def _rss_kb(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-HOSTILE = [b"{", b'{"prompt": 5}', b'{"prompt": "x", "max_tokens": -1}', b"\x00" * 100, b'{"prompt": ["a", 1]}',
-           b'{"prompt": "x", "n": 99}', b"[]" * 1000]  # fmt: skip
+HOSTILE = [
+    b"{",
+    b'{"prompt": 5}',
+    b'{"prompt": "x", "max_tokens": -1}',
+    b"\x00" * 100,
+    b'{"prompt": ["a", 1]}',
+    b'{"prompt": "x", "n": 99}',
+    b"[]" * 1000,
+]
 
 
 def test_soak_good_and_hostile_requests_mixed(nanochat_run: Path) -> None:

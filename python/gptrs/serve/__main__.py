@@ -31,18 +31,56 @@ API_KEY_ENV = "GPTRS_API_KEY"
 
 def build_parser(prog: str = TAG) -> argparse.ArgumentParser:
     p = make_parser(prog, summary(__doc__), tag=TAG)
-    p.add_argument("--model-path", required=True, metavar="DIR", help="checkpoint directory, or a run directory")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument(
+        "--model-path", required=True, metavar="DIR", help="checkpoint directory, or a run directory"
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
     p.add_argument("--port", type=int, default=8000, help="default 8000 (0: any free port, logged)")
-    p.add_argument("--api-key", metavar="KEY", help=f"require 'Authorization: Bearer KEY' (or set {API_KEY_ENV})")
+    p.add_argument(
+        "--api-key", metavar="KEY", help=f"require 'Authorization: Bearer KEY' (or set {API_KEY_ENV})"
+    )
     p.add_argument("--device", default="auto", metavar="DEVICE", help="auto (default), cpu, cuda or mps")
-    p.add_argument("--max-batch", type=int, default=32, metavar="N", help="rows decoded together (default 32)")
-    p.add_argument("--max-queue", type=int, default=256, metavar="N", help="requests waiting beyond those (default 256; more get 429)")
-    p.add_argument("--max-tokens", type=int, default=None, metavar="N", help="cap on a request's max_tokens (default: the context, or 4096 for rotary models)")
-    p.add_argument("--max-prompt-tokens", type=int, default=None, metavar="N", help="cap on a prompt's tokens (default: the context)")
-    p.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="N", help="largest request body (default 1 MiB)")
-    p.add_argument("--drain-seconds", type=float, default=30.0, metavar="S", help="on SIGTERM, how long running requests may finish (default 30)")
-    return p  # fmt: skip
+    p.add_argument(
+        "--max-batch", type=int, default=32, metavar="N", help="rows decoded together (default 32)"
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=256,
+        metavar="N",
+        help="requests waiting beyond those (default 256; more get 429)",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="cap on a request's max_tokens (default: the context, or 4096 for rotary models)",
+    )
+    p.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="cap on a prompt's tokens (default: the context)",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=1 << 20,
+        metavar="N",
+        help="largest request body (default 1 MiB)",
+    )
+    p.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="on SIGTERM, how long running requests may finish (default 30)",
+    )
+    return p
 
 
 def _positive(name: str, value: int | float | None) -> None:
@@ -100,15 +138,28 @@ def serve(args: argparse.Namespace) -> int:
     )
     app = create_app(state)
     if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
-        log.warning("listening on %s without an API key: anyone who can reach this port can use the model "
-                    "(give --api-key or %s)", args.host, API_KEY_ENV)  # fmt: skip
+        log.warning(
+            "listening on %s without an API key: anyone who can reach this port can use the model "
+            "(give --api-key or %s)",
+            args.host,
+            API_KEY_ENV,
+        )
     log.info(
         "model %s (%s, %s positions, context %d, vocab %d) on %s; limits: batch %d, queue %d, max_tokens %d, "
         "prompt %d tokens, body %d bytes%s",
-        model_id, cfg.arch, "learned" if learned else "rotary", ctx, state.vocab_size, device, args.max_batch,
-        args.max_queue, limits.max_tokens, limits.max_prompt_tokens, limits.max_body_bytes,
+        model_id,
+        cfg.arch,
+        "learned" if learned else "rotary",
+        ctx,
+        state.vocab_size,
+        device,
+        args.max_batch,
+        args.max_queue,
+        limits.max_tokens,
+        limits.max_prompt_tokens,
+        limits.max_body_bytes,
         ", API key required" if api_key else "",
-    )  # fmt: skip
+    )
     config = uvicorn.Config(
         app,
         host=args.host,

@@ -43,8 +43,14 @@ class Limits:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
-                 code: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        kind: str = "invalid_request_error",
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.kind, self.code = status, message, param, kind, code
 
@@ -70,10 +76,26 @@ def _bad(param: str, message: str) -> ApiError:
 
 
 KNOWN_FIELDS = {
-    "model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "n", "stream", "stream_options",
-    "stop", "seed", "echo", "logprobs", "best_of", "suffix", "presence_penalty", "frequency_penalty",
-    "logit_bias", "user",
-}  # fmt: skip
+    "model",
+    "prompt",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "n",
+    "stream",
+    "stream_options",
+    "stop",
+    "seed",
+    "echo",
+    "logprobs",
+    "best_of",
+    "suffix",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "user",
+}
 
 
 @dataclass(frozen=True)
@@ -116,8 +138,13 @@ def parse_completion(
     if model is not None and not isinstance(model, str):
         raise _bad("model", "must be a string")
     # Fields this server does not implement: refused when set to anything but their "off" value.
-    for name, off in (("logprobs", (0,)), ("suffix", ("",)), ("presence_penalty", (0,)),
-                      ("frequency_penalty", (0,)), ("logit_bias", ({},))):  # fmt: skip
+    for name, off in (
+        ("logprobs", (0,)),
+        ("suffix", ("",)),
+        ("presence_penalty", (0,)),
+        ("frequency_penalty", (0,)),
+        ("logit_bias", ({},)),
+    ):
         v = body.get(name)
         if v is not None and v not in off:
             raise _bad(name, "is not supported by this server")
@@ -165,10 +192,25 @@ def parse_completion(
     if limits.learned_positions:
         longest = max(len(p) for p in prompts)
         if longest + max_tokens > limits.max_seq_len:
-            raise _bad("max_tokens", f"the prompt ({longest} tokens) + max_tokens ({max_tokens}) is more than "
-                       f"the model's context of {limits.max_seq_len} tokens")  # fmt: skip
-    return Completion(prompts, texts, max_tokens, temperature, None if top_p == 1 else top_p, top_k, n, stream,
-                      include_usage, stop, seed, echo)  # fmt: skip
+            raise _bad(
+                "max_tokens",
+                f"the prompt ({longest} tokens) + max_tokens ({max_tokens}) is more than "
+                f"the model's context of {limits.max_seq_len} tokens",
+            )
+    return Completion(
+        prompts,
+        texts,
+        max_tokens,
+        temperature,
+        None if top_p == 1 else top_p,
+        top_k,
+        n,
+        stream,
+        include_usage,
+        stop,
+        seed,
+        echo,
+    )
 
 
 def _parse_prompts(
@@ -304,8 +346,14 @@ def create_app(state: ServeState) -> FastAPI:
             given = request.headers.get("authorization", "")
             expected = f"Bearer {state.api_key}"
             if not hmac.compare_digest(given.encode(), expected.encode()):
-                return error_response(ApiError(401, "missing or wrong API key (Authorization: Bearer KEY)",
-                                               kind="authentication_error", code="invalid_api_key"))  # fmt: skip
+                return error_response(
+                    ApiError(
+                        401,
+                        "missing or wrong API key (Authorization: Bearer KEY)",
+                        kind="authentication_error",
+                        code="invalid_api_key",
+                    )
+                )
         if state.draining and path.startswith("/v1/"):
             return error_response(ApiError(503, "the server is shutting down", kind="server_error"))
         try:
@@ -336,19 +384,31 @@ def create_app(state: ServeState) -> FastAPI:
     async def health() -> JSONResponse:
         running, waiting = state.engine.load
         status = "draining" if state.draining else "ok"
-        return JSONResponse({"status": status, "model": state.model_id, "running": running, "waiting": waiting},
-                            status_code=503 if state.draining else 200)  # fmt: skip
+        return JSONResponse(
+            {"status": status, "model": state.model_id, "running": running, "waiting": waiting},
+            status_code=503 if state.draining else 200,
+        )
 
     @app.get("/v1/models")
     async def models() -> JSONResponse:
-        card = {"id": state.model_id, "object": "model", "created": state.created, "owned_by": "gptrs",
-                "max_model_len": state.limits.max_seq_len}  # fmt: skip
+        card = {
+            "id": state.model_id,
+            "object": "model",
+            "created": state.created,
+            "owned_by": "gptrs",
+            "max_model_len": state.limits.max_seq_len,
+        }
         return JSONResponse({"object": "list", "data": [card]})
 
     @app.post("/v1/chat/completions")
     async def chat() -> JSONResponse:
-        raise ApiError(404, f"{state.model_id} is a base model, not a chat model, so /v1/chat/completions is not "
-                       "supported; use /v1/completions with a prompt to continue", "model", code="model_not_chat")  # fmt: skip
+        raise ApiError(
+            404,
+            f"{state.model_id} is a base model, not a chat model, so /v1/chat/completions is not "
+            "supported; use /v1/completions with a prompt to continue",
+            "model",
+            code="model_not_chat",
+        )
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -357,8 +417,11 @@ def create_app(state: ServeState) -> FastAPI:
         rid = f"cmpl-{uuid.uuid4().hex[:24]}"
         streams = _submit_all(state, c)
         if c.stream:
-            return StreamingResponse(_stream_events(state, c, rid, streams), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
+            return StreamingResponse(
+                _stream_events(state, c, rid, streams),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
         return await _complete(state, c, rid, streams, request)
 
     return app
@@ -417,8 +480,9 @@ def _usage(c: Completion, streams: list[tuple[int, int, Stream]], counts: dict[i
     return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
 
 
-async def _complete(state: ServeState, c: Completion, rid: str, streams: list[tuple[int, int, Stream]],
-                    request: Request) -> JSONResponse:  # fmt: skip
+async def _complete(
+    state: ServeState, c: Completion, rid: str, streams: list[tuple[int, int, Stream]], request: Request
+) -> JSONResponse:
     counts: dict[int, int] = {}
 
     async def one(p: int, i: int, s: Stream) -> dict[str, Any]:
@@ -433,10 +497,10 @@ async def _complete(state: ServeState, c: Completion, rid: str, streams: list[tu
         while not await request.is_disconnected():
             await asyncio.sleep(0.05)
 
-    work = asyncio.gather(*(one(p, i, s) for p, i, s in streams))
-    watcher = asyncio.ensure_future(watch())
+    work: asyncio.Future[list[dict[str, Any]]] = asyncio.gather(*(one(p, i, s) for p, i, s in streams))
+    watcher: asyncio.Future[None] = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait([work, watcher], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([work, watcher], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
         if not work.done():
             for _, _, s in streams:
                 state.engine.cancel(s)
@@ -451,13 +515,20 @@ async def _complete(state: ServeState, c: Completion, rid: str, streams: list[tu
         watcher.cancel()
         for _, _, s in streams:
             state.engine.cancel(s)  # a no-op for finished rows; frees them on any error above
-    body = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": state.model_id,
-            "choices": choices, "usage": _usage(c, streams, counts)}  # fmt: skip
+    body = {
+        "id": rid,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": state.model_id,
+        "choices": choices,
+        "usage": _usage(c, streams, counts),
+    }
     return JSONResponse(body)
 
 
-async def _stream_events(state: ServeState, c: Completion, rid: str,
-                         streams: list[tuple[int, int, Stream]]) -> AsyncIterator[bytes]:  # fmt: skip
+async def _stream_events(
+    state: ServeState, c: Completion, rid: str, streams: list[tuple[int, int, Stream]]
+) -> AsyncIterator[bytes]:
     created = int(time.time())
     counts: dict[int, int] = {}
     events: asyncio.Queue[tuple[int, str, str | None] | None] = asyncio.Queue()
@@ -477,8 +548,13 @@ async def _stream_events(state: ServeState, c: Completion, rid: str,
             await events.put(None)
 
     def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
-        obj: dict[str, Any] = {"id": rid, "object": "text_completion", "created": created,
-                               "model": state.model_id, "choices": choices}  # fmt: skip
+        obj: dict[str, Any] = {
+            "id": rid,
+            "object": "text_completion",
+            "created": created,
+            "model": state.model_id,
+            "choices": choices,
+        }
         if c.include_usage:
             obj["usage"] = usage
         return _sse(obj)
