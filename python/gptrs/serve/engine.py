@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from gptrs.model.sampling import sample_next_token
+
 log = logging.getLogger("gptrs.serve")
 
 
@@ -80,8 +82,14 @@ class Stream:
 
 @dataclass
 class _Row:
+    """A running request: its stream, its token budget, and its decoding state."""
+
     stream: Stream
-    tokens: Iterator[torch.Tensor]
+    limit: int
+    tokens: Iterator[torch.Tensor] | None = None  # per-request loop: its generate_stream
+    generator: torch.Generator | None = None  # batched loop: its own sampling RNG (None: the global one)
+    cache: Any = None  # batched loop: its prefilled 1-row cache until it joins the batch
+    first: torch.Tensor | None = None  # ... and its first token
     produced: int = 0
 
 
@@ -101,9 +109,14 @@ class Engine:
         self._accepting = True
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self.steps = (
-            0  # decode steps taken (all rows at once): a batch of 8 takes ~1/8 of the steps of 8 alone
-        )
+        # The batched loop needs row-independent KV caches (KVCache.select/merge, "One GPT"); without them
+        # each request runs its own model.generate_stream, interleaved step by step (correct, not batched).
+        self.batched = hasattr(model, "new_kv_cache") and hasattr(_kv_cache_class(), "merge")
+        self.positions = getattr(model.config, "positions", None)
+        self.device = next(model.parameters()).device
+        self._cache: Any = None  # the batch's KV cache (batched loop), rows in the order of self._rows
+        self._last: torch.Tensor | None = None  # each row's last token, the input of the next step
+        self.steps = 0  # decode steps taken, all rows at once
         self.tokens_out = 0
 
     # ------------------------------------------------------------------ the HTTP side (event loop thread)
@@ -157,60 +170,123 @@ class Engine:
 
     # ------------------------------------------------------------------ the engine thread
 
-    def _finish(self, stream: Stream, reason: str, error: str | None = None) -> None:
+    def _finish(self, row_or_stream: _Row | Stream, reason: str, error: str | None = None) -> None:
+        stream = row_or_stream.stream if isinstance(row_or_stream, _Row) else row_or_stream
         stream.finish_reason, stream.error = reason, error
         stream._put(_END)
 
-    def _admit(self) -> None:
-        """Move waiting requests into free rows (called with the lock held)."""
-        while self._waiting and len(self._rows) < self.max_batch:
-            stream = self._waiting.popleft()
-            if stream.cancelled.is_set():
-                self._finish(stream, "cancelled")
-                continue
-            r = stream.request
-            ids = torch.tensor([r.prompt_ids], dtype=torch.long, device=_device(self.model))
+    def _deliver(self, row: _Row, token: int) -> bool:
+        """Hand one new token to the request; False once the request is done (and told so)."""
+        row.produced += 1
+        self.tokens_out += 1
+        if token == row.stream.request.eos_token_id:
+            self._finish(row, "stop")
+            return False
+        row.stream._put(token)
+        if row.produced >= row.limit:
+            self._finish(row, "length")
+            return False
+        return True
+
+    def _start(self, stream: Stream) -> _Row | None:
+        """A running row for the request (its first token already delivered on the batched path), or None
+        when it is already done."""
+        r = stream.request
+        limit = r.max_tokens
+        if self.positions == "learned":  # a row may not hold more than the context
+            limit = min(limit, int(self.model.config.max_seq_len) - len(r.prompt_ids))
+        if limit < 1:
+            self._finish(stream, "length")
+            return None
+        ids = torch.tensor([r.prompt_ids], dtype=torch.long, device=self.device)
+        gen = torch.Generator(device=self.device).manual_seed(r.seed) if r.seed is not None else None
+        if not self.batched:
             tokens = self.model.generate_stream(
-                ids,
-                r.max_tokens,
-                temperature=r.temperature,
-                top_k=r.top_k,
-                top_p=r.top_p,
-                eos_token_id=r.eos_token_id,
-                seed=r.seed,
-            )
-            self._rows.append(_Row(stream, tokens))
+                ids, limit, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
+                eos_token_id=r.eos_token_id, seed=r.seed,
+            )  # fmt: skip
+            return _Row(stream, limit, tokens=tokens)
+        row = _Row(stream, limit, generator=gen)
+        cache = self.model.new_kv_cache(1)
+        logits, _ = self.model(ids, kv_cache=cache)  # the prompt, in a cache of its own
+        token = self._pick(logits[:, -1], [row])
+        if not self._deliver(row, int(token[0])):
+            return None
+        row.cache, row.first = cache, token
+        return row
+
+    def _pick(self, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
+        """One token per row, each with its own sampling settings and generator (greedy rows in one op)."""
+        out = logits.argmax(dim=-1)
+        for i, row in enumerate(rows):
+            r = row.stream.request
+            if r.temperature > 0:
+                out[i] = sample_next_token(logits[i : i + 1], r.temperature, r.top_k, r.top_p, row.generator)[
+                    0
+                ]
+        return out
+
+    def _drop(self, keep: list[int]) -> None:
+        """Keep only these rows of the batch (and of its cache)."""
+        if len(keep) == len(self._rows):
+            return
+        self._rows = [self._rows[i] for i in keep]
+        if self.batched:
+            if not keep:
+                self._cache = self._last = None
+            else:
+                index = torch.tensor(keep, dtype=torch.long, device=self.device)
+                self._cache = self._cache.select(index)
+                assert self._last is not None
+                self._last = self._last[index]
+
+    def _join(self, new: list[_Row]) -> None:
+        if self.batched and new:
+            caches = ([self._cache] if self._cache is not None else []) + [r.cache for r in new]
+            self._cache = _kv_cache_class().merge(caches)
+            lasts = ([self._last] if self._last is not None else []) + [r.first for r in new]
+            self._last = torch.cat(lasts)  # type: ignore[arg-type]
+            for r in new:
+                r.cache = r.first = None
+        self._rows.extend(new)
 
     def _step(self) -> None:
         """One new token for every running row."""
-        keep: list[_Row] = []
-        for row in self._rows:
-            s = row.stream
-            if s.cancelled.is_set():
-                self._finish(s, "cancelled")
-                continue
-            try:
-                t = next(row.tokens, None)
-            except Exception as e:  # a bad request must not take the loop (and every other row) down
-                log.exception("request failed")
-                self._finish(s, "error", f"{type(e).__name__}: {e}")
-                continue
-            if t is None:  # the loop stopped early: that only happens at EOS
-                self._finish(s, "stop")
-                continue
-            token = int(t[0])
-            row.produced += 1
-            self.tokens_out += 1
-            if token == s.request.eos_token_id:
-                self._finish(s, "stop")
-                continue
-            s._put(token)
-            if row.produced >= s.request.max_tokens:
-                self._finish(s, "length")
-                continue
-            keep.append(row)
-        self._rows = keep
+        self._drop([i for i, row in enumerate(self._rows) if not self._cancelled(row)])
+        if not self._rows:
+            return
+        keep: list[int] = []
+        if self.batched:
+            assert self._last is not None
+            logits, _ = self.model(self._last[:, None], kv_cache=self._cache)
+            tokens = self._pick(logits[:, -1], self._rows)
+            self._last = tokens
+            for i, (row, t) in enumerate(zip(self._rows, tokens.tolist(), strict=True)):
+                if self._deliver(row, t):
+                    keep.append(i)
+        else:
+            for i, row in enumerate(self._rows):
+                t = next(row.tokens, None) if row.tokens is not None else None
+                if t is None:  # its loop stopped early: that only happens at EOS
+                    self._finish(row, "stop")
+                elif self._deliver(row, int(t[0])):
+                    keep.append(i)
+        self._drop(keep)
         self.steps += 1
+
+    def _cancelled(self, row: _Row) -> bool:
+        if row.stream.cancelled.is_set():
+            self._finish(row, "cancelled")
+            return True
+        return False
+
+    def _fail_all(self, e: Exception) -> None:
+        """A step that raised (a bug, or out of memory) ends every running request with an error, and the
+        loop carries on with the next ones."""
+        log.exception("decode step failed; ending the %d running requests", len(self._rows))
+        for row in self._rows:
+            self._finish(row, "error", f"{type(e).__name__}: {e}")
+        self._rows, self._cache, self._last = [], None, None
 
     def _run(self) -> None:
         with torch.inference_mode():
@@ -220,9 +296,30 @@ class Engine:
                         self._cond.wait()
                     if self._stopping and not self._rows and not self._waiting:
                         return
-                    self._admit()
-                self._step()
+                    arriving: list[Stream] = []
+                    while self._waiting and len(self._rows) + len(arriving) < self.max_batch:
+                        arriving.append(self._waiting.popleft())
+                new: list[_Row] = []
+                for stream in arriving:  # prefilled outside the lock: submit() never waits on the model
+                    if stream.cancelled.is_set():
+                        self._finish(stream, "cancelled")
+                        continue
+                    try:
+                        row = self._start(stream)
+                    except Exception as e:  # a request that fails alone must not take the others down
+                        log.exception("request failed")
+                        self._finish(stream, "error", f"{type(e).__name__}: {e}")
+                        continue
+                    if row is not None:
+                        new.append(row)
+                try:
+                    self._join(new)
+                    self._step()
+                except Exception as e:
+                    self._fail_all(e)
 
 
-def _device(model: Any) -> torch.device:
-    return next(model.parameters()).device
+def _kv_cache_class() -> Any:
+    import gptrs.model as m
+
+    return getattr(m, "KVCache", None)
