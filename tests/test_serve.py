@@ -226,6 +226,18 @@ def test_stop_sequences_and_token_prompts(nano_server: Server, nanochat_run: Pat
     assert r["usage"]["prompt_tokens"] == len(ids)
 
 
+def test_several_prompts_with_echo(nano_server: Server, nanochat_run: Path) -> None:
+    prompts = ["def ", "import "]
+    r = requests.post(
+        f"{nano_server.url}/v1/completions",
+        timeout=60,
+        json={"prompt": prompts, "max_tokens": 12, "temperature": 0, "echo": True},
+    ).json()
+    assert [c["index"] for c in r["choices"]] == [0, 1]
+    for p, c in zip(prompts, r["choices"], strict=True):
+        assert c["text"] == p + reference(nanochat_run, p, 12)
+
+
 BAD_BODIES = [
     ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
     ({"prompt": "x", "max_tokens": 10**9}, "max_tokens"),

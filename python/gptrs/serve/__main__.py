@@ -122,7 +122,9 @@ def serve(args: argparse.Namespace) -> int:
         max_seq_len=ctx,
     )
     token_bytes, specials = _token_bytes_fn(tok)
-    model_id = Path(args.model_path).resolve().name
+    # The run's name: a run directory's own, or the run a checkpoint directory (run/checkpoints/NAME) is of.
+    where = Path(args.model_path).resolve()
+    model_id = (where.parent.parent if where.parent.name == "checkpoints" else where).name
     engine = Engine(model, max_batch=args.max_batch, max_queue=args.max_queue).start()
     state = ServeState(
         engine=engine,
