@@ -7,9 +7,9 @@ concurrent clients, each client sends streaming ``/v1/completions`` requests (a 
 temperature 1, a seed per request) back to back. The servers take turns, the order reversed every round.
 
 Reported per server and client count: new tokens/s (all clients together), time to first token (p50),
-request latency (p50, p99) and how many answers came back complete (a well-formed stream ending in
-``[DONE]`` with 64 tokens, or fewer with finish_reason 'stop' at EOS). Ratios: gptrs over the better
-``transformers serve`` mode at each client count.
+request latency (p50, p99) and how many answers came back complete (a finish_reason, and 64 tokens or
+fewer with finish_reason 'stop' at EOS), and how many streams ended with ``data: [DONE]`` (``transformers
+serve`` leaves it out). Ratios: gptrs over the better ``transformers serve`` mode at each client count.
 
 Goals (2-core CPU): at 32 clients >= 3x the better transformers mode's tokens/s, at 1 client >= 1x, and a
 lower p99 latency. ``transformers serve`` needs ``accelerate`` (it always passes a ``device_map``); without it
@@ -208,11 +208,12 @@ def one_request(url: str, model: str, i: int) -> dict[str, Any]:
                 finish = c.get("finish_reason") or finish
     seconds = time.perf_counter() - t0
     tokens = usage["completion_tokens"] if usage else chunks  # a server without usage: one chunk per token
-    ok = done and (
-        (finish == "length" and tokens == NEW_TOKENS) or (finish == "stop" and tokens <= NEW_TOKENS)
-    )
+    # Complete: a finish_reason, and all 64 tokens unless it stopped at EOS. `data: [DONE]` is counted on its
+    # own: `transformers serve` ends its completion streams without it.
+    ok = (finish == "length" and tokens == NEW_TOKENS) or (finish == "stop" and tokens <= NEW_TOKENS)
     return {
         "ok": ok,
+        "done_marker": done,
         "tokens": tokens,
         "seconds": seconds,
         "ttft": (first or t0 + seconds) - t0,
@@ -263,6 +264,7 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "latency_p99_s": _pct([r["seconds"] for r in good], 0.99),
         "complete": f"{len(good)}/{len(reqs)}",
         "all_complete": len(good) == len(reqs),
+        "ended_with_done": f"{sum(bool(r.get('done_marker')) for r in reqs)}/{len(reqs)}",
         **({"errors": errors} if errors else {}),
     }
 

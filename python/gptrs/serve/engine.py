@@ -317,6 +317,7 @@ class Engine:
                     self._step()
                 except Exception as e:
                     self._fail_all(e)
+                time.sleep(0)  # let the HTTP thread take the GIL between steps (it streams what we made)
 
 
 def _kv_cache_class() -> Any:
