@@ -49,7 +49,7 @@ def test_transformers_gives_the_same_logits(tmp_path: Path, kw: dict) -> None:
 def test_refuses_what_gpt2_cannot_express() -> None:
     m = tiny()
     m._cfg.activation = "swiglu"  # as if a future model option
-    with pytest.raises(ExportError, match=r"model\.activation 'swiglu' has no GPT-2 equivalent"):
+    with pytest.raises(ExportError, match=r"model\.activation='swiglu' cannot be exported: GPT2LMHeadModel"):
         hf_gpt2_config(m)
 
 
@@ -137,21 +137,29 @@ def test_nanochat_exports_as_nanochat_for_causal_lm(tmp_path: Path, kw: dict) ->
     assert json.loads((tmp_path / "hf2" / "config.json").read_text())["architectures"] == ["GPT2LMHeadModel"]
 
 
-def test_nanochat_export_refuses_what_it_cannot_express(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("switches", "message"),
+    [
+        (
+            dict(arch="nanochat", bias=True),
+            r"model\.bias=True cannot be exported: NanoChatForCausalLM needs false",
+        ),
+        (
+            dict(arch="gpt2", qk_norm=True),
+            r"model\.qk_norm=True cannot be exported: GPT2LMHeadModel needs false",
+        ),
+        (dict(arch="gpt2", positions="rotary"), r"model\.norm='layernorm' cannot be exported"),
+    ],
+)
+def test_export_refuses_what_no_transformers_class_expresses(
+    tmp_path: Path, switches: dict, message: str
 ) -> None:
-    """An option NanoChatForCausalLM cannot express is refused by name before anything is written."""
-    import dataclasses
+    """A combination of switches neither GPT2LMHeadModel nor NanoChatForCausalLM computes is refused with
+    one line naming the switch, before anything is written."""
+    from gptrs.export import export_hf
+    from gptrs.model import GPT
 
-    from gptrs.model import NanoChat
-
-    m = NanoChat(vocab_size=50, embed_dim=32, num_layers=1, heads=4, max_seq_len=16)
-    m.save_pretrained(tmp_path / "ours")
-    real = NanoChat.config.fget
-    assert real is not None
-    monkeypatch.setattr(NanoChat, "config", property(lambda self: dataclasses.replace(real(self), bias=True)))
-    with pytest.raises(ExportError, match=r"model\.bias=True cannot be expressed as NanoChatForCausalLM"):
-        from gptrs.export import export_hf
-
+    GPT(50, 32, 64, 1, 4, 16, **switches).save_pretrained(tmp_path / "ours")
+    with pytest.raises(ExportError, match=message):
         export_hf(tmp_path / "ours", tmp_path / "hf")
     assert not (tmp_path / "hf").exists()

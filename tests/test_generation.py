@@ -1,4 +1,5 @@
-"""Generation: KV cache against recompute, sliding past the context, batched left padding, EOS, sampling."""
+"""Generation, for both recipes: KV cache against recompute, sliding past the context, batched left padding,
+rows joining and leaving a batch, EOS, sampling."""
 
 from __future__ import annotations
 
@@ -8,37 +9,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gptrs.model.generation as generation
-from gptrs.model import GPT, sample_next_token
+from conftest import tiny_gpt
+from gptrs.model import GPT, KVCache, sample_next_token
 from gptrs.training.precision import cpu_supports_bf16
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 V, CTX = 48, 12
+ARCHS = pytest.mark.parametrize("arch", ["gpt2", "nanochat"])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def tiny(seed: int = 0, arch: str = "gpt2", **kw: object) -> GPT:
+    # The default inits give near-uniform (GPT-2) or all-zero (nanochat) logits. Larger weights make the
+    # output depend on the whole context, so the comparisons below exercise attention over the cache, and
+    # keep greedy choices clear of ties.
+    return tiny_gpt(seed, weight_std=2.0, vocab_size=V, max_seq_len=CTX, pad_token_id=0, arch=arch, **kw)
 
 
-def tiny(seed: int = 0, **kw) -> GPT:
-    torch.manual_seed(seed)
-    args = dict(vocab_size=V, embed_dim=32, ff_dim=64, num_layers=2, heads=4, max_seq_len=CTX, pad_token_id=0)
-    args.update(kw)
-    m = GPT(**args)
-    # The N(0, 0.02) init gives near-uniform logits whose argmax just repeats the input token (tied
-    # embeddings). Larger weights make the output depend on the whole context, so the comparisons below
-    # exercise attention over the cache, and keep greedy choices clear of ties.
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 2.0 / p.size(1) ** 0.5)
-    return m
-
-
-def test_test_model_is_not_degenerate() -> None:
-    out = tiny().generate(prompts(2, 3), 20, temperature=0)[:, 3:]
+@ARCHS
+def test_test_model_is_not_degenerate(arch: str) -> None:
+    out = tiny(arch=arch).generate(prompts(2, 3), 20, temperature=0)[:, 3:]
     assert all(len(set(row.tolist())) >= 5 for row in out)
 
 
@@ -59,19 +49,20 @@ def record_logits(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
     return seen
 
 
-def test_cached_steps_match_full_forward() -> None:
-    """Prefill + one token at a time through the cache gives the logits of one full forward pass."""
-    m = tiny().eval()
+@ARCHS
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_cached_steps_match_full_forward(arch: str, chunk: int) -> None:
+    """Prefill + ``chunk`` tokens at a time through the cache gives the logits of one full forward pass."""
+    m = tiny(arch=arch).eval()
     x = prompts(2, CTX)
     with torch.no_grad():
         full, _ = m(x)
         cache = m.new_kv_cache(2)
-        h = m.hidden_states(x[:, :4], kv_cache=cache, position_ids=torch.arange(4)[None])
-        steps = [m.lm_head(h)]
-        for i in range(4, CTX):
-            h = m.hidden_states(x[:, i : i + 1], kv_cache=cache, position_ids=torch.tensor([[i]]))
-            steps.append(m.lm_head(h))
-    assert full is not None and cache.pos == CTX
+        steps = [m(x[:, :4], kv_cache=cache)[0]]
+        for i in range(4, CTX, chunk):
+            steps.append(m(x[:, i : i + chunk], kv_cache=cache)[0])
+    assert full is not None and cache.max_len == CTX and cache.lengths is not None
+    assert cache.lengths.tolist() == [CTX, CTX]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
@@ -79,15 +70,19 @@ def test_cached_steps_match_full_forward() -> None:
     ("prompt_len", "new"),
     [(3, 6), (5, 20), (CTX, 5), (CTX + 4, 7)],  # within, sliding past, full prompt, over-long prompt
 )
-def test_cache_equals_recompute(monkeypatch: pytest.MonkeyPatch, prompt_len: int, new: int) -> None:
-    m = tiny()
+@ARCHS
+def test_cache_equals_recompute(
+    monkeypatch: pytest.MonkeyPatch, prompt_len: int, new: int, arch: str
+) -> None:
+    m = tiny(arch=arch)
     x = prompts(2, prompt_len)
     seen = record_logits(monkeypatch)
-    with pytest.warns(UserWarning, match="longer than the context") if prompt_len > CTX else _nothing():
+    warns = prompt_len > CTX and arch == "gpt2"  # learned positions crop the prompt; rotary ones slide
+    with pytest.warns(UserWarning, match="longer than the context") if warns else _nothing():
         cached = m.generate(x, new, temperature=0)
     cached_logits = list(seen)
     seen.clear()
-    with pytest.warns(UserWarning) if prompt_len > CTX else _nothing():
+    with pytest.warns(UserWarning) if warns else _nothing():
         recomputed = m.generate(x, new, temperature=0, use_cache=False)
     assert cached.shape == (2, prompt_len + new)
     assert torch.equal(cached, recomputed)
@@ -107,20 +102,23 @@ class _nothing:
         return None
 
 
-def test_recompute_path_is_a_sliding_window() -> None:
-    """Past the context, each token is the argmax of a plain forward over the last max_seq_len tokens."""
-    m = tiny().eval()
+@ARCHS
+def test_generation_past_the_context_is_a_sliding_window(arch: str) -> None:
+    """Past the context, each token is the argmax of a plain forward over the last max_seq_len tokens
+    (learned positions: re-encoded from position 0; rotary: the banded forward over everything)."""
+    m = tiny(arch=arch).eval()
     out = m.generate(prompts(1, 4), 15, temperature=0)
     with torch.no_grad():
         for n in range(4, out.size(1)):
-            window = out[:, max(0, n - CTX) : n]
+            window = out[:, max(0, n - CTX) : n] if arch == "gpt2" else out[:, :n]
             logits, _ = m(window)
             assert logits is not None and int(logits[0, -1].argmax()) == int(out[0, n])
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
-def test_left_padded_batch_equals_rows_alone(use_cache: bool) -> None:
-    m = tiny()
+@ARCHS
+def test_left_padded_batch_equals_rows_alone(use_cache: bool, arch: str) -> None:
+    m = tiny(arch=arch)
     rows = [prompts(1, n, seed=n)[0] for n in (2, 7, 5)]
     width = max(len(r) for r in rows)
     ids = torch.zeros(len(rows), width, dtype=torch.long)
@@ -135,8 +133,45 @@ def test_left_padded_batch_equals_rows_alone(use_cache: bool) -> None:
         assert torch.equal(out[i, width:], alone[0, len(r) :]), f"row {i}"
 
 
-def test_each_row_stops_at_eos() -> None:
-    m = tiny()
+@ARCHS
+def test_rows_join_and_leave_a_running_batch(arch: str) -> None:
+    """A request prefilled in its own cache and merged into a running batch (``KVCache.merge``), or left
+    behind by others (``select``), decodes what it decodes alone: rows of a cache are independent."""
+    m = tiny(arch=arch).eval()
+    # learned positions stay inside the context (12); rotary rows slide past it
+    rows = [prompts(1, n, seed=n) for n in ((3, 2, 4) if arch == "gpt2" else (5, 2, 7))]
+    steps = 8 if arch == "gpt2" else 20
+
+    def greedy_step(tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        logits, _ = m(tokens, kv_cache=cache)
+        assert logits is not None
+        return logits[:, -1].argmax(-1)
+
+    with torch.no_grad():
+        caches = [m.new_kv_cache(1) for _ in rows]
+        firsts = [greedy_step(r, c) for r, c in zip(rows, caches, strict=True)]
+        batch = KVCache.merge(caches[:2])  # rows 0 and 1 run together ...
+        tokens = torch.cat(firsts[:2])
+        out: list[list[int]] = [[int(t)] for t in firsts]
+        for i in range(steps):
+            if i == 3:  # ... row 2 joins ...
+                batch = KVCache.merge([batch, caches[2]])
+                tokens = torch.cat((tokens, firsts[2]))
+            if i == 6:  # ... and row 1 leaves
+                batch = batch.select(torch.tensor([0, 2]))
+                tokens = tokens[[0, 2]]
+            tokens = greedy_step(tokens[:, None], batch)
+            live = [0, 1, 2] if 3 <= i < 6 else ([0, 1] if i < 3 else [0, 2])
+            for row, t in zip(live, tokens.tolist(), strict=True):
+                out[row].append(t)
+    for row, r in enumerate(rows):
+        alone = m.generate(r, len(out[row]), temperature=0)[0, r.size(1) :].tolist()
+        assert out[row] == alone, f"row {row}"
+
+
+@ARCHS
+def test_each_row_stops_at_eos(arch: str) -> None:
+    m = tiny(arch=arch)
     x = prompts(3, 4)
     free = m.generate(x, 10, temperature=0)
     eos = int(free[0, 4 + 2])  # the third token row 0 generates
@@ -154,8 +189,9 @@ def test_each_row_stops_at_eos() -> None:
         assert out.size(1) == 4 + max(free[i, 4:].tolist().index(eos) + 1 for i in range(3))
 
 
-def test_stream_yields_what_generate_returns() -> None:
-    m = tiny()
+@ARCHS
+def test_stream_yields_what_generate_returns(arch: str) -> None:
+    m = tiny(arch=arch)
     x = prompts(2, 3)
     steps = list(m.generate_stream(x, 6, temperature=0.9, top_k=10, seed=5))
     assert all(s.shape == (2,) and s.dtype == torch.long for s in steps)
@@ -164,8 +200,9 @@ def test_stream_yields_what_generate_returns() -> None:
     assert all(s.shape == (1,) for s in one)
 
 
-def test_seeded_sampling_is_reproducible_and_filters_work() -> None:
-    m = tiny()
+@ARCHS
+def test_seeded_sampling_is_reproducible_and_filters_work(arch: str) -> None:
+    m = tiny(arch=arch)
     x = prompts(2, 3)
     a = m.generate(x, 12, temperature=1.0, seed=1)
     assert torch.equal(a, m.generate(x, 12, temperature=1.0, seed=1))
@@ -232,8 +269,9 @@ def test_bad_arguments(kw: dict, message: str) -> None:
     reason="bf16 is emulated on this CPU: its GEMMs round differently for a 1-row decode step and a full "
     "window, so near-tied greedy choices can flip (seen on an AVX2-only AMD EPYC)",
 )
-def test_cache_equals_recompute_under_bf16_autocast() -> None:
-    m = tiny()
+@ARCHS
+def test_cache_equals_recompute_under_bf16_autocast(arch: str) -> None:
+    m = tiny(arch=arch)
     for seed in range(3):
         x = prompts(2, 4, seed=seed)
         with torch.autocast("cpu", torch.bfloat16):

@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gptrs.errors import CheckpointError
-from gptrs.model import GPT
+from gptrs.model import GPT, load_model
+from gptrs.model.serialization import FORMAT_VERSION
 
 
 def tiny(**kw) -> GPT:
@@ -48,7 +49,7 @@ def test_files_are_safetensors_and_json_with_the_tied_weight_once(tmp_path: Path
     assert "lm_head.weight" not in tensors and "transformer.wte.weight" in tensors
     assert len(tensors) == len(m.state_dict()) - 1
     meta = json.loads((tmp_path / "model.json").read_text())
-    assert meta["format"] == "gptrs-model" and meta["format_version"] == 1
+    assert meta["format"] == "gptrs-model" and meta["format_version"] == FORMAT_VERSION
     assert meta["pad_token_id"] == 3 and meta["config"]["vocab_size"] == 40
     assert meta["config"]["embed_dim"] == 32
 
@@ -106,7 +107,7 @@ BAD = [
     (
         "future version",
         _edit_json(lambda m: m.update(format_version=99)),
-        r"format_version 99 is not supported \(this gptrs reads up to 1\)",
+        r"format_version 99 is not supported \(this gptrs reads up to 2\)",
     ),
     (
         "unknown key",
@@ -175,3 +176,28 @@ def test_missing_tensor_list_is_capped(tmp_path: Path) -> None:
     save_file({"transformer.wte.weight": tensors["transformer.wte.weight"]}, tmp_path / "model.safetensors")
     with pytest.raises(CheckpointError, match=r"missing tensors: .*\(and \d+ more\)$"):
         GPT.from_pretrained(tmp_path)
+
+
+LEGACY = Path(__file__).parent / "data" / "legacy_v1"
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "nanochat"])
+def test_models_saved_before_the_one_gpt_load_with_the_same_logits(arch: str) -> None:
+    """Model directories written by gptrs before the two families became one GPT (format version 1; the
+    nanochat one kept q, k and v apart) load as what they describe: the logits and greedy tokens saved
+    with them by the old code (greedy runs past the 16-token context: the window slides)."""
+    directory = LEGACY / arch
+    assert json.loads((directory / "model.json").read_text())["format_version"] == 1
+    model = load_model(directory).eval()
+    assert model.config.arch == arch
+    expected = load_file(str(directory / "expected.safetensors"))
+    # (with autograd on, as the old code computed them: the no-grad CPU fast paths round differently)
+    logits, _ = model(expected["input_ids"], attention_mask=expected["attention_mask"])
+    real = expected["attention_mask"].bool()
+    assert logits is not None
+    logits = logits.detach()
+    if arch == "gpt2":  # the same code path as before: bitwise
+        assert torch.equal(logits[real], expected["logits"][real])
+    torch.testing.assert_close(logits[real], expected["logits"][real], rtol=1e-5, atol=2e-5)
+    greedy = model.generate(expected["input_ids"][:1], 24, temperature=0)
+    assert torch.equal(greedy, expected["greedy"])

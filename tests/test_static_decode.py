@@ -17,6 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 V, CTX = 48, 20
 MODEL = tiny_gpt(3, weight_std=2.0, vocab_size=V, max_seq_len=CTX, pad_token_id=0).eval()
+ROTARY = tiny_gpt(3, weight_std=2.0, vocab_size=V, max_seq_len=CTX, pad_token_id=0, arch="nanochat").eval()
 
 
 def _batch(lengths: list[int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,16 +38,21 @@ def _batch(lengths: list[int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     new=st.integers(1, 30),
     eos=st.one_of(st.none(), st.integers(1, V - 1)),
     seed=st.integers(0, 10**6),
+    rotary=st.booleans(),
 )
-def test_static_greedy_equals_eager(lengths: list[int], new: int, eos: int | None, seed: int) -> None:
-    """Any prompt length up to the context (and past it: the eager loop takes over when the window slides),
-    rows of different lengths, per-row EOS (frequent with a small vocabulary, so rows stop at different
-    steps and the early stop lands inside and at the edges of the host-sync blocks)."""
+def test_static_greedy_equals_eager(
+    lengths: list[int], new: int, eos: int | None, seed: int, rotary: bool
+) -> None:
+    """Any prompt length up to the context and past it (learned positions: the eager loop takes over when
+    the window slides; rotary: the static step slides its ring), rows of different lengths, per-row EOS
+    (frequent with a small vocabulary, so rows stop at different steps and the early stop lands inside and
+    at the edges of the host-sync blocks), for both recipes."""
     ids, mask = _batch(lengths, seed)
-    eager = MODEL.generate(
+    model = ROTARY if rotary else MODEL
+    eager = model.generate(
         ids, new, temperature=0.0, eos_token_id=eos, attention_mask=mask, static_cache=False
     )
-    static = MODEL.generate(
+    static = model.generate(
         ids, new, temperature=0.0, eos_token_id=eos, attention_mask=mask, static_cache=True
     )
     assert torch.equal(static, eager)

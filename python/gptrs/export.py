@@ -5,12 +5,10 @@
 ``--model-path`` is a model directory (``save_pretrained``), a checkpoint, or a run directory (then its best
 checkpoint, else the last, as ``gptrs.generate`` picks it). The export writes ``config.json`` +
 ``model.safetensors`` that ``transformers.AutoModelForCausalLM.from_pretrained`` loads with the same logits
-(a ``GPT2LMHeadModel``, or a ``NanoChatForCausalLM`` for the modern family, mapped by ``hf_nanochat.py``),
+(a ``GPT2LMHeadModel`` or a ``NanoChatForCausalLM``, as the switches say; mapped by ``model/hf.py``),
 and the tokenizer as a Hugging Face ``tokenizer.json`` when one is given or found in the model directory.
-For GPT-2 the mapping is direct because our parameter names are GPT-2's; GPT-2 keeps its
-linear layers as ``Conv1D`` with (in, out) weights, so Linear weights are transposed. A model built with
-``bias=False`` is written with zero biases (the same function). Anything GPT-2 cannot express is refused
-with a message naming the option. ``transformers`` is not needed to export, only to load the result.
+A combination neither class computes is refused with one line naming the switch. ``transformers`` is not
+needed to export, only to load the result.
 """
 
 from __future__ import annotations
@@ -39,69 +37,13 @@ from gptrs.files import (
     atomic_path,
     atomic_write_text,
 )
-from gptrs.model import GPT, NanoChat, load_model
-from gptrs.model.hf_nanochat import nanochat_hf_config, nanochat_hf_state_dict, refuse_inexpressible
+from gptrs.model import GPT, hf, load_model
+from gptrs.model.hf import ExportError
 from gptrs.training.checkpoint import resolve_model_dir
 
-HF_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new"}  # ours -> GPT-2 activation_function
-CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which our model uses
-
-
-class ExportError(GptrsError):
-    """The model cannot be written in the requested format."""
-
-
-def hf_gpt2_config(model: GPT, eos_token_id: int | None = None, bos_token_id: int | None = None) -> dict:
-    """The GPT-2 ``config.json`` fields equivalent to the model's configuration."""
-    cfg = model.config
-    if cfg.activation not in HF_ACTIVATIONS:
-        raise ExportError(f"model.activation {cfg.activation!r} has no GPT-2 equivalent (gelu, gelu_tanh)")
-    return {
-        "architectures": ["GPT2LMHeadModel"],
-        "model_type": "gpt2",
-        "vocab_size": cfg.vocab_size,
-        "n_positions": cfg.max_seq_len,
-        "n_ctx": cfg.max_seq_len,
-        "n_embd": cfg.embed_dim,
-        "n_layer": cfg.num_layers,
-        "n_head": cfg.heads,
-        "n_inner": cfg.ff_dim,
-        "activation_function": HF_ACTIVATIONS[cfg.activation],
-        "layer_norm_epsilon": LAYER_NORM_EPS,
-        "resid_pdrop": cfg.dropout,
-        "embd_pdrop": cfg.dropout,
-        "attn_pdrop": cfg.dropout,
-        "initializer_range": 0.02,
-        "scale_attn_weights": True,
-        "scale_attn_by_inverse_layer_idx": False,
-        "reorder_and_upcast_attn": False,
-        "tie_word_embeddings": True,
-        "use_cache": True,
-        "bos_token_id": bos_token_id,
-        "eos_token_id": eos_token_id,
-        "pad_token_id": model.pad_token_id,
-        "torch_dtype": "float32",
-    }
-
-
-def hf_gpt2_state_dict(model: GPT) -> dict[str, torch.Tensor]:
-    """Our tensors under GPT-2's names and layouts (Conv1D weights transposed, absent biases as zeros)."""
-    out: dict[str, torch.Tensor] = {}
-    for name, t in model.state_dict().items():
-        if name == "lm_head.weight":  # tied to transformer.wte.weight; GPT-2 ties it too
-            continue
-        t = t.detach().float().cpu()
-        out[name] = (t.t() if name.endswith(CONV1D_SUFFIXES) else t).contiguous()
-    for module_name, module in model.named_modules():  # bias=False: zero biases compute the same function
-        if isinstance(module, (torch.nn.Linear, torch.nn.LayerNorm)) and module_name != "lm_head":
-            key = f"{module_name}.bias"
-            if key not in out:
-                width = (
-                    module.out_features if isinstance(module, torch.nn.Linear) else module.normalized_shape[0]
-                )
-                out[key] = torch.zeros(width)
-    return out
+# The mappings live in gptrs.model.hf; these names stay importable from here.
+hf_gpt2_config = hf.hf_config
+hf_gpt2_state_dict = hf.hf_state_dict
 
 
 def _save_tokenizer(path: Path, out: Path, explicit: bool) -> tuple[int | None, int | None]:
@@ -142,19 +84,10 @@ def _model_dir(model_path: Path) -> tuple[Path, list[Path]]:
     return model_path, [model_path / TOKENIZER_FILE]
 
 
-def _hf_files(model: GPT | NanoChat) -> tuple[Callable[..., dict[str, Any]], dict[str, torch.Tensor]]:
-    """The family's ``config.json`` builder (eos/bos ids as keywords) and its tensors under HF's names.
-    Refuses (ExportError naming the option) what the target class cannot express, before anything is
-    written."""
-    if isinstance(model, NanoChat):
-        cfg = model.config
-        try:
-            refuse_inexpressible({"bias": cfg.bias, "activation": cfg.activation, "dropout": cfg.dropout})
-        except GptrsError as e:
-            raise ExportError(str(e)) from None
-        return functools.partial(nanochat_hf_config, model), nanochat_hf_state_dict(model)
-    hf_gpt2_config(model)  # refuses what GPT-2 cannot express
-    return functools.partial(hf_gpt2_config, model), hf_gpt2_state_dict(model)
+def _hf_files(model: GPT) -> tuple[Callable[..., dict[str, Any]], dict[str, torch.Tensor]]:
+    """The ``config.json`` builder (eos/bos ids as keywords) and the tensors under HF's names. Refuses
+    (ExportError naming the switch) what no transformers class can express, before anything is written."""
+    return functools.partial(hf.hf_config, model), hf.hf_state_dict(model)
 
 
 def _check_out(out: Path) -> None:

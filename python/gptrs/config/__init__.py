@@ -36,6 +36,7 @@ from gptrs.config.schema import (
     config_to_dict,
     count_parameters,
     describe,
+    resolve_model,
 )
 from gptrs.config.validation import check_model, config_from_dict, is_validated, validate
 
@@ -59,6 +60,7 @@ __all__ = [
     "load_config",
     "preset_names",
     "resolve_config_path",
+    "resolve_model",
     "save_config",
     "validate",
 ]

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "ARCH_DEFAULTS",
     "SECTIONS",
     "SPECIAL_TOKEN_ROLES",
     "Config",
@@ -31,6 +32,7 @@ __all__ = [
     "describe",
     "fields_of",
     "hints_of",
+    "resolve_model",
 ]
 
 
@@ -100,10 +102,9 @@ NANOCHAT_LOGIT_SOFTCAP = 15.0  # model.logit_softcap null: nanochat's cap
 class ModelConfig:
     arch: str = _f(
         "gpt2",
-        "model family: 'gpt2' (learned positions, LayerNorm, GELU, tied LM head; the keys dropout, bias, "
-        "activation gelu/gelu_tanh, attention apply) or 'nanochat' (rotary positions, parameter-free "
-        "RMSNorm, QK-norm, ReLU^2, untied LM head, soft-capped logits; needs bias false, activation relu2, "
-        "dropout 0, attention sdpa, and takes kv_heads, rope_theta, logit_softcap)",
+        "shorthand for the switches below left null: 'gpt2' (learned positions, LayerNorm, GELU, biases, "
+        "tied LM head) or 'nanochat' (rotary positions, parameter-free RMSNorm also after the embedding, "
+        "QK-norm, ReLU^2, no biases, untied LM head, logits soft-capped at 15, zero-initialised projections)",
         choices=ARCHS,
     )
     embed_dim: int = _f(128, "width of the residual stream (d_model)", ge=1)
@@ -112,12 +113,35 @@ class ModelConfig:
     heads: int = _f(4, "attention heads; must divide embed_dim", ge=1)
     max_seq_len: int = _f(256, "context length (block size) in tokens", ge=1)
     dropout: float = _f(0.0, "dropout probability in [0, 1)", ge=0, lt=1)
-    bias: bool = _f(True, "use biases in Linear and LayerNorm layers (GPT-2 does)")
-    activation: str = _f(
-        "gelu",
-        "feed-forward activation: 'gelu' (exact) or 'gelu_tanh' (GPT-2's approximation), arch gpt2; "
-        "'relu2' (relu(x)^2), arch nanochat",
-        choices=("gelu", "gelu_tanh", "relu2"),
+    positions: str | None = _f(
+        None,
+        "'learned' position table (GPT-2) or 'rotary' (RoPE); null: from arch",
+        choices=("learned", "rotary", None),
+    )
+    norm: str | None = _f(
+        None,
+        "'layernorm' (learned gains, biases per model.bias) or 'rmsnorm' (parameter-free); null: from arch",
+        choices=("layernorm", "rmsnorm", None),
+    )
+    embed_norm: bool | None = _f(
+        None, "normalise the token embedding before the first block; null: from arch"
+    )
+    qk_norm: bool | None = _f(None, "normalise queries and keys before attention (QK-norm); null: from arch")
+    bias: bool | None = _f(None, "biases in Linear layers and LayerNorms; null: from arch")
+    activation: str | None = _f(
+        None,
+        "feed-forward activation: 'gelu' (exact), 'gelu_tanh' (GPT-2's approximation) or 'relu2' "
+        "(relu(x)^2); null: from arch",
+        choices=("gelu", "gelu_tanh", "relu2", None),
+    )
+    tie_embeddings: bool | None = _f(
+        None, "the LM head shares the token embedding's weights; null: from arch"
+    )
+    init: str | None = _f(
+        None,
+        "'gpt2' (N(0, 0.02), residual projections scaled by 1/sqrt(2 * num_layers)) or 'nanochat' (fan-in "
+        "scaled, N(0, 1) embeddings, zero LM head and residual projections); null: from arch",
+        choices=("gpt2", "nanochat", None),
     )
     attention: str = _f(
         "sdpa",
@@ -133,18 +157,51 @@ class ModelConfig:
         None, "embedding rows; null takes the tokenizer's vocabulary size", ge=1, le=2**32
     )
     kv_heads: int | None = _f(
-        None,
-        "arch nanochat: key/value heads, dividing heads (fewer: grouped-query attention); null: heads",
-        ge=1,
+        None, "key/value heads, dividing heads (fewer: grouped-query attention); null: heads", ge=1
     )
     rope_theta: float | None = _f(
-        None, f"arch nanochat: rotary base frequency; null: {NANOCHAT_ROPE_THETA:g}", gt=0
+        None, f"rotary base frequency (positions rotary); null: {NANOCHAT_ROPE_THETA:g}", gt=0
     )
     logit_softcap: float | None = _f(
         None,
-        f"arch nanochat: final logits become c * tanh(logits / c); null: {NANOCHAT_LOGIT_SOFTCAP:g}, 0: no cap",
+        "final logits become c * tanh(logits / c); 0: no cap; null: from arch (gpt2 0, nanochat 15)",
         ge=0,
     )
+
+
+# What ``model.arch`` stands for: the value of every switch it leaves null.
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gpt2": dict(
+        positions="learned",
+        norm="layernorm",
+        embed_norm=False,
+        qk_norm=False,
+        bias=True,
+        activation="gelu",
+        tie_embeddings=True,
+        init="gpt2",
+        logit_softcap=0.0,
+    ),
+    "nanochat": dict(
+        positions="rotary",
+        norm="rmsnorm",
+        embed_norm=True,
+        qk_norm=True,
+        bias=False,
+        activation="relu2",
+        tie_embeddings=False,
+        init="nanochat",
+        logit_softcap=NANOCHAT_LOGIT_SOFTCAP,
+    ),
+}
+
+
+def resolve_model(mc: ModelConfig) -> ModelConfig:
+    """A copy of ``mc`` with every switch concrete: null switches take ``model.arch``'s values."""
+    fill = {k: v for k, v in ARCH_DEFAULTS[mc.arch].items() if getattr(mc, k) is None}
+    fill["kv_heads"] = mc.kv_heads or mc.heads
+    fill["rope_theta"] = NANOCHAT_ROPE_THETA if mc.rope_theta is None else mc.rope_theta
+    return dataclasses.replace(mc, **fill)
 
 
 @dataclass
@@ -251,15 +308,17 @@ def count_parameters(config: Config, vocab_size: int | None = None) -> int:
     V*d + LM head V*d + per block: queries and attention out (2 d^2), keys and values (2 d * kv_heads *
     head_dim), fc and fc out (2 d*ff).
     """
-    m = config.model
+    m = resolve_model(config.model)
     vocab = m.vocab_size or vocab_size or config.tokenizer.vocab_size
-    d, ff, b = m.embed_dim, m.ff_dim, int(m.bias)
-    if m.arch == "nanochat":
-        kv_width = (m.kv_heads or m.heads) * (d // m.heads)
-        return 2 * vocab * d + m.num_layers * (2 * d * d + 2 * d * kv_width + 2 * d * ff)
-    norm = d + b * d
-    block = 2 * norm + (3 * d * d + b * 3 * d) + (d * d + b * d) + (d * ff + b * ff) + (ff * d + b * d)
-    return vocab * d + m.max_seq_len * d + m.num_layers * block + norm
+    d, ff, b = m.embed_dim, m.ff_dim, int(bool(m.bias))
+    assert m.kv_heads is not None
+    qkv = (m.heads + 2 * m.kv_heads) * (d // m.heads)
+    norm = (d + b * d) if m.norm == "layernorm" else 0
+    block = 2 * norm + (d * qkv + b * qkv) + (d * d + b * d) + (d * ff + b * ff) + (ff * d + b * d)
+    embed = vocab * d * (1 if m.tie_embeddings else 2) + (
+        m.max_seq_len * d if m.positions == "learned" else 0
+    )
+    return embed + m.num_layers * block + norm + (norm if m.embed_norm else 0)
 
 
 # ----------------------------------------------------------------------------------------------------------

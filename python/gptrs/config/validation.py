@@ -18,12 +18,20 @@ import contextlib
 import math
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gptrs.config.budget import check_absolute
 from gptrs.config.problems import Problem, brief, name_of, one_line, show, suggest, what
-from gptrs.config.schema import SECTIONS, SPECIAL_TOKEN_ROLES, Config, ModelConfig, fields_of, hints_of
+from gptrs.config.schema import (
+    SECTIONS,
+    SPECIAL_TOKEN_ROLES,
+    Config,
+    ModelConfig,
+    fields_of,
+    hints_of,
+    resolve_model,
+)
 from gptrs.errors import ConfigError
 
 __all__ = [
@@ -289,39 +297,11 @@ def _check_model_shape(m: ModelConfig) -> None:
         )
 
 
-# What each family cannot do: arch -> [(key, allowed(value), why)]. A GPT-2-only option on a nanochat model
-# (and a nanochat-only one on GPT-2) is refused by name rather than silently ignored.
-_ARCH_RULES: dict[str, list[tuple[str, Callable[[Any], bool], str]]] = {
-    "nanochat": [
-        ("bias", lambda v: v is False, "nanochat has no biases; set it to false"),
-        ("activation", lambda v: v == "relu2", "nanochat's feed-forward is ReLU^2; set it to relu2"),
-        ("dropout", lambda v: v == 0, "nanochat has no dropout; set it to 0"),
-        ("attention", lambda v: v == "sdpa", "nanochat has no reference attention; set it to sdpa"),
-    ],
-    "gpt2": [
-        ("activation", lambda v: v != "relu2", "relu2 is nanochat's; gpt2 takes gelu or gelu_tanh"),
-        ("kv_heads", lambda v: v is None, "gpt2 has no grouped-query attention; leave it null"),
-        ("rope_theta", lambda v: v is None, "gpt2 has learned positions, no rotary ones; leave it null"),
-        ("logit_softcap", lambda v: v is None, "gpt2 has no logit soft cap; leave it null"),
-    ],
-}
-
-
 def _check_arch(m: ModelConfig) -> None:
-    """The rules of ``model.arch``: options the family cannot express, and nanochat's shape (rotary
-    embeddings rotate half-head pairs, grouped-query attention shares each key/value head evenly)."""
-    for key, allowed, why in _ARCH_RULES[m.arch]:
-        value = getattr(m, key)
-        if not allowed(value):
-            raise Problem(
-                f"model.{key}",
-                f"{show(value)} is not available with model.arch {m.arch!r} ({why})",
-                ("model.arch",),
-                plain=f"model.{key}={value!r} is not available with model.arch {m.arch!r} ({why})",
-            )
-    if m.arch != "nanochat":
-        return
-    if (m.embed_dim // m.heads) % 2:
+    """The rules between the resolved switches: rotary positions rotate half-head pairs, grouped-query
+    attention shares each key/value head evenly."""
+    r = resolve_model(m)
+    if r.positions == "rotary" and (m.embed_dim // m.heads) % 2:
         raise Problem(
             "model.heads",
             f"{m.heads} heads make an odd head size ({m.embed_dim // m.heads}); rotary positions need an even one",

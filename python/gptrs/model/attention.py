@@ -1,14 +1,18 @@
-"""Causal multi-head self-attention (nanoGPT's ``CausalSelfAttention``), with a KV cache for generation.
+"""Causal self-attention (nanoGPT's ``CausalSelfAttention``) with the model's switches and the KV cache.
 
-Both implementations compute softmax(q k^T / sqrt(head_dim) + mask) v per head. "sdpa" (the default) calls
-``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient kernels on CUDA, the fused
-flash kernel on CPU; no Triton), and over a whole sequence goes through ``kernels.causal_attention``, which
-picks a faster kernel for CPU training itself. "reference" spells the same math out with an explicit mask
-and softmax; tests check that the two agree.
+One fused projection makes queries, keys and values (``c_attn``; with grouped-query attention fewer key/value
+heads than query heads). Rotary positions rotate queries and keys; QK-norm then RMS-normalises them, which
+keeps the attention logits bounded (nanochat's order; a rotation keeps the norm anyway). Attention is
+softmax(q k^T / sqrt(head_dim) + mask) v per head:
 
-Masks: ``attn_mask`` is None (plain causal attention, queries aligned to the *end* of the keys, which is
-what a KV cache needs) or a boolean tensor broadcastable to (B, 1, T_q, T_k) where True means "may attend",
-built by :func:`~gptrs.model.kv_cache.build_attention_mask` when some keys are padding.
+- "sdpa" (the default): ``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient
+  kernels on CUDA, the fused flash kernel on CPU; no Triton); over a whole sequence through
+  ``kernels.causal_attention``, which picks a faster kernel for CPU training itself;
+- "reference": the same math spelled out with an explicit mask and softmax; tests check that they agree.
+
+Masks: ``attn_mask`` is None (plain causal attention with the queries as the *last* keys, which is what a
+KV cache needs) or a boolean tensor broadcastable to (B, 1, T_q, T_k), True = may attend, from
+``kv_cache.causal_mask`` when keys are padding or the window slides.
 """
 
 from __future__ import annotations
@@ -22,7 +26,15 @@ from torch import Tensor, nn
 from gptrs.config import ModelConfig
 from gptrs.model import kernels
 from gptrs.model.kernels import Linear
-from gptrs.model.kv_cache import KVCache, build_attention_mask
+from gptrs.model.kv_cache import KVCache, causal_mask
+from gptrs.model.rotary import apply_rotary
+
+RMS_EPS = 1e-6  # transformers' NanoChatConfig.rms_norm_eps, so exported models compute the same
+
+
+def rms_norm(x: Tensor) -> Tensor:
+    """RMSNorm without a learned scale: x / sqrt(mean(x^2) + eps) over the last dimension."""
+    return F.rms_norm(x, (x.size(-1),), eps=RMS_EPS)
 
 
 class CausalSelfAttention(nn.Module):
@@ -30,79 +42,82 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, cfg: ModelConfig, layer_idx: int = 0) -> None:
         super().__init__()
-        self.c_attn = Linear(cfg.embed_dim, 3 * cfg.embed_dim, bias=cfg.bias)  # fused q, k, v
-        self.c_proj = Linear(cfg.embed_dim, cfg.embed_dim, bias=cfg.bias)  # output projection (residual)
-        self.resid_dropout = nn.Dropout(cfg.dropout)
-        self.embed_dim = cfg.embed_dim
-        self.heads = cfg.heads
+        assert cfg.kv_heads is not None
+        self.heads, self.kv_heads = cfg.heads, cfg.kv_heads
         self.head_dim = cfg.embed_dim // cfg.heads
+        # widths of q, k, v inside c_attn (Muon orthogonalises each on its own: training/muon.py)
+        self.qkv_split = (
+            cfg.heads * self.head_dim,
+            self.kv_heads * self.head_dim,
+            self.kv_heads * self.head_dim,
+        )
+        self.c_attn = Linear(cfg.embed_dim, sum(self.qkv_split), bias=bool(cfg.bias))
+        self.c_proj = Linear(
+            cfg.heads * self.head_dim, cfg.embed_dim, bias=bool(cfg.bias)
+        )  # into the residual
+        self.resid_dropout = nn.Dropout(cfg.dropout)
         self.dropout = cfg.dropout
+        self.qk_norm = bool(cfg.qk_norm)
         self.flash = cfg.attention == "sdpa"  # else the explicit reference math
         self.layer_idx = layer_idx  # this layer's slot in a KV cache
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None, kv_cache: KVCache | None = None) -> Tensor:
-        B, T, C = x.size()
+    def forward(
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor] | None = None,
+        attn_mask: Tensor | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> Tensor:
+        B, T, _ = x.size()
         qkv = self.c_attn(x)
         dropout_p = self.dropout if self.training else 0.0
-        if self.flash and attn_mask is None and kv_cache is None:
-            y = kernels.causal_attention(qkv, self.heads, dropout_p)  # (B, T, C), heads side by side
+        whole = self.flash and attn_mask is None and kv_cache is None  # a whole causal sequence
+        if whole and rope is None and not self.qk_norm:
+            y = kernels.causal_attention(qkv, self.heads, self.kv_heads, dropout_p)
             return self.resid_dropout(self.c_proj(y))
-        q, k, v = qkv.split(self.embed_dim, dim=2)
-        # (B, T, C) -> (B, heads, T, head_dim)
-        q = q.view(B, T, self.heads, self.head_dim).transpose(1, 2)
-        k = k.view(B, T, self.heads, self.head_dim).transpose(1, 2)
-        v = v.view(B, T, self.heads, self.head_dim).transpose(1, 2)
+        q, k, v = qkv.split(self.qkv_split, dim=2)
+        q = q.view(B, T, self.heads, self.head_dim)
+        k = k.view(B, T, self.kv_heads, self.head_dim)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if self.qk_norm:  # (.to: under autocast the norm answers in fp32; attention runs in v's dtype)
+            q, k = rms_norm(q).to(v.dtype), rms_norm(k).to(v.dtype)
+        if whole:  # the fused kernels take q, k, v side by side again
+            y = kernels.causal_attention(torch.cat((q.flatten(2), k.flatten(2), v), -1), self.heads,
+                                         self.kv_heads, dropout_p)  # fmt: skip
+            return self.resid_dropout(self.c_proj(y))
+        # (B, T, heads, head_dim) -> (B, heads, T, head_dim)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        v = v.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
         if kv_cache is not None:
-            k, v = kv_cache.update(self.layer_idx, k, v)  # all keys so far, (B, heads, T_k, head_dim)
+            k, v = kv_cache.update(self.layer_idx, k, v)  # every key the new queries may see
         y = self._attend(q, k, v, attn_mask, dropout_p)
-        y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble the heads side by side
+        y = y.transpose(1, 2).reshape(B, T, -1)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
 
-    def decode(self, x: Tensor, kv_cache: KVCache, attn_mask: Tensor | None) -> Tensor:
-        """One new token per row during cached generation: x (B, C) -> (B, C). Its key and value go into the
-        cache (:meth:`KVCache.write`) and it attends to every cached one (``attn_mask``, (B, 1, 1, T_k) bool,
-        hides padding). The same math as :meth:`forward` on a (B, 1, C) input with the cache, with fewer
-        tensor ops (no reshapes of a time axis of length 1): decoding is a chain of small ops, where each
-        one's fixed cost adds up."""
-        B = x.size(0)
-        qkv = self.c_attn(x).view(B, 3, self.heads, self.head_dim)
-        k, v = kv_cache.write(self.layer_idx, qkv[:, 1], qkv[:, 2])
-        y = self._attend(qkv[:, 0, :, None], k, v, attn_mask, self.dropout if self.training else 0.0)
-        y = self.c_proj(y.view(B, -1))
-        return self.resid_dropout(y) if self.training else y
-
-    def decode_static(
-        self, x: Tensor, k_cache: Tensor, v_cache: Tensor, slot: Tensor, mask: Tensor
-    ) -> Tensor:
-        """:meth:`decode` with static shapes, for a captured (CUDA graph) decode step: the new key and value go
-        into slot ``slot`` (a (1,) tensor, not a Python int) of this layer's whole buffers ``k_cache``,
-        ``v_cache`` (B, heads, max_seq_len, head_dim), and the query attends to every slot, ``mask``
-        ((B, 1, 1, max_seq_len) bool) hiding the unused ones and padding."""
-        B = x.size(0)
-        qkv = self.c_attn(x).view(B, 3, self.heads, self.head_dim)
-        k_cache.index_copy_(2, slot, qkv[:, 1, :, None].to(k_cache.dtype))
-        v_cache.index_copy_(2, slot, qkv[:, 2, :, None].to(v_cache.dtype))
-        y = self._attend(qkv[:, 0, :, None], k_cache, v_cache, mask, 0.0)
-        return self.c_proj(y.view(B, -1))
-
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, dropout_p: float) -> Tensor:
-        """softmax(q k^T / sqrt(head_dim) + mask) v for q (B, heads, T_q, d) against k, v (B, heads, T_k, d),
-        the queries being the last T_q positions."""
+        """softmax(q k^T / sqrt(head_dim) + mask) v for q (B, heads, T_q, d) against k, v (B, kv_heads, T_k,
+        d), the queries being the last T_q keys when there is no mask."""
         T_q, T_k = q.size(2), k.size(2)
+        if attn_mask is None and T_q > 1 and (T_q != T_k or not self.flash):
+            # SDPA's is_causal aligns to the top left; cached keys need the bottom right: spell it out.
+            pos = torch.arange(T_k, device=q.device)
+            attn_mask = causal_mask(pos[T_k - T_q :], pos, T_k)
+        gqa = self.kv_heads != self.heads
         if self.flash:
-            if attn_mask is None and T_q != T_k and T_q > 1:
-                # Several new queries after cached keys: SDPA's is_causal aligns to the top left, we need the
-                # bottom right, so spell the mask out.
-                attn_mask = build_attention_mask(torch.ones(1, T_k, dtype=torch.bool, device=q.device), T_q)
             if attn_mask is not None:
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+                                                      enable_gqa=gqa)  # fmt: skip
             # T_q == T_k: ordinary causal attention; T_q == 1: one new token sees every cached key.
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=T_q > 1)
-        # reference: the same math, spelled out
-        if attn_mask is None:
-            attn_mask = build_attention_mask(torch.ones(1, T_k, dtype=torch.bool, device=q.device), T_q)
+            return F.scaled_dot_product_attention(
+                q, k, v, dropout_p=dropout_p, is_causal=T_q > 1, enable_gqa=gqa
+            )
+        if gqa:
+            k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)
+            v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))
-        att = att.float().masked_fill(~attn_mask, float("-inf"))
-        att = F.softmax(att, dim=-1).to(v.dtype)
+        if attn_mask is not None:
+            att = att.float().masked_fill(~attn_mask, float("-inf"))
+        att = F.softmax(att.float(), dim=-1).to(v.dtype)
         att = F.dropout(att, p=dropout_p, training=dropout_p > 0)
         return att @ v

@@ -1,19 +1,31 @@
-"""The GPT model: a decoder-only transformer in the GPT-2 mould, in one readable file (after nanoGPT).
+"""The GPT model: a decoder-only transformer in one readable file (after nanoGPT), its architecture a few
+switches of ``ModelConfig`` (``model.arch`` is shorthand for them: the GPT-2 recipe or nanochat's).
 
-    tokens -> token embedding + learned position embedding -> dropout
+    tokens -> token embedding (+ learned position embedding) (-> norm) -> dropout
            -> num_layers x Block(pre-norm: x + attn(ln_1(x)); x + mlp(ln_2(x)))
-           -> final LayerNorm -> LM head (weights tied to the token embedding) -> logits
+           -> final norm -> LM head (tied to the token embedding or its own) (-> cap * tanh(logits / cap))
 
-Parameter names follow GPT-2 / nanoGPT (``transformer.h.0.attn.c_attn.weight`` ...), so the Hugging Face
-export is a transpose away. Attention lives in ``attention.py``, the KV cache in ``kv_cache.py``, sampling
-in ``generation.py``, save/load in ``serialization.py``; the device-specific fast paths (block-causal
-attention, the bias-in-GEMM Linear, the fused LM-head loss) in ``kernels/``, so nothing here tests devices.
+The switches (each a ``model.*`` key; ``python -m gptrs.config --describe`` says what it does):
+
+    positions       learned table (GPT-2)             | rotary, applied in attention (RoPE)
+    norm            LayerNorm with gains (and biases) | parameter-free RMSNorm
+    embed_norm      -                                 | a norm right after the token embedding
+    qk_norm         -                                 | RMS-normalised queries and keys
+    activation      GELU (exact or tanh)              | ReLU^2
+    bias, tie_embeddings, logit_softcap, kv_heads (grouped-query attention), dropout
+    init            GPT-2's N(0, 0.02)                | nanochat's fan-in scaled, zero residual projections
+
+Parameter names follow GPT-2 / nanoGPT (``transformer.h.0.attn.c_attn.weight`` ...). Attention is in
+``attention.py``, the KV cache in ``kv_cache.py``, decoding in ``generation.py``, save/load in
+``serialization.py``, the Hugging Face mapping in ``hf.py``; the device-specific fast paths in ``kernels/``,
+so nothing here tests devices. Decoding runs this same forward with a ``kv_cache``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,32 +34,42 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from gptrs.config import Config, ModelConfig, check_model
+from gptrs.config import Config, ModelConfig, check_model, resolve_model
 from gptrs.errors import ConfigError
 from gptrs.model import generation, kernels, serialization
-from gptrs.model.attention import CausalSelfAttention
+from gptrs.model.attention import RMS_EPS, CausalSelfAttention
 from gptrs.model.kernels import IGNORE_INDEX, Linear, RowHead, lm_head_loss
-from gptrs.model.kv_cache import KVCache, build_attention_mask
+from gptrs.model.kernels.softcap_loss import lm_head_softcap_cross_entropy, softcap
+from gptrs.model.kv_cache import KVCache, causal_mask, row_positions
+from gptrs.model.rotary import RotaryTables
 
-ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}  # model.activation -> nn.GELU(approximate=...)
+GELU_APPROXIMATE = {"gelu": "none", "gelu_tanh": "tanh"}  # model.activation -> F.gelu(approximate=...)
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    """LayerNorm with learned gains (and biases per ``model.bias``) or parameter-free RMSNorm."""
+    if cfg.norm == "layernorm":
+        return nn.LayerNorm(cfg.embed_dim, bias=bool(cfg.bias))
+    return nn.RMSNorm(cfg.embed_dim, eps=RMS_EPS, elementwise_affine=False)
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: Linear(d -> ff) -> GELU -> Linear(ff -> d) -> dropout."""
+    """Position-wise feed-forward: Linear(d -> ff) -> GELU or ReLU^2 -> Linear(ff -> d) -> dropout."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.c_fc = Linear(cfg.embed_dim, cfg.ff_dim, bias=cfg.bias)
-        self.gelu = nn.GELU(approximate=ACTIVATIONS[cfg.activation])
-        self.c_proj = Linear(cfg.ff_dim, cfg.embed_dim, bias=cfg.bias)
+        self.c_fc = Linear(cfg.embed_dim, cfg.ff_dim, bias=bool(cfg.bias))
+        self.activation = cfg.activation
+        self.c_proj = Linear(cfg.ff_dim, cfg.embed_dim, bias=bool(cfg.bias))
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         x = self.c_fc(x)
-        x = kernels.gelu(x, self.gelu.approximate)  # = self.gelu(x), faster for a decode step's rows
-        x = self.c_proj(x)
-        x = self.dropout(x)
-        return x
+        if self.activation == "relu2":
+            x = F.relu(x).square()
+        else:  # = F.gelu, faster for a decode step's rows
+            x = kernels.gelu(x, GELU_APPROXIMATE[str(self.activation)])
+        return self.dropout(self.c_proj(x))
 
 
 class Block(nn.Module):
@@ -55,32 +77,20 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ModelConfig, layer_idx: int = 0) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.embed_dim, bias=cfg.bias)
+        self.ln_1 = make_norm(cfg)
         self.attn = CausalSelfAttention(cfg, layer_idx)
-        self.ln_2 = nn.LayerNorm(cfg.embed_dim, bias=cfg.bias)
+        self.ln_2 = make_norm(cfg)
         self.mlp = MLP(cfg)
 
     def forward(
-        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None
-    ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), attn_mask, kv_cache)
-        x = x + self.mlp(self.ln_2(x))
-        return x
-
-    def decode(self, x: torch.Tensor, kv_cache: KVCache, attn_mask: torch.Tensor | None) -> torch.Tensor:
-        """One token per row, (B, C), through the KV cache; see ``GPT.decode_step``."""
-        x = x + self.attn.decode(self.ln_1(x), kv_cache, attn_mask)
-        if self.training:  # dropout is active: take the ordinary path
-            return x + self.mlp(self.ln_2(x))
-        m = self.mlp
-        h = kernels.gelu(m.c_fc(self.ln_2(x)), m.gelu.approximate)  # fewer module calls than self.mlp
-        return x + m.c_proj(h)
-
-    def decode_static(self, x: Tensor, kv: tuple[Tensor, Tensor], slot: Tensor, mask: Tensor) -> Tensor:
-        """:meth:`decode` with static shapes (see ``CausalSelfAttention.decode_static``); eval mode only."""
-        x = x + self.attn.decode_static(self.ln_1(x), kv[0], kv[1], slot, mask)
-        m = self.mlp
-        return x + m.c_proj(kernels.gelu(m.c_fc(self.ln_2(x)), m.gelu.approximate))
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor] | None = None,
+        attn_mask: Tensor | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> Tensor:
+        x = x + self.attn(self.ln_1(x), rope, attn_mask, kv_cache)
+        return x + self.mlp(self.ln_2(x))
 
 
 class Trunk(nn.Module):
@@ -89,73 +99,125 @@ class Trunk(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         assert cfg.vocab_size is not None
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.embed_dim)  # token embedding (tied to the LM head)
-        self.wpe = nn.Embedding(cfg.max_seq_len, cfg.embed_dim)  # learned position embedding
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.embed_dim)  # token embedding
+        self.wpe = nn.Embedding(cfg.max_seq_len, cfg.embed_dim) if cfg.positions == "learned" else None
+        self.ln_e = make_norm(cfg) if cfg.embed_norm else None
         self.drop = nn.Dropout(cfg.dropout)
         self.h = nn.ModuleList([Block(cfg, i) for i in range(cfg.num_layers)])
-        self.ln_f = nn.LayerNorm(cfg.embed_dim, bias=cfg.bias)
+        self.ln_f = make_norm(cfg)
 
 
-class GPT(serialization.Pretrained):
-    """GPT-2 style language model. ``model(input_ids, targets)`` returns ``(logits, loss)`` as in nanoGPT."""
+def resolve_vocab(mc: ModelConfig, vocab_size: int | None) -> int:
+    """Embedding rows: ``model.vocab_size`` when set (it may exceed the tokenizer's, e.g. rounded up to a
+    multiple of 64 for speed), else ``vocab_size`` (the tokenizer's)."""
+    if mc.vocab_size is None:
+        if vocab_size is None:
+            raise ConfigError("model.vocab_size is not set and no tokenizer vocabulary size was given")
+        return vocab_size
+    if vocab_size is not None and mc.vocab_size < vocab_size:
+        raise ConfigError(
+            f"model.vocab_size ({mc.vocab_size}) is smaller than the tokenizer's vocabulary ({vocab_size})"
+        )
+    return mc.vocab_size
+
+
+class GPT(nn.Module):
+    """The language model. ``model(input_ids, targets)`` returns ``(logits, loss)`` as in nanoGPT.
+
+    ``GPT(vocab_size, embed_dim, ff_dim, num_layers, heads, max_seq_len, pad_token_id)`` builds the GPT-2
+    recipe (other ``ModelConfig`` switches as keywords, e.g. ``arch="nanochat"``); ``GPT(config=...)``
+    builds a ``ModelConfig`` with ``vocab_size`` set; ``GPT.from_config`` resolves it from a tokenizer.
+    """
 
     def __init__(
         self,
-        vocab_size: int,
-        embed_dim: int,
-        ff_dim: int,
-        num_layers: int,
-        heads: int,
-        max_seq_len: int,
-        pad_token_id: int | None,
+        vocab_size: int | None = None,
+        embed_dim: int | None = None,
+        ff_dim: int | None = None,
+        num_layers: int | None = None,
+        heads: int | None = None,
+        max_seq_len: int | None = None,
+        pad_token_id: int | None = None,
         dropout: float = 0.0,
         *,
-        bias: bool = True,
-        activation: str = "gelu",
-        attention: str = "sdpa",
-        gradient_checkpointing: bool = False,
+        config: ModelConfig | None = None,
+        **switches: Any,
     ) -> None:
         super().__init__()
-        cfg = ModelConfig(
-            embed_dim=embed_dim,
-            ff_dim=ff_dim,
-            num_layers=num_layers,
-            heads=heads,
-            max_seq_len=max_seq_len,
-            dropout=dropout,
-            bias=bias,
-            activation=activation,
-            attention=attention,
-            gradient_checkpointing=gradient_checkpointing,
-            vocab_size=vocab_size,
-        )
-        check_model(cfg)
-        if pad_token_id is not None and not 0 <= pad_token_id < vocab_size:
-            raise ConfigError(f"pad_token_id {pad_token_id} is outside the vocabulary (size {vocab_size})")
+        if config is None:
+            shape = dict(embed_dim=embed_dim, ff_dim=ff_dim, num_layers=num_layers, heads=heads,
+                         max_seq_len=max_seq_len)  # fmt: skip
+            missing = [k for k, v in shape.items() if v is None]
+            if vocab_size is None or missing:
+                raise TypeError(f"GPT() needs vocab_size and {', '.join(shape)} (or config=ModelConfig)")
+            config = ModelConfig(vocab_size=vocab_size, dropout=dropout, **shape, **switches)  # type: ignore[arg-type]
+        check_model(config)
+        cfg = resolve_model(config)
+        assert cfg.vocab_size is not None
+        if pad_token_id is not None and not 0 <= pad_token_id < cfg.vocab_size:
+            raise ConfigError(
+                f"pad_token_id {pad_token_id} is outside the vocabulary (size {cfg.vocab_size})"
+            )
         self._cfg = cfg
         self.pad_token_id = pad_token_id
-        self.gradient_checkpointing = gradient_checkpointing
-        self.residual_in_autocast_dtype = True  # keep the residual stream in bf16/fp16 under autocast
+        self.gradient_checkpointing = cfg.gradient_checkpointing
+        # Under autocast keep the residual stream in bf16/fp16 (measured 5-10% faster per training step on
+        # CPU for the GPT-2 recipe); the RMSNorm recipe was tuned with an fp32 residual and keeps it.
+        self.residual_in_autocast_dtype = cfg.norm == "layernorm"
+        # Rows of logits alive at once in the fused LM-head loss; None lets kernels.chunks pick by device.
+        self.loss_chunk_size: int | None = None
+        self.logit_softcap = cfg.logit_softcap or None
+        head_dim = cfg.embed_dim // cfg.heads
+        self.rotary = (
+            RotaryTables(head_dim, cfg.rope_theta or 0.0, cfg.max_seq_len)
+            if cfg.positions == "rotary"
+            else None
+        )
 
         self.transformer = Trunk(cfg)
-        self.lm_head = RowHead(embed_dim, vocab_size, bias=False)  # nn.Linear; faster rows for decoding
-        self.lm_head.weight = self.transformer.wte.weight  # weight tying (Press & Wolf, 2017)
+        self.lm_head = RowHead(
+            cfg.embed_dim, cfg.vocab_size, bias=False
+        )  # nn.Linear; faster rows for decoding
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight  # weight tying (Press & Wolf, 2017)
+        self.reset_parameters()
 
-        # GPT-2 initialisation: N(0, 0.02) everywhere; the projections that write into the residual stream
-        # are scaled by 1/sqrt(2 * num_layers) so its variance does not grow with depth.
-        self.apply(self._init_weights)
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * num_layers))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """``model.init``. gpt2: N(0, 0.02) everywhere, the projections that write into the residual stream
+        scaled by 1/sqrt(2 * num_layers) so its variance does not grow with depth. nanochat: Linear weights
+        N(0, 1/fan_in * min(1, fan_out/fan_in)) (q, k and v each as its own matrix), embeddings N(0, 1), and
+        the LM head and every residual projection zero, so each block starts as the identity."""
+        if self._cfg.init == "gpt2":
+            for m in self.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, mean=0.0, std=0.02)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+                elif isinstance(m, nn.Embedding):
+                    nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            for name, p in self.named_parameters():
+                if name.endswith("c_proj.weight"):
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self._cfg.num_layers))
+            return
+        splits = {id(m.c_attn): m.qkv_split for m in self.modules() if isinstance(m, CausalSelfAttention)}
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                for w in m.weight.split(splits.get(id(m), m.weight.size(0))):
+                    fan_out, fan_in = w.shape
+                    nn.init.normal_(
+                        w, mean=0.0, std=min(1.0, math.sqrt(fan_out / fan_in)) / math.sqrt(fan_in)
+                    )
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, mean=0.0, std=1.0)
+        if not self._cfg.tie_embeddings:
+            nn.init.zeros_(self.lm_head.weight)
+        for block in self.transformer.h:
+            assert isinstance(block, Block)
+            nn.init.zeros_(block.attn.c_proj.weight)
+            nn.init.zeros_(block.mlp.c_proj.weight)
 
     # ------------------------------------------------------------------ construction
 
@@ -163,226 +225,194 @@ class GPT(serialization.Pretrained):
     def from_config(
         cls, cfg: Config | ModelConfig, *, vocab_size: int | None = None, pad_token_id: int | None = None
     ) -> GPT:
-        """Build from a ``Config`` (its ``model`` section) or a ``ModelConfig``.
-
-        The vocabulary size is ``model.vocab_size`` when set (it may exceed the tokenizer's, e.g. rounded up
-        to a multiple of 64 for speed), else ``vocab_size`` (the tokenizer's).
-        """
+        """Build from a ``Config`` (its ``model`` section) or a ``ModelConfig``; embedding rows as
+        :func:`resolve_vocab` picks them."""
         mc = cfg.model if isinstance(cfg, Config) else cfg
-        if mc.arch != "gpt2":
-            raise ConfigError(
-                f"model.arch is {mc.arch!r}, not 'gpt2' (gptrs.model.build_model builds either)"
-            )
-        vocab = mc.vocab_size if mc.vocab_size is not None else vocab_size
-        if vocab is None:
-            raise ConfigError("model.vocab_size is not set and no tokenizer vocabulary size was given")
-        if mc.vocab_size is not None and vocab_size is not None and mc.vocab_size < vocab_size:
-            raise ConfigError(
-                f"model.vocab_size ({mc.vocab_size}) is smaller than the tokenizer's vocabulary ({vocab_size})"
-            )
-        model = cls(
-            vocab,
-            mc.embed_dim,
-            mc.ff_dim,
-            mc.num_layers,
-            mc.heads,
-            mc.max_seq_len,
-            pad_token_id,
-            mc.dropout,
-            bias=mc.bias,
-            activation=mc.activation,
-            attention=mc.attention,
-            gradient_checkpointing=mc.gradient_checkpointing,
-        )
-        model._cfg = dataclasses.replace(model._cfg, compile=mc.compile)
-        return model
+        vocab = resolve_vocab(mc, vocab_size)
+        return GPT(config=dataclasses.replace(mc, vocab_size=vocab), pad_token_id=pad_token_id)
 
     @property
     def config(self) -> ModelConfig:
-        """The model's configuration with ``vocab_size`` resolved (a copy; editing it changes nothing)."""
+        """The model's configuration, every switch resolved (a copy; what ``model.json`` records)."""
         return dataclasses.replace(self._cfg, gradient_checkpointing=self.gradient_checkpointing)
+
+    @property
+    def vocab_size(self) -> int:
+        assert self._cfg.vocab_size is not None
+        return self._cfg.vocab_size
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
+        """Write ``model.safetensors`` and ``model.json`` into ``directory`` (created if needed)."""
+        serialization.save_pretrained(self, directory, self.config, self.pad_token_id)
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+    ) -> GPT:
+        """Load a model written by :meth:`save_pretrained` (or a trainer checkpoint directory)."""
+        return serialization.load_pretrained(
+            directory, lambda cfg, pad: cls.from_config(cfg, pad_token_id=pad), map_location
+        )
 
     # ------------------------------------------------------------------ forward
 
     def forward(
         self,
-        input_ids: torch.Tensor,
-        targets: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
+        input_ids: Tensor,
+        targets: Tensor | None = None,
+        attention_mask: Tensor | None = None,
         *,
+        kv_cache: KVCache | None = None,
         return_logits: bool | None = None,
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    ) -> tuple[Tensor | None, Tensor | None]:
         """Logits (B, T, vocab) and, given targets (B, T), the mean cross-entropy loss.
 
         Targets equal to -100 or to ``pad_token_id`` are ignored. With targets the loss is computed by the
         fused chunked LM-head loss and ``logits`` is None, unless ``return_logits=True``. Logits come out in
         the compute dtype (bf16 under bf16 autocast). ``attention_mask`` (B, T), 1 for tokens and 0 for
-        left padding, hides the padding and makes each row's positions start at 0 at its first token.
+        left padding, hides the padding and makes each row's positions start at its first token. With
+        ``kv_cache`` the tokens follow each row's cached ones (see :meth:`hidden_states`).
         """
-        x = self.hidden_states(input_ids, attention_mask)
+        x = self.hidden_states(input_ids, attention_mask, kv_cache=kv_cache)
         if targets is None:
-            return self.lm_head(x), None
+            return self.logits(x), None
         if self.pad_token_id is not None:
             targets = targets.masked_fill(targets == self.pad_token_id, IGNORE_INDEX)
         if return_logits:
-            logits = self.lm_head(x)
+            logits = self.logits(x)
             loss = F.cross_entropy(
                 logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX
             )
             return logits, loss
-        loss = lm_head_loss(x.view(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
-        return None, loss
+        flat_x, flat_t = x.view(-1, x.size(-1)), targets.reshape(-1)
+        if self.logit_softcap is None:
+            return None, lm_head_loss(flat_x, self.lm_head.weight, flat_t, self.loss_chunk_size)
+        return None, lm_head_softcap_cross_entropy(
+            flat_x, self.lm_head.weight, flat_t, self.logit_softcap, self.loss_chunk_size
+        )
 
-    def _embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        """Token + position embeddings (then dropout): the start of the residual stream."""
-        x = self.transformer.wte(input_ids) + self.transformer.wpe(position_ids)
-        if self.residual_in_autocast_dtype and torch.is_autocast_enabled(x.device.type):
-            # Embeddings come out in fp32 (the parameters' dtype); without this cast the residual stream
-            # stays fp32 and every LayerNorm, add and matmul input pays a conversion. Measured ~5-10%
-            # faster per training step on CPU; LayerNorm still accumulates in fp32 internally.
-            x = x.to(torch.get_autocast_dtype(x.device.type))
-        return self.transformer.drop(x)
+    def logits(self, x: Tensor) -> Tensor:
+        """The LM head (and the soft cap) on final hidden states."""
+        return softcap(self.lm_head(x), self.logit_softcap)
 
     def hidden_states(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        *,
-        kv_cache: KVCache | None = None,
-        position_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, *, kv_cache: KVCache | None = None
+    ) -> Tensor:
         """Final-norm hidden states (B, T, embed_dim), the input of the LM head.
 
-        With ``kv_cache``, ``input_ids`` are the tokens after the cached ones; their keys/values are
-        appended to the cache and ``position_ids`` (B, T) must be given. ``attention_mask`` then covers the
-        new tokens only (the cache remembers which earlier positions were padding).
+        Each token attends to itself and the ``max_seq_len - 1`` tokens before it; a model with learned
+        positions takes at most ``max_seq_len`` tokens. With ``kv_cache`` the new keys/values are appended
+        to each row's cached ones and ``attention_mask`` covers the new tokens only.
         """
         T = input_ids.size(1)
-        past = kv_cache.pos if kv_cache is not None else 0
-        if past + T > self._cfg.max_seq_len:
-            raise ValueError(
-                f"sequence of {past + T} tokens is longer than the context (max_seq_len={self._cfg.max_seq_len})"
-            )
+        W, device = self._cfg.max_seq_len, input_ids.device
         valid = attention_mask.bool() if attention_mask is not None else None
-        if position_ids is None:
-            if valid is not None:  # each row's positions start at 0 at its first token
-                position_ids = (valid.long().cumsum(1) - 1).clamp(min=0)
-            else:
-                position_ids = torch.arange(past, past + T, device=input_ids.device)[None]
+        past = kv_cache.max_len if kv_cache is not None and not kv_cache.static else 0
+        if self.transformer.wpe is not None and past + T > W:
+            raise ValueError(f"sequence of {past + T} tokens is longer than the context (max_seq_len={W})")
         if kv_cache is not None:
-            attn_mask = kv_cache.mask(T, valid)  # the cache remembers which earlier keys were padding
-        elif valid is not None and not bool(valid.all()):
-            attn_mask = build_attention_mask(valid, T)
+            pos, attn_mask = kv_cache.begin(T, valid, device)
         else:
-            attn_mask = None
-
-        x = self._embed(input_ids, position_ids)
+            padded = valid is not None and not bool(valid.all())
+            pos = row_positions(valid if padded else None, T, device)
+            attn_mask = causal_mask(pos, pos, W, valid if padded else None) if padded or T > W else None
+        x = self._embed(input_ids, pos)
+        rope = None
+        if self.rotary is not None:
+            top = None if kv_cache is not None and kv_cache.static else past + T  # static: tables grown ahead
+            rope = self.rotary.at(pos, device, self._compute_dtype(x), top)
         checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.transformer.h:
             if checkpointing:
-                x = checkpoint(block, x, attn_mask, None, use_reentrant=False)
+                x = checkpoint(block, x, rope, attn_mask, None, use_reentrant=False)
             else:
-                x = block(x, attn_mask, kv_cache)
+                x = block(x, rope, attn_mask, kv_cache)
         if kv_cache is not None:
-            kv_cache.advance(T)
-        x = self.transformer.ln_f(x)
-        return x
+            kv_cache.end()
+        return self.transformer.ln_f(x)
 
-    def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, kv_cache: KVCache) -> torch.Tensor:
-        """Logits (B, vocab) for one new token per row, appended to a KV cache that holds the tokens before.
+    def _embed(self, input_ids: Tensor, positions: Tensor) -> Tensor:
+        """Token (+ position) embeddings (then the embedding norm, dropout): the start of the residual stream."""
+        t = self.transformer
+        x = t.wte(input_ids)
+        if t.wpe is not None:
+            x = x + t.wpe(positions)
+        if t.ln_e is not None:
+            x = t.ln_e(x)
+        if self.residual_in_autocast_dtype and torch.is_autocast_enabled(x.device.type):
+            # Embeddings come out in fp32 (the parameters' dtype); without this cast the residual stream
+            # stays fp32 and every norm, add and matmul input pays a conversion.
+            x = x.to(torch.get_autocast_dtype(x.device.type))
+        return t.drop(x)
 
-        ``tokens`` and ``positions`` are (B,). The cache must already have been filled (the prefill, by
-        :meth:`hidden_states`). This is the decoding hot loop: the same math as ``hidden_states`` on a
-        (B, 1) input followed by the LM head, with the mask and bookkeeping reduced to what one token
-        needs. Per token it saves about a third of the time on the 6/6/384 model (fp32, one thread:
-        3.2 ms instead of 4.1 ms, of which ~2.2 ms is reading the weights from memory).
-        """
-        if kv_cache.full:
-            raise ValueError(f"KV cache is full (max_seq_len={self._cfg.max_seq_len})")
-        x = self._embed(tokens, positions)
-        attn_mask = kv_cache.decode_mask()
-        for block in self.transformer.h:
-            assert isinstance(block, Block)
-            x = block.decode(x, kv_cache, attn_mask)
-        kv_cache.advance(1)
-        return self.lm_head(self.transformer.ln_f(x))
+    def _compute_dtype(self, x: Tensor) -> torch.dtype:
+        """The dtype the projections produce: the autocast dtype under autocast, else the weights'."""
+        if torch.is_autocast_enabled(x.device.type):
+            return torch.get_autocast_dtype(x.device.type)
+        return self.transformer.wte.weight.dtype
 
-    def decode_step_static(
-        self, tokens: Tensor, positions: Tensor, kv_cache: KVCache, slot: Tensor, mask: Tensor
-    ) -> Tensor:
-        """:meth:`decode_step` with static shapes and no Python-side state, for a decode step captured as a
-        CUDA graph (``static_decode.py``): the new keys/values go into slot ``slot`` ((1,) tensor) of the
-        cache's preallocated buffers (filled up to it by a prefill), every query attends to all
-        ``max_seq_len`` slots under ``mask`` ((B, 1, 1, max_seq_len) bool). The cache's ``pos`` is not
-        advanced: the caller owns ``slot``. Eval mode only (no dropout)."""
-        x = self._embed(tokens, positions)
-        for block, kv in zip(self.transformer.h, kv_cache.layers, strict=True):
-            assert isinstance(block, Block)
-            x = block.decode_static(x, kv, slot, mask)
-        return self.lm_head(self.transformer.ln_f(x))
-
-    def new_kv_cache(self, batch_size: int) -> KVCache:
-        """An empty KV cache for ``batch_size`` rows and the full context."""
+    def new_kv_cache(self, batch_size: int, *, static: bool = False) -> KVCache:
+        """An empty KV cache for ``batch_size`` rows and a window of ``max_seq_len`` tokens."""
         c = self._cfg
-        return KVCache(c.num_layers, batch_size, c.heads, c.max_seq_len, c.embed_dim // c.heads)
+        assert c.kv_heads is not None
+        return KVCache(
+            c.num_layers, batch_size, c.kv_heads, c.max_seq_len, c.embed_dim // c.heads, static=static
+        )
 
     # ------------------------------------------------------------------ accounting
 
     def num_parameters(self, non_embedding: bool = False) -> int:
-        """Number of parameters, the tied LM head counted once.
-
-        ``non_embedding=True`` leaves out the token and position embeddings (Kaplan et al.'s N).
-        """
+        """Number of parameters, a tied LM head counted once. ``non_embedding=True`` leaves out the token and
+        position embeddings (Kaplan et al.'s N; an untied LM head stays: it is a matmul)."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
+            n -= sum(e.weight.numel() for e in (self.transformer.wte, self.transformer.wpe) if e is not None)
         return n
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs per token (forward + backward): 6N + 12 * L * d * T (PaLM appendix B, nanoGPT).
 
-        N follows nanoGPT's ``estimate_mfu``: every parameter except the position embeddings (the tied token
-        embedding is counted, as it is the LM head's matmul weight). 6N covers the matmuls with weights;
-        12*L*d*T the attention scores and weighted sum over a context of T = ``seq_len`` (default
-        max_seq_len) tokens.
+        N counts the weights that multiply activations: every parameter but the position table and (when the
+        head is untied) the token embedding, which are lookups; a tied embedding is the LM head's matmul.
+        12*L*d*T covers the attention scores and weighted sum over a context of T = ``seq_len`` tokens.
         """
-        T = self._cfg.max_seq_len if seq_len is None else seq_len
-        N = self.num_parameters() - self.transformer.wpe.weight.numel()
-        return 6 * N + 12 * self._cfg.num_layers * self._cfg.embed_dim * T
+        c = self._cfg
+        T = c.max_seq_len if seq_len is None else seq_len
+        n = self.num_parameters()
+        if self.transformer.wpe is not None:
+            n -= self.transformer.wpe.weight.numel()
+        if not c.tie_embeddings:
+            n -= self.transformer.wte.weight.numel()
+        return 6 * n + 12 * c.num_layers * c.embed_dim * T
 
     def optimizer_groups(self, weight_decay: float) -> list[dict[str, Any]]:
-        """AdamW parameter groups: decay on the 2-D weights of Linear layers only; none on norms, biases
-        and embeddings (the LM head is the token embedding, so it gets none either)."""
+        """AdamW parameter groups: decay on the 2-D weights of Linear layers only; none on norms, biases,
+        embeddings and the LM head."""
         linear_weights = {
             id(m.weight) for m in self.modules() if isinstance(m, nn.Linear) and m is not self.lm_head
         }
         decay: list[nn.Parameter] = []
         no_decay: list[nn.Parameter] = []
         for p in self.parameters():
-            if not p.requires_grad:
-                continue
-            (decay if id(p) in linear_weights and p.dim() == 2 else no_decay).append(p)
-        return [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+            if p.requires_grad:
+                (decay if id(p) in linear_weights and p.dim() == 2 else no_decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
-    # ------------------------------------------------------------------ generation and serialization
+    # ------------------------------------------------------------------ generation
 
     def generate(
         self,
-        input_ids: torch.Tensor,
+        input_ids: Tensor,
         *sampling: Any,
-        attention_mask: torch.Tensor | None = None,
+        attention_mask: Tensor | None = None,
         use_cache: bool = True,
         static_cache: bool | None = None,
         **sampling_kw: Any,
-    ) -> torch.Tensor:
+    ) -> Tensor:
         """Continue each prompt: ``generate(input_ids, max_new_tokens, temperature=1.0, top_k=None,
         top_p=None, eos_token_id=None, seed=None, attention_mask=None, use_cache=True, static_cache=None)``;
-        the sampling
-        arguments make a :class:`~gptrs.model.generation.SamplingParams`. See
-        :func:`gptrs.model.generation.generate`."""
+        the sampling arguments make a :class:`~gptrs.model.sampling.SamplingParams`. Returns (B, T + new)
+        ids. See :func:`gptrs.model.generation.generate`."""
         params = generation.SamplingParams(*sampling, **sampling_kw)
         return generation.generate(
             self,
@@ -395,15 +425,14 @@ class GPT(serialization.Pretrained):
 
     def generate_stream(
         self,
-        input_ids: torch.Tensor,
+        input_ids: Tensor,
         *sampling: Any,
-        attention_mask: torch.Tensor | None = None,
+        attention_mask: Tensor | None = None,
         use_cache: bool = True,
         static_cache: bool | None = None,
         **sampling_kw: Any,
-    ) -> Iterator[torch.Tensor]:
-        """Yield each step's new tokens as a (B,) LongTensor; arguments as in :meth:`generate`. See
-        :func:`gptrs.model.generation.generate_stream`."""
+    ) -> Iterator[Tensor]:
+        """Yield each step's new tokens as a (B,) LongTensor; arguments as in :meth:`generate`."""
         params = generation.SamplingParams(*sampling, **sampling_kw)
         return generation.generate_stream(
             self,
@@ -413,3 +442,25 @@ class GPT(serialization.Pretrained):
             use_cache=use_cache,
             static_cache=static_cache,
         )
+
+
+class NanoChat(GPT):
+    """``GPT`` with ``arch="nanochat"``, built with the argument order of nanochat-style code: a name for
+    the nanochat settings, not a second model. ``logit_softcap=None`` means no cap here."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embed_dim: int,
+        num_layers: int,
+        heads: int,
+        max_seq_len: int,
+        pad_token_id: int | None = None,
+        *,
+        ff_dim: int | None = None,
+        logit_softcap: float | None = 15.0,
+        **switches: Any,
+    ) -> None:
+        super().__init__(vocab_size, embed_dim, 4 * embed_dim if ff_dim is None else ff_dim, num_layers, heads,
+                         max_seq_len, pad_token_id, arch="nanochat", logit_softcap=logit_softcap or 0.0,
+                         **switches)  # fmt: skip

@@ -1,13 +1,23 @@
-"""A preallocated key/value cache for incremental decoding, and the attention masks over its keys.
+"""The KV cache: keys and values of every layer for the last ``window`` tokens of each row, and the masks.
 
-Generation runs the prompt once (the prefill) and then one token per step. Each attention layer writes
-that step's keys and values into fixed (B, heads, max_seq_len, head_dim) buffers allocated on the first
-write, so a decode step does no allocation and no Python object churn beyond slicing views.
+Generation runs the prompt once (the prefill) and then one token per step; each attention layer hands its
+new keys/values to the cache (:meth:`KVCache.update`) and attends to what it gets back. The cache owns its
+bookkeeping: :meth:`KVCache.begin` plans a pass (each new token's position and the attention mask),
+:meth:`KVCache.end` moves on.
 
-The cache also remembers which cached positions are left padding, and makes the mask that hides them
-(:meth:`KVCache.mask`, :meth:`KVCache.decode_mask`). It stores keys as the model gives them and knows
-nothing of positions: a model with learned absolute positions (GPT-2) re-runs a slid window after
-:meth:`KVCache.reset`, one with rotary embeddings could keep its keys.
+Rows are independent: ``lengths[b]`` counts the real tokens row ``b`` holds, and row ``b``'s token at
+position ``p`` lives in slot ``p % window`` of a ring. Left padding is never stored, so a batch of prompts of
+different lengths, or a request joining a running batch (:meth:`merge`, :meth:`select`), is just rows of
+different lengths. Semantics, with or without the cache: each token attends to itself and the ``window - 1``
+tokens before it. While a row fits in the window that is ordinary causal attention; past it the ring slides.
+Rotary keys are stored rotated by their absolute position and scores depend only on distances, so they stay
+valid as the window slides. Learned positions do not: such a model re-encodes its last window instead
+(``generation.py``).
+
+Two modes. The eager one keeps a host-side copy of the longest row, so a decode step attends to the used
+slots only and needs no mask when every row has the same length (no host sync per step). The static one
+(``static=True``, for a step captured as a CUDA graph in ``static_decode.py``) keeps every shape fixed:
+writes go through tensor indices and attention covers all ``window`` slots under a mask.
 """
 
 from __future__ import annotations
@@ -16,112 +26,232 @@ import torch
 from torch import Tensor
 
 
-def build_attention_mask(key_valid: Tensor, num_queries: int) -> Tensor:
-    """Boolean (B, 1, T_q, T_k) mask: causal, with the queries being the last ``num_queries`` keys, and
-    padding keys (``key_valid`` False) hidden. Each query may always see itself, so that a padding query
-    never has an all-masked row (which would give NaN); its output is ignored anyway."""
-    num_keys = key_valid.size(1)
-    q_pos = torch.arange(num_keys - num_queries, num_keys, device=key_valid.device)
-    k_pos = torch.arange(num_keys, device=key_valid.device)
-    causal = k_pos[None, :] <= q_pos[:, None]  # (T_q, T_k)
-    mask = causal[None] & key_valid[:, None, :]
-    mask |= k_pos[None, None, :] == q_pos[None, :, None]
-    return mask[:, None]
+def causal_mask(q_pos: Tensor, k_pos: Tensor, window: int, key_valid: Tensor | None = None) -> Tensor:
+    """Boolean attention mask, True = may attend, for queries that are the last ``T_q`` of ``T_k`` keys in
+    time order: a key no later than the query, less than ``window`` positions before it, and (with
+    ``key_valid`` (B, T_k)) a real token. Positions are (T,) or (1, T) shared, or (B, T) per row. A query
+    always sees itself, so no row is all-masked (a padding query's output is ignored anyway).
+    Shape (B or 1, 1, T_q, T_k)."""
+    T_q, T_k = q_pos.size(-1), k_pos.size(-1)
+    q_col = torch.arange(T_k - T_q, T_k, device=q_pos.device)[:, None]
+    k_col = torch.arange(T_k, device=q_pos.device)[None, :]
+    allowed = (k_col <= q_col) & (k_pos[..., None, :] > q_pos[..., :, None] - window)
+    if allowed.dim() == 2:
+        allowed = allowed[None]
+    if key_valid is not None:
+        allowed = allowed & key_valid[:, None, :]
+    return (allowed | (k_col == q_col))[:, None]
+
+
+def row_positions(valid: Tensor | None, T: int, device: torch.device, start: Tensor | None = None) -> Tensor:
+    """The position of each new token in its row: (B, T), counting real tokens only (left padding gets the
+    position of the first real token, harmlessly), after ``start`` (B,) tokens already cached; (1, T) when
+    there is neither padding nor a cache."""
+    if valid is None:
+        pos = torch.arange(T, device=device)[None]
+    else:
+        pos = (valid.long().cumsum(1) - 1).clamp(min=0)
+    return pos if start is None else pos + start[:, None]
 
 
 class KVCache:
-    """Keys and values of every layer for the tokens seen so far, plus which of them are padding.
+    """Keys and values of ``num_layers`` layers for ``batch_size`` rows of up to ``window`` tokens each."""
 
-    ``pos`` counts the cached positions. During one forward pass each layer adds its keys/values at
-    ``pos`` (:meth:`update`; :meth:`write` for one token per row), and the model calls :meth:`advance`
-    once the pass is done. Before the pass, :meth:`mask` (or :meth:`decode_mask`) records which new
-    positions are padding and returns the attention mask the pass needs.
-    """
-
-    def __init__(self, num_layers: int, batch_size: int, heads: int, max_seq_len: int, head_dim: int) -> None:
-        self.shape = (num_layers, batch_size, heads, max_seq_len, head_dim)
-        self.max_seq_len = max_seq_len
+    def __init__(
+        self,
+        num_layers: int,
+        batch_size: int,
+        kv_heads: int,
+        window: int,
+        head_dim: int,
+        *,
+        static: bool = False,
+    ) -> None:
+        self.shape = (num_layers, batch_size, kv_heads, window, head_dim)
+        self.window = window
+        self.static = static
         self.k: Tensor | None = None
         self.v: Tensor | None = None
-        self.layers: list[tuple[Tensor, Tensor]] = []  # per-layer (k, v) views of the buffers
-        # key_valid[b, t] is False where position t of row b is left padding.
-        self.key_valid: Tensor | None = None
-        self.has_padding = False  # whether any key_valid entry was ever False (else no mask is needed)
-        self.pos = 0
+        self.lengths: Tensor | None = None  # (B,) real tokens per row, on the cache's device
+        self.max_len = 0  # host copy of lengths.max() (eager mode)
+        self.uniform = True  # every row has the same length: no mask is needed (eager mode)
+        # The plan of the pass in progress (begin -> update per layer -> end).
+        self._T = 0
+        self._valid: Tensor | None = None  # (B, T) which new tokens are real; None: all
+        self._slots: Tensor | None = None  # static/T=1: (B,) the slot each row writes
 
     @property
-    def full(self) -> bool:
-        """Whether every position is taken (the next token needs a slid window)."""
-        return self.pos >= self.max_seq_len
-
-    def reset(self) -> None:
-        """Forget the cached tokens (buffers are kept and reused)."""
-        self.pos = 0
-
-    def advance(self, num_tokens: int) -> None:
-        """The forward pass that wrote ``num_tokens`` positions into every layer is done."""
-        self.pos += num_tokens
-
-    # ------------------------------------------------------------------ keys and values
+    def batch_size(self) -> int:
+        return self.shape[1]
 
     def allocate(self, dtype: torch.dtype, device: torch.device) -> None:
         """Allocate the buffers now (else the first :meth:`update` does, in the dtype the layers produce):
-        a captured decode step needs them to exist, and to stay, before the first prefill."""
+        a captured step needs them to exist, and to stay, before the first prefill."""
         self.k = torch.zeros(self.shape, dtype=dtype, device=device)
         self.v = torch.zeros(self.shape, dtype=dtype, device=device)
-        self.layers = list(zip(self.k.unbind(0), self.v.unbind(0), strict=True))
+        if self.lengths is None or self.lengths.device != device:
+            self.lengths = torch.zeros(self.shape[1], dtype=torch.long, device=device)
+
+    def reset(self) -> None:
+        """Forget every row's tokens (the buffers are kept and reused)."""
+        if self.lengths is not None:
+            self.lengths.zero_()
+        self.max_len, self.uniform = 0, True
+
+    def sync(self) -> None:
+        """Refresh the host-side view of ``lengths`` (after static steps changed it on the device)."""
+        if self.lengths is not None:
+            self.max_len = int(self.lengths.max())
+            self.uniform = bool((self.lengths == self.lengths[0]).all())
+
+    @property
+    def full(self) -> bool:
+        """Whether some row fills the window (the next token makes it slide)."""
+        return self.max_len >= self.window
+
+    # ------------------------------------------------------------------ one pass
+
+    def begin(self, T: int, valid: Tensor | None, device: torch.device) -> tuple[Tensor, Tensor | None]:
+        """Plan a pass of ``T`` new tokens per row (``valid`` (B, T) bool marks the real ones, left padding
+        False; None = all real). Returns each new token's position in its row ((B, T) or (1, T)) and the
+        pass's attention mask over the keys :meth:`update` returns (None: plain causal attention with the
+        queries as the last ``T`` keys)."""
+        if self.lengths is None or self.lengths.device != device:
+            self.lengths = torch.zeros(self.shape[1], dtype=torch.long, device=device)
+        self._T, self._valid = T, valid
+        W = self.window
+        if self.static:  # one token per row, every shape fixed, nothing read back to the host
+            self._slots = self.lengths % W
+            filled = torch.arange(W, device=device) < (self.lengths + 1).clamp(max=W)[:, None]
+            return self.lengths[:, None], filled[:, None, None, :]
+        if self.max_len == 0:  # a fresh cache: attend to the new keys only
+            padded = valid is not None and not bool(valid.all())
+            pos = row_positions(valid if padded else None, T, device)
+            self._valid = valid if padded else None
+            if not padded and T <= W:
+                return pos, None
+            return pos, causal_mask(pos, pos, W, valid if padded else None)
+        if T == 1 and valid is None:  # the decoding hot loop
+            end = min(self.max_len + 1, W)
+            self._slots = self.lengths % W
+            mask = None
+            if not self.uniform:
+                mask = (torch.arange(end, device=device) < (self.lengths + 1).clamp(max=W)[:, None])[
+                    :, None, None
+                ]
+            return self.lengths[:, None], mask
+        # Several new tokens after cached ones (or padded ones): the used slots, then the new keys.
+        pos = row_positions(valid, T, device, self.lengths)
+        used = min(self.max_len, W)
+        slots = torch.arange(used, device=device)
+        last = self.lengths[:, None] - 1
+        slot_pos = last - (last - slots) % W  # the position each slot holds (newest token with p % W == s)
+        slot_valid = slots[None] < self.lengths[:, None]
+        new_valid = valid if valid is not None else torch.ones(pos.shape, dtype=torch.bool, device=device)
+        k_pos = torch.cat((slot_pos.expand(pos.size(0), -1), pos), 1)
+        return pos, causal_mask(pos, k_pos, W, torch.cat((slot_valid, new_valid), 1))
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write this pass's keys/values (B, heads, T, head_dim) of one layer after the cached ones; return
-        views of all of them, (B, heads, pos + T, head_dim)."""
-        T = k.size(2)
-        end = self.pos + T
-        if end > self.max_seq_len:
-            raise RuntimeError(f"KV cache overflow: {end} positions > max_seq_len {self.max_seq_len}")
+        """Store one layer's new keys/values (B, kv_heads, T, head_dim) and return the keys/values the pass
+        attends to (the mask from :meth:`begin` applies to them)."""
         if self.k is None or self.k.dtype != k.dtype or self.k.device != k.device:
-            # Allocated lazily so the buffers take the dtype the layers actually produce (bf16 under autocast).
+            assert not self.static, "a static cache must be allocated before its first pass"
             self.allocate(k.dtype, k.device)
-        assert self.k is not None and self.v is not None
-        self.k[layer, :, :, self.pos : end] = k
-        self.v[layer, :, :, self.pos : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        assert self.k is not None and self.v is not None and self.lengths is not None
+        kb, vb = self.k[layer], self.v[layer]
+        W, T = self.window, self._T
+        if self.static or (T == 1 and self._valid is None and self.max_len > 0):
+            assert self._slots is not None
+            if not self.static and self.uniform:  # every row writes the same slot: a plain slice
+                s = self.max_len % W
+                kb[:, :, s] = k[:, :, 0]
+                vb[:, :, s] = v[:, :, 0]
+            else:
+                rows = torch.arange(kb.size(0), device=kb.device)
+                kb[rows, :, self._slots] = k[:, :, 0]
+                vb[rows, :, self._slots] = v[:, :, 0]
+            if self.static:
+                return kb, vb
+            end = min(self.max_len + 1, W)
+            return kb[:, :, :end], vb[:, :, :end]
+        if self.max_len == 0:
+            self._store(kb, k)
+            self._store(vb, v)
+            return k, v
+        used = min(self.max_len, W)
+        k_all = torch.cat((kb[:, :, :used], k), 2)
+        v_all = torch.cat((vb[:, :, :used], v), 2)
+        self._store(kb, k)
+        self._store(vb, v)
+        return k_all, v_all
 
-    def write(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """One token per row, k and v (B, heads, head_dim), into slot ``pos`` of one layer (after a prefill
-        by :meth:`update`); return views of every key/value up to it. The decoding hot loop: the layer's
-        buffers are written through their per-layer views, with no checks."""
-        t = self.pos
-        k_cache, v_cache = self.layers[layer]
-        k_cache[:, :, t] = k
-        v_cache[:, :, t] = v
-        return k_cache[:, :, : t + 1], v_cache[:, :, : t + 1]
+    def _store(self, buf: Tensor, new: Tensor) -> None:
+        """Write the last ``window`` real tokens of each row of ``new`` (B, kv_heads, T, head_dim) into their
+        ring slots ``position % window``."""
+        assert self.lengths is not None
+        W, T = self.window, new.size(2)
+        if self._valid is None and self.uniform:  # rows alike: slices
+            first = max(0, T - W)  # only the last W tokens stay; they fill at most two runs of the ring
+            s0 = (self.max_len + first) % W
+            n = T - first
+            head = min(n, W - s0)
+            buf[:, :, s0 : s0 + head] = new[:, :, first : first + head]
+            if head < n:
+                buf[:, :, : n - head] = new[:, :, first + head :]
+            return
+        valid = self._valid if self._valid is not None else torch.ones(
+            buf.size(0), T, dtype=torch.bool, device=buf.device
+        )  # fmt: skip
+        count = valid.long().cumsum(1)
+        keep = valid & (count > count[:, -1:] - W)  # each row's last W real tokens
+        rows, cols = keep.nonzero(as_tuple=True)
+        slots = (self.lengths[rows] + count[rows, cols] - 1) % W
+        buf[rows, :, slots] = new.transpose(1, 2)[rows, cols]
 
-    # ------------------------------------------------------------------ padding and masks
-
-    def mask(self, num_new: int, attention_mask: Tensor | None = None) -> Tensor | None:
-        """Record which of the next ``num_new`` positions are real tokens (``attention_mask`` (B, num_new):
-        1/True = token, 0/False = left padding; None: all tokens) and return the mask their queries need
-        over every key so far: None when no key is padding (plain causal attention), else
-        :func:`build_attention_mask`'s (B, 1, num_new, pos + num_new)."""
-        if attention_mask is not None:
-            valid = attention_mask.bool()
-            if self.key_valid is None or self.key_valid.device != valid.device:
-                self.key_valid = torch.ones(
-                    self.shape[1], self.max_seq_len, dtype=torch.bool, device=valid.device
-                )
-            self.key_valid[:, self.pos : self.pos + num_new] = valid
-            self.has_padding = self.has_padding or not bool(valid.all())
-        elif self.key_valid is None:
-            return None  # no position was ever marked: no padding
+    def end(self) -> None:
+        """The pass is done: its tokens are now cached."""
+        assert self.lengths is not None
+        if self.static:
+            self.lengths.add_(1)
+            return
+        if self._valid is None:
+            self.lengths.add_(self._T)
+            self.max_len += self._T
         else:
-            self.key_valid[:, self.pos : self.pos + num_new] = True
-        keys = self.key_valid[:, : self.pos + num_new]
-        return None if bool(keys.all()) else build_attention_mask(keys, num_new)
+            self.lengths.add_(self._valid.sum(1))
+            self.sync()
+        self._T, self._valid, self._slots = 0, None, None
 
-    def decode_mask(self) -> Tensor | None:
-        """:meth:`mask` for one real token per row at ``pos``, cheaper (no check of every key, no sync): the
-        (B, 1, 1, pos + 1) mask of the keys it may see, or None when no key was ever padding."""
-        if self.key_valid is None:
-            return None
-        self.key_valid[:, self.pos] = True
-        return self.key_valid[:, None, None, : self.pos + 1] if self.has_padding else None
+    # ------------------------------------------------------------------ rows
+
+    def select(self, rows: Tensor) -> KVCache:
+        """A cache of these rows (a LongTensor of row indices), in that order: a finished request leaves."""
+        out = KVCache(*self._dims(len(rows)), static=self.static)
+        if self.k is not None and self.v is not None and self.lengths is not None:
+            idx = rows.to(self.k.device)
+            out.k, out.v = self.k.index_select(1, idx), self.v.index_select(1, idx)
+            out.lengths = self.lengths.index_select(0, idx)
+            if len(rows):
+                out.sync()
+        return out
+
+    @staticmethod
+    def merge(caches: list[KVCache]) -> KVCache:
+        """One cache holding the rows of ``caches`` one after the other: a request joins a running batch.
+        Every cache must have been filled (its buffers allocated) and share the shape of a row."""
+        first = caches[0]
+        out = KVCache(*first._dims(sum(c.batch_size for c in caches)), static=first.static)
+        ks = [c.k for c in caches]
+        vs = [c.v for c in caches]
+        ls = [c.lengths for c in caches]
+        if any(t is None for t in ks) or any(t is None for t in ls):
+            raise ValueError("KVCache.merge: every cache must hold tokens (run a prefill first)")
+        out.k = torch.cat(ks, 1)  # type: ignore[arg-type]
+        out.v = torch.cat(vs, 1)  # type: ignore[arg-type]
+        out.lengths = torch.cat(ls)  # type: ignore[arg-type]
+        out.sync()
+        return out
+
+    def _dims(self, batch_size: int) -> tuple[int, int, int, int, int]:
+        L, _, KV, W, D = self.shape
+        return L, batch_size, KV, W, D

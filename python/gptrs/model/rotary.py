@@ -30,6 +30,8 @@ class RotaryTables:
         self.theta = float(theta)
         self.initial_positions = max(1, initial_positions)
         self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Outgrown tables stay alive: a captured CUDA graph may still read the one it was captured with.
+        self._outgrown: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def _build(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         inv_freq = self.theta ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim)
@@ -43,24 +45,21 @@ class RotaryTables:
             n = cached[0].size(0) if cached is not None else self.initial_positions
             while n < num_positions:
                 n *= 2
+            if device in self._tables:
+                self._outgrown.append(self._tables[device])
             cached = self._build(n, device)
             self._tables[device] = cached
         return cached
 
     def at(
-        self, positions: torch.Tensor | range, device: torch.device, dtype: torch.dtype
+        self, positions: torch.Tensor, device: torch.device, dtype: torch.dtype, limit: int | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin for ``positions`` — a ``range`` (one row of positions shared by the batch) or an integer
-        tensor (T,) or (B, T) — shaped to broadcast against (B, T, heads, head_dim / 2) halves."""
-        if isinstance(positions, range):
-            cos, sin = self.table(positions.stop, device)
-            cos, sin = cos[positions.start : positions.stop], sin[positions.start : positions.stop]
-        else:
-            if positions.numel() and int(positions.min()) < 0:
-                raise ValueError("rotary positions must be >= 0")
-            cos, sin = self.table(int(positions.max()) + 1 if positions.numel() else 1, device)
-            cos, sin = cos[positions], sin[positions]
-        return cos.unsqueeze(-2).to(dtype), sin.unsqueeze(-2).to(dtype)
+        """cos/sin for integer ``positions`` (T,), (1, T) or (B, T), shaped to broadcast against
+        (B, T, heads, head_dim / 2) halves. ``limit`` bounds the positions from above (exclusive), as the
+        caller knows it without reading the tensor (no host sync); None: the tables already cover them (a
+        captured decode step, which grew them beforehand with :meth:`table`)."""
+        cos, sin = self.table(limit or 1, device) if limit is not None else self._tables[device]
+        return cos[positions].unsqueeze(-2).to(dtype), sin[positions].unsqueeze(-2).to(dtype)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

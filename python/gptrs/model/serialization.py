@@ -3,15 +3,18 @@
 Layout of a model directory (trainer checkpoints add config.yaml, tokenizer.json and trainer state beside
 these; loading needs only the two files):
 
-    model.json         {"format": "gptrs-model", "format_version": 1, "config": {ModelConfig fields,
-                        vocab_size resolved}, "pad_token_id": int | null}
-    model.safetensors  every tensor of ``state_dict()`` except ``lm_head.weight``, which is the token
-                        embedding (tied) and is stored once as ``transformer.wte.weight``
+    model.json         {"format": "gptrs-model", "format_version": 2, "config": {ModelConfig fields,
+                        every switch and vocab_size resolved}, "pad_token_id": int | null}
+    model.safetensors  every tensor of ``state_dict()``; a tied ``lm_head.weight`` is the token embedding
+                        and is stored once, as ``transformer.wte.weight``
+
+Older directories load as what they describe. Version 1 wrote the switches its family implied (``arch``
+fills them in), and its nanochat models kept queries, keys and values in three matrices (``attn.c_q``,
+``c_k``, ``c_v``), which are stacked into the one ``attn.c_attn`` on load.
 
 Anything wrong with a directory (missing files, bad JSON, corrupt safetensors, missing, unexpected or
 misshapen tensors) raises :class:`gptrs.errors.CheckpointError` with one line naming the file and tensors.
-This module knows no model class: :class:`Pretrained` gives a model family (``GPT``, ``NanoChat``) its
-``save_pretrained``/``from_pretrained`` through the family's ``config``, ``pad_token_id`` and ``from_config``.
+This module knows no model class: ``GPT`` calls it with its ``config`` and a builder.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from safetensors import safe_open
@@ -33,7 +36,8 @@ from gptrs.errors import CheckpointError, GptrsError
 from gptrs.files import MODEL_FILE, MODEL_JSON, atomic_path, atomic_write_text
 
 FORMAT = "gptrs-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+LEGACY_QKV = ("attn.c_q.weight", "attn.c_k.weight", "attn.c_v.weight")  # version 1 nanochat
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -152,12 +156,48 @@ def load_pretrained(
         raise CheckpointError(f"{path}: missing")
     tied = _tied(model)
     expected = {name: t.shape for name, t in model.state_dict().items() if name not in tied}
-    state = _read_tensors(path, expected, map_location)
+    legacy = _legacy_layout(path, expected)
+    state = _read_tensors(path, legacy or expected, map_location)
+    if legacy:
+        state = _stack_qkv(state)
     model.load_state_dict(state, strict=False, assign=True)
     for name, first in tied.items():  # re-tie: assign replaced the first name's Parameter
         owner, _, attr = name.rpartition(".")
         setattr(model.get_submodule(owner), attr, model.get_parameter(first))
     return model
+
+
+def _legacy_layout(path: Path, expected: dict[str, torch.Size]) -> dict[str, torch.Size] | None:
+    """The tensors a version-1 nanochat file holds instead of ``expected`` (q, k, v apart), when ``path``
+    is such a file; else None."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if not any(k.endswith(LEGACY_QKV[0]) for k in f.keys()):
+                return None
+    except Exception:
+        return None  # _read_tensors says what is wrong with the file
+    out: dict[str, torch.Size] = {}
+    for name, shape in expected.items():
+        if not name.endswith("attn.c_attn.weight"):
+            out[name] = shape
+            continue
+        prefix = name[: -len("attn.c_attn.weight")]
+        rows = shape[0]
+        q = int(expected[prefix + "attn.c_proj.weight"][1])  # the output projection reads the query heads
+        kv = (rows - q) // 2
+        for leaf, n in zip(LEGACY_QKV, (q, kv, kv), strict=True):
+            out[prefix + leaf] = torch.Size((n, shape[1]))
+    return out
+
+
+def _stack_qkv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Version-1 nanochat tensors -> today's names: ``attn.c_q/c_k/c_v`` stacked into ``attn.c_attn``."""
+    out = {n: t for n, t in state.items() if not n.endswith(LEGACY_QKV)}
+    for name in state:
+        if name.endswith(LEGACY_QKV[0]):
+            prefix = name[: -len(LEGACY_QKV[0])]
+            out[prefix + "attn.c_attn.weight"] = torch.cat([state[prefix + leaf] for leaf in LEGACY_QKV])
+    return out
 
 
 def _read_tensors(
@@ -192,34 +232,3 @@ def _read_tensors(
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable safetensors file ({first})") from None
     return state
-
-
-class Pretrained(nn.Module):
-    """The base of each model family: an ``nn.Module`` with ``save_pretrained``/``from_pretrained``. The family
-    supplies ``config`` (its resolved ModelConfig, what ``model.json`` records), ``pad_token_id`` and
-    ``from_config``."""
-
-    pad_token_id: int | None
-
-    @property
-    def config(self) -> ModelConfig:
-        raise NotImplementedError
-
-    @classmethod
-    def from_config(
-        cls, cfg: Config | ModelConfig, *, vocab_size: int | None = None, pad_token_id: int | None = None
-    ) -> Self:
-        raise NotImplementedError
-
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
-        """Write ``model.safetensors`` and ``model.json`` into ``directory`` (created if needed)."""
-        save_pretrained(self, directory, self.config, self.pad_token_id)
-
-    @classmethod
-    def from_pretrained(
-        cls, directory: str | os.PathLike[str], map_location: str | torch.device = "cpu"
-    ) -> Self:
-        """Load a model written by :meth:`save_pretrained` (or a trainer checkpoint directory)."""
-        return load_pretrained(
-            directory, lambda cfg, pad: cls.from_config(cfg, pad_token_id=pad), map_location
-        )

@@ -1,11 +1,11 @@
 """Decoding with static shapes: a one-token step whose every input is a tensor, captured once as a CUDA graph.
 
 On a GPU the eager decode step is bound by launching its few hundred small kernels from Python, not by the
-GPU (GPT-2 124M, batch 1: ~2% of what reading the weights allows). Here the step has no Python-side state
-that changes from one token to the next: the KV cache is preallocated to ``max_seq_len``
-(``KVCache`` buffers), the write slot, the per-row positions, the last tokens and the finished flags are
-device tensors updated in place, attention covers all ``max_seq_len`` slots under a mask that hides the
-unused ones, and the next token is picked on the device (greedy, or a draw from the temperature/top-k/top-p
+GPU (GPT-2 124M, batch 1: ~2% of what reading the weights allows). Here the step is the model's own forward
+with a static KV cache (``KVCache(static=True)``), which has no Python-side state that changes from one token
+to the next: its buffers are preallocated, each row's length (its write slot and position) is a device tensor
+updated in place, and so are the last tokens and the finished flags; attention covers all ``max_seq_len``
+slots under a mask that hides the unused ones, and the next token is picked on the device (greedy, or a draw from the temperature/top-k/top-p
 distribution given noise made outside the step: ``sampling.sample_with_noise``). Such a step can be
 captured by ``torch.cuda.graph`` once per batch size and sampling setup and then replayed: one launch per
 token. Rows that have finished keep producing the fill id without any host-side branch; the host checks
@@ -21,14 +21,15 @@ from __future__ import annotations
 import os
 import weakref
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from gptrs.config import ModelConfig
-from gptrs.model.kv_cache import KVCache
 from gptrs.model.sampling import SamplingParams, sample_with_noise
+
+if TYPE_CHECKING:
+    from gptrs.model.gpt import GPT
 
 SYNC_EVERY = 8  # decode steps between host checks of "has every row finished?"
 MAX_DECODERS = 4  # captured decoders kept per model (each holds a KV cache and a graph's memory pool)
@@ -38,40 +39,7 @@ DISABLE_ENV = "GPTRS_NO_CUDA_GRAPHS"  # set to 1: replay the static step eagerly
 COMPILE_STEP = os.environ.get("GPTRS_COMPILE_DECODE") == "1"
 
 
-class StaticModel(Protocol):
-    """What static decoding needs of a model (``GPT`` has it)."""
-
-    pad_token_id: int | None
-
-    @property
-    def config(self) -> ModelConfig: ...
-
-    def lm_head(self, x: Tensor) -> Tensor: ...
-
-    def new_kv_cache(self, batch_size: int) -> KVCache: ...
-
-    def hidden_states(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor | None = None,
-        *,
-        kv_cache: KVCache | None = None,
-        position_ids: Tensor | None = None,
-    ) -> Tensor: ...
-
-    def decode_step_static(
-        self, tokens: Tensor, positions: Tensor, kv_cache: KVCache, slot: Tensor, mask: Tensor
-    ) -> Tensor: ...
-
-    def parameters(self) -> Iterator[torch.nn.Parameter]: ...
-
-
-def supported(model: object) -> bool:
-    """Whether ``model`` has a static decode step."""
-    return hasattr(model, "decode_step_static")
-
-
-def _compute_dtype(model: StaticModel, device: torch.device) -> torch.dtype:
+def _compute_dtype(model: GPT, device: torch.device) -> torch.dtype:
     """The dtype the layers produce keys in: the autocast dtype when autocast is on, else the weights'."""
     if torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)
@@ -83,24 +51,24 @@ class StaticDecoder:
     them, and (on CUDA) that step captured as a graph.
 
     ``start(prompt, mask)`` prefills the cache and returns the first new token per row; each ``step()``
-    then returns the next one (the same (B,) tensor, overwritten: clone what you keep). A step writes slot
-    ``slot`` of the cache, so at most ``max_seq_len - prompt length`` steps follow a start."""
+    then returns the next one (the same (B,) tensor, overwritten: clone what you keep). With learned
+    positions at most ``max_seq_len - prompt length`` steps follow a start; rotary ones slide their window."""
 
-    def __init__(self, model: StaticModel, batch_size: int, params: SamplingParams, fill_id: int | None,
+    def __init__(self, model: GPT, batch_size: int, params: SamplingParams, fill_id: int | None,
                  device: torch.device) -> None:  # fmt: skip
         cfg = model.config
         assert cfg.vocab_size is not None
         self.model, self.params, self.fill_id = model, params, fill_id
-        self.max_seq_len = S = cfg.max_seq_len
         B, dtype = batch_size, _compute_dtype(model, device)
-        self.cache = model.new_kv_cache(B)
+        self.cache = model.new_kv_cache(B, static=True)
         self.cache.allocate(dtype, device)
-        self.key_valid = torch.ones(B, S, dtype=torch.bool, device=device)  # prompt padding: False
-        self.cache.key_valid = self.key_valid  # the prefill (KVCache.mask) writes into it in place
-        self.slots = torch.arange(S, device=device)
-        self.slot = torch.zeros(1, dtype=torch.long, device=device)  # the cache slot the next step writes
+        # Positions a captured step can reach: learned ones end with the context; rotary tables are grown
+        # here once, since a captured step cannot grow them (RotaryTables keeps every table it built alive).
+        self.max_positions = cfg.max_seq_len
+        if model.rotary is not None:
+            self.max_positions = max(8 * cfg.max_seq_len, 4096)
+            model.rotary.table(self.max_positions, device)
         self.tokens = torch.zeros(B, dtype=torch.long, device=device)  # the last token of each row
-        self.positions = torch.zeros(B, dtype=torch.long, device=device)  # its position in its row
         self.finished = torch.zeros(B, dtype=torch.bool, device=device)
         sampling = params.temperature > 0
         self.noise = torch.rand(B, cfg.vocab_size, device=device) if sampling else None
@@ -128,23 +96,21 @@ class StaticDecoder:
 
     def _step(self) -> None:
         """One token per row, every shape static and every state update in place (what a graph captures)."""
-        mask = (self.key_valid & (self.slots <= self.slot))[:, None, None, :]
-        logits = self.model.decode_step_static(self.tokens, self.positions, self.cache, self.slot, mask)
-        self.tokens.copy_(self._pick(logits))
-        self.positions.add_(1)
-        self.slot.add_(1)
+        h = self.model.hidden_states(self.tokens[:, None], kv_cache=self.cache)
+        self.tokens.copy_(self._pick(self.model.logits(h[:, -1])))
 
     def _capture(self) -> None:
         """Warm the step up on a side stream (cuBLAS handles, workspaces), then capture it. The warm-up
         writes cache slots 0 and 1 of an empty cache, which every prefill overwrites."""
-        state = [t.clone() for t in (self.tokens, self.positions, self.slot, self.finished)]
+        assert self.cache.lengths is not None
+        state = [t.clone() for t in (self.tokens, self.cache.lengths, self.finished)]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):
                 self._run()
         torch.cuda.current_stream().wait_stream(stream)
-        for t, saved in zip((self.tokens, self.positions, self.slot, self.finished), state, strict=True):
+        for t, saved in zip((self.tokens, self.cache.lengths, self.finished), state, strict=True):
             t.copy_(saved)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
@@ -159,20 +125,21 @@ class StaticDecoder:
 
     def start(self, prompt: Tensor, mask: Tensor | None, generator: torch.Generator | None) -> Tensor:
         """Prefill with ``prompt`` (B, T) (left padded where ``mask`` (B, T) is False) and return the first
-        new token of every row: the eager path's prefill, then the on-device pick."""
-        T = prompt.size(1)
-        buffers = (self.cache.k, self.cache.v)
-        self.cache.reset()
-        pos_ids = None if mask is not None else torch.arange(T, device=prompt.device)[None]
-        h = self.model.hidden_states(prompt, mask, kv_cache=self.cache, position_ids=pos_ids)
-        assert self.cache.k is buffers[0] and self.cache.v is buffers[1], "KV cache reallocated under a graph"
-        assert self.cache.key_valid is self.key_valid
-        self.key_valid[:, T:] = True  # a longer, padded prompt of an earlier call may have left False
+        new token of every row: the eager prefill into the same buffers, then the on-device pick."""
+        cache = self.cache
+        buffers = (cache.k, cache.v, cache.lengths)
+        cache.reset()
+        cache.static = False  # the prefill is an ordinary pass
+        try:
+            h = self.model.hidden_states(prompt, mask, kv_cache=cache)
+        finally:
+            cache.static = True
+        assert all(a is b for a, b in zip((cache.k, cache.v, cache.lengths), buffers, strict=True)), (
+            "KV cache reallocated under a graph"
+        )
         self.finished.zero_()
-        self.positions.copy_(mask.sum(1) if mask is not None else torch.full_like(self.positions, T))
-        self.slot.fill_(T)
         self._draw_noise(generator)
-        self.tokens.copy_(self._pick(self.model.lm_head(h[:, -1])))
+        self.tokens.copy_(self._pick(self.model.logits(h[:, -1])))
         return self.tokens
 
     def step(self, generator: torch.Generator | None) -> Tensor:
@@ -189,7 +156,7 @@ _decoders: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], StaticDecoder]] 
 
 
 def decoder_for(
-    model: StaticModel, batch_size: int, params: SamplingParams, fill_id: int | None, device: torch.device
+    model: GPT, batch_size: int, params: SamplingParams, fill_id: int | None, device: torch.device
 ) -> StaticDecoder:
     """The model's decoder for this batch size and sampling setup, built (and on CUDA captured) on first use
     and kept (the newest :data:`MAX_DECODERS` per model). The key holds everything a captured graph bakes
@@ -219,7 +186,7 @@ def decoder_for(
 
 
 def decode(
-    model: StaticModel,
+    model: GPT,
     prompt: Tensor,
     mask: Tensor | None,
     params: SamplingParams,
@@ -229,11 +196,12 @@ def decode(
     finished: Tensor,
     generator: torch.Generator | None,
 ) -> Iterator[Tensor]:
-    """Yield up to ``steps`` new tokens per row ((B,) tensors) after ``prompt`` (B, T), T + steps - 1 <=
-    max_seq_len, stopping after the step at which every row has finished (``finished`` (B,) is updated in
+    """Yield up to ``steps`` new tokens per row ((B,) tensors) after ``prompt`` (B, T) (learned positions:
+    T + steps - 1 <= max_seq_len), stopping after the step at which every row has finished (``finished`` (B,) is updated in
     place, as the eager loop does). Tokens come out in blocks of :data:`SYNC_EVERY`, after one host sync."""
     eos = params.eos_token_id
     decoder = decoder_for(model, prompt.size(0), params, fill_id, prompt.device)
+    steps = min(steps, decoder.max_positions - prompt.size(1) + 1)
     block = [decoder.start(prompt, mask, generator).clone()]
     done_before = finished.clone()
     for i in range(1, steps + 1):

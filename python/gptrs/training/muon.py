@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -94,6 +95,10 @@ class Muon(torch.optim.Muon):
     sqrt(max(1, fan_out / fan_in)) (Keller Jordan's original adjustment, torch's default)."""
 
     force_ns_dtype: torch.dtype | None = None  # tests set bf16 to compare with torch's Muon
+    # Matrices that are several stacked side by side, by id: the rows of each part (a fused q/k/v
+    # projection). Each part is orthogonalised on its own, as if it were its own parameter: what Muon does
+    # for separate q, k and v matrices (nanochat) and modded-nanogpt for its stacked ones.
+    row_splits: Mapping[int, tuple[int, ...]] = MappingProxyType({})
 
     def ns_dtype(self, device: torch.device) -> torch.dtype:
         if self.force_ns_dtype is not None:
@@ -125,11 +130,16 @@ class Muon(torch.optim.Muon):
                 buf.lerp_(grad, 1 - m)
                 update = grad.lerp(buf, m) if group["nesterov"] else buf
                 dtype = self.ns_dtype(p.device)
-                ortho = orthogonalize(
-                    update, group["ns_coefficients"], group["ns_steps"], group["eps"], dtype
-                )
                 p.mul_(1 - lr * wd)
-                p.add_(ortho.to(p.dtype), alpha=-lr * math.sqrt(max(1.0, p.size(0) / p.size(1))))
+                start = 0
+                for rows in self.row_splits.get(id(p), (p.size(0),)):
+                    part = update[start : start + rows]
+                    ortho = orthogonalize(
+                        part, group["ns_coefficients"], group["ns_steps"], group["eps"], dtype
+                    )
+                    scale = math.sqrt(max(1.0, rows / p.size(1)))
+                    p[start : start + rows].add_(ortho.to(p.dtype), alpha=-lr * scale)
+                    start += rows
         return loss
 
 
@@ -239,6 +249,12 @@ def build_optimizer(
         nesterov=True,
         weight_decay=muon_weight_decay,
     )
+    # fused projections (attention's c_attn: q, k, v) say how their rows split
+    muon.row_splits = {
+        id(m.get_parameter("c_attn.weight")): tuple(getattr(m, "qkv_split"))  # noqa: B009
+        for m in model.modules()
+        if hasattr(m, "qkv_split")
+    }
     adam_groups = [
         {"params": parts["embed"], "weight_decay": 0.0, "lr_scale": emb_scale, "kind": "embed"},
         {"params": parts["head"], "weight_decay": 0.0, "lr_scale": 1.0, "kind": "head"},

@@ -71,22 +71,26 @@ def gelu(x: Tensor, approximate: str = "none") -> Tensor:
         torch._C._set_mkldnn_enabled(True)
 
 
-def causal_attention(qkv: Tensor, heads: int, dropout_p: float = 0.0) -> Tensor:
-    """Causal self-attention over a whole sequence, from the fused projection ``qkv`` (B, T, 3C): q, k, v
-    side by side, each C = heads x head_dim wide with the heads side by side. Returns (B, T, C), heads side
-    by side, ready for the output projection.
+def causal_attention(qkv: Tensor, heads: int, kv_heads: int | None = None, dropout_p: float = 0.0) -> Tensor:
+    """Causal self-attention over a whole sequence, from the fused projection ``qkv`` (B, T, (heads + 2 *
+    kv_heads) * head_dim): q, k, v side by side, each with its heads side by side. Returns (B, T, heads *
+    head_dim), heads side by side, ready for the output projection.
 
-    CPU training without dropout takes :func:`block_causal_attention` (no head reshapes here: it splits
-    and merges the heads in the copies its matmuls make anyway); everything else SDPA with ``is_causal``.
+    CPU training without dropout and without grouped heads takes :func:`block_causal_attention` (no head
+    reshapes here: it splits and merges the heads in the copies its matmuls make anyway); everything else
+    SDPA with ``is_causal`` (``enable_gqa`` for grouped heads).
     """
-    B, T, C3 = qkv.shape
-    if qkv.requires_grad and dropout_p == 0.0 and T > 1 and qkv.device.type == "cpu":
+    kv_heads = heads if kv_heads is None else kv_heads
+    B, T, width = qkv.shape
+    D = width // (heads + 2 * kv_heads)
+    if qkv.requires_grad and dropout_p == 0.0 and T > 1 and qkv.device.type == "cpu" and kv_heads == heads:
         return block_causal_attention(qkv, heads)
-    C = C3 // 3
-    q, k, v = qkv.split(C, dim=2)
-    # (B, T, C) -> (B, heads, T, head_dim)
-    q = q.view(B, T, heads, C // heads).transpose(1, 2)
-    k = k.view(B, T, heads, C // heads).transpose(1, 2)
-    v = v.view(B, T, heads, C // heads).transpose(1, 2)
-    y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=T > 1)
-    return y.transpose(1, 2).reshape(B, T, C)
+    q, k, v = qkv.split((heads * D, kv_heads * D, kv_heads * D), dim=2)
+    # (B, T, heads * D) -> (B, heads, T, D)
+    q = q.view(B, T, heads, D).transpose(1, 2)
+    k = k.view(B, T, kv_heads, D).transpose(1, 2)
+    v = v.view(B, T, kv_heads, D).transpose(1, 2)
+    y = F.scaled_dot_product_attention(
+        q, k, v, dropout_p=dropout_p, is_causal=T > 1, enable_gqa=kv_heads != heads
+    )
+    return y.transpose(1, 2).reshape(B, T, heads * D)
