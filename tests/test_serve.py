@@ -397,9 +397,10 @@ def test_bad_flags_are_one_line_and_exit_2(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------------- the engine
 
 
-def test_greedy_output_alone_equals_beside_31_others(nanochat_run: Path, gpt2_run: Path) -> None:
-    """32 requests of different lengths join one batch at different steps; each one's tokens are those
-    `model.generate` makes for it alone."""
+def test_output_alone_equals_beside_31_others(nanochat_run: Path, gpt2_run: Path) -> None:
+    """32 requests of different lengths join one batch at different steps and leave it at different steps;
+    each one's tokens are those `model.generate` makes for it alone: greedy ones, and seeded samples (each
+    request draws from its own generator, with its own temperature, top-k, top-p)."""
 
     from gptrs.generate import load_for_inference
     from gptrs.serve.engine import Engine, Request
@@ -412,23 +413,30 @@ def test_greedy_output_alone_equals_beside_31_others(nanochat_run: Path, gpt2_ru
             for n in torch.randint(1, 20, (32,), generator=g)
         ]
         budgets = [int(n) for n in torch.randint(1, 40, (32,), generator=g)]
+        sampling = [
+            dict(temperature=0.0) if i % 2 == 0 else
+            dict(temperature=0.9, top_k=40 if i % 4 == 1 else None, top_p=0.9 if i % 4 == 3 else None, seed=100 + i)
+            for i in range(32)
+        ]  # fmt: skip
 
-        async def run_all(engine: Engine, prompts: list[list[int]], budgets: list[int]) -> list[list[int]]:
+        async def run_all(engine: Engine, reqs: list[Request]) -> list[list[int]]:
             async def one(i: int) -> list[int]:
                 await asyncio.sleep(0.002 * i)  # arrive while others are decoding
-                stream = engine.submit(Request(prompts[i], budgets[i], temperature=0.0))
+                stream = engine.submit(reqs[i])
                 return [t async for t in stream]
 
-            return await asyncio.gather(*(one(i) for i in range(32)))
+            return await asyncio.gather(*(one(i) for i in range(len(reqs))))
 
         engine = Engine(model, max_batch=32).start()
+        assert engine.batched
         try:
-            batched = asyncio.run(run_all(engine, prompts, budgets))
+            reqs = [Request(prompts[i], budgets[i], **sampling[i]) for i in range(32)]  # type: ignore[arg-type]
+            batched = asyncio.run(run_all(engine, reqs))
         finally:
             engine.stop(drain=False)
         assert engine.steps < sum(budgets) // 4  # the rows shared decode steps
         for i in range(32):
-            alone = model.generate(torch.tensor([prompts[i]]), budgets[i], temperature=0.0)[
+            alone = model.generate(torch.tensor([prompts[i]]), budgets[i], **sampling[i])[
                 0, len(prompts[i]) :
             ]
             assert batched[i] == alone.tolist(), f"{run.name} request {i}"
