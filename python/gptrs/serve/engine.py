@@ -16,12 +16,13 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from gptrs.model import KVCache
 from gptrs.model.sampling import sample_next_token
 
 log = logging.getLogger("gptrs.serve")
@@ -86,9 +87,8 @@ class _Row:
 
     stream: Stream
     limit: int
-    tokens: Iterator[torch.Tensor] | None = None  # per-request loop: its generate_stream
-    generator: torch.Generator | None = None  # batched loop: its own sampling RNG (None: the global one)
-    cache: Any = None  # batched loop: its prefilled 1-row cache until it joins the batch
+    generator: torch.Generator | None = None  # its own sampling RNG (None: the global one)
+    cache: KVCache | None = None  # its prefilled 1-row cache, until it joins the batch
     first: torch.Tensor | None = None  # ... and its first token
     produced: int = 0
 
@@ -109,12 +109,9 @@ class Engine:
         self._accepting = True
         self._stopping = False
         self._thread: threading.Thread | None = None
-        # The batched loop needs row-independent KV caches (KVCache.select/merge, "One GPT"); without them
-        # each request runs its own model.generate_stream, interleaved step by step (correct, not batched).
-        self.batched = hasattr(model, "new_kv_cache") and hasattr(_kv_cache_class(), "merge")
-        self.positions = getattr(model.config, "positions", None)
+        self.positions = model.config.positions
         self.device = next(model.parameters()).device
-        self._cache: Any = None  # the batch's KV cache (batched loop), rows in the order of self._rows
+        self._cache: KVCache | None = None  # the batch's KV cache, rows in the order of self._rows
         self._last: torch.Tensor | None = None  # each row's last token, the input of the next step
         self.steps = 0  # decode steps taken, all rows at once
         self.tokens_out = 0
@@ -189,8 +186,8 @@ class Engine:
         return True
 
     def _start(self, stream: Stream) -> _Row | None:
-        """A running row for the request (its first token already delivered on the batched path), or None
-        when it is already done."""
+        """Prefill the request's prompt in a 1-row cache of its own and deliver its first token: a row ready
+        to join the batch, or None when the request is already done."""
         r = stream.request
         limit = r.max_tokens
         if self.positions == "learned":  # a row may not hold more than the context
@@ -198,17 +195,11 @@ class Engine:
         if limit < 1:
             self._finish(stream, "length")
             return None
-        ids = torch.tensor([r.prompt_ids], dtype=torch.long, device=self.device)
         gen = torch.Generator(device=self.device).manual_seed(r.seed) if r.seed is not None else None
-        if not self.batched:
-            tokens = self.model.generate_stream(
-                ids, limit, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
-                eos_token_id=r.eos_token_id, seed=r.seed,
-            )  # fmt: skip
-            return _Row(stream, limit, tokens=tokens)
         row = _Row(stream, limit, generator=gen)
         cache = self.model.new_kv_cache(1)
-        logits, _ = self.model(ids, kv_cache=cache)  # the prompt, in a cache of its own
+        ids = torch.tensor([r.prompt_ids], dtype=torch.long, device=self.device)
+        logits, _ = self.model(ids, kv_cache=cache)
         token = self._pick(logits[:, -1], [row])
         if not self._deliver(row, int(token[0])):
             return None
@@ -221,57 +212,44 @@ class Engine:
         for i, row in enumerate(rows):
             r = row.stream.request
             if r.temperature > 0:
-                out[i] = sample_next_token(logits[i : i + 1], r.temperature, r.top_k, r.top_p, row.generator)[
-                    0
-                ]
+                pick = sample_next_token(logits[i : i + 1], r.temperature, r.top_k, r.top_p, row.generator)
+                out[i] = pick[0]
         return out
 
     def _drop(self, keep: list[int]) -> None:
-        """Keep only these rows of the batch (and of its cache)."""
+        """Keep only these rows of the batch, and of its cache: finished requests leave."""
         if len(keep) == len(self._rows):
             return
         self._rows = [self._rows[i] for i in keep]
-        if self.batched:
-            if not keep:
-                self._cache = self._last = None
-            else:
-                index = torch.tensor(keep, dtype=torch.long, device=self.device)
-                self._cache = self._cache.select(index)
-                assert self._last is not None
-                self._last = self._last[index]
+        if not keep:
+            self._cache = self._last = None
+            return
+        assert self._cache is not None and self._last is not None
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        self._cache, self._last = self._cache.select(index), self._last[index]
 
     def _join(self, new: list[_Row]) -> None:
-        if self.batched and new:
-            caches = ([self._cache] if self._cache is not None else []) + [r.cache for r in new]
-            self._cache = _kv_cache_class().merge(caches)
-            lasts = ([self._last] if self._last is not None else []) + [r.first for r in new]
-            self._last = torch.cat(lasts)  # type: ignore[arg-type]
-            for r in new:
-                r.cache = r.first = None
+        """New rows (prefilled) join the batch: their caches and last tokens go after the running ones."""
+        if not new:
+            return
+        caches = ([self._cache] if self._cache is not None else []) + [r.cache for r in new]
+        lasts = ([self._last] if self._last is not None else []) + [r.first for r in new]
+        self._cache = KVCache.merge(caches)  # type: ignore[arg-type]
+        self._last = torch.cat(lasts)  # type: ignore[arg-type]
+        for r in new:
+            r.cache = r.first = None
         self._rows.extend(new)
 
     def _step(self) -> None:
-        """One new token for every running row."""
+        """One new token for every running row: one model call for the whole batch."""
         self._drop([i for i, row in enumerate(self._rows) if not self._cancelled(row)])
         if not self._rows:
             return
-        keep: list[int] = []
-        if self.batched:
-            assert self._last is not None
-            logits, _ = self.model(self._last[:, None], kv_cache=self._cache)
-            tokens = self._pick(logits[:, -1], self._rows)
-            self._last = tokens
-            for i, (row, t) in enumerate(zip(self._rows, tokens.tolist(), strict=True)):
-                if self._deliver(row, t):
-                    keep.append(i)
-        else:
-            for i, row in enumerate(self._rows):
-                t = next(row.tokens, None) if row.tokens is not None else None
-                if t is None:  # its loop stopped early: that only happens at EOS
-                    self._finish(row, "stop")
-                elif self._deliver(row, int(t[0])):
-                    keep.append(i)
-        self._drop(keep)
+        assert self._last is not None
+        logits, _ = self.model(self._last[:, None], kv_cache=self._cache)
+        self._last = self._pick(logits[:, -1], self._rows)
+        tokens = self._last.tolist()
+        self._drop([i for i, row in enumerate(self._rows) if self._deliver(row, tokens[i])])
         self.steps += 1
 
     def _cancelled(self, row: _Row) -> bool:
@@ -318,9 +296,3 @@ class Engine:
                 except Exception as e:
                     self._fail_all(e)
                 time.sleep(0)  # let the HTTP thread take the GIL between steps (it streams what we made)
-
-
-def _kv_cache_class() -> Any:
-    import gptrs.model as m
-
-    return getattr(m, "KVCache", None)
