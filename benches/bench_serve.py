@@ -15,6 +15,10 @@ Goals (2-core CPU): at 32 clients >= 3x the better transformers mode's tokens/s,
 lower p99 latency. ``transformers serve`` needs ``accelerate`` (it always passes a ``device_map``); without it
 those rows are reported as skipped with the reason.
 
+Then a soak on a fresh gptrs server: 3,000 requests (200 with ``--quick``) from 16 clients, every fourth a
+hostile body (bad JSON, wrong types, out-of-range fields, a 2 MiB body ...); every good request must come
+back with its tokens, every bad one with a 4xx; the server's RSS is sampled throughout (early, peak, end).
+
     python -m benches serve [--quick]
 """
 
@@ -25,6 +29,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -108,8 +113,8 @@ def transformers_missing() -> str | None:
 
 
 @contextlib.contextmanager
-def server(kind: str, run: Path, hf: Path, threads: int) -> Iterator[str]:
-    """Start one server, wait until it answers /health, yield its base URL, stop it."""
+def server(kind: str, run: Path, hf: Path, threads: int) -> Iterator[tuple[str, int]]:
+    """Start one server, wait until it answers /health, yield its base URL and process id, stop it."""
     port = _free_port()
     if kind == "gptrs":
         cmd = [
@@ -158,7 +163,7 @@ def server(kind: str, run: Path, hf: Path, threads: int) -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{kind} did not start in 300 s")
             time.sleep(0.5)
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         try:
@@ -288,7 +293,7 @@ def run(quick: bool = False, rounds: int | None = None) -> dict[str, Any]:
         run_dir, hf = prepare_model(Path(tmp), quick)
         measured: dict[str, dict[int, list[dict[str, Any]]]] = {k: {c: [] for c in clients} for k in kinds}
         with contextlib.ExitStack() as stack:
-            urls = {k: stack.enter_context(server(k, run_dir, hf, threads)) for k in kinds}
+            urls = {k: stack.enter_context(server(k, run_dir, hf, threads))[0] for k in kinds}
             models = {k: ("run" if k == "gptrs" else str(hf)) for k in kinds}
             for k in kinds:  # warm-up: first requests load lazily and compile nothing twice
                 load(urls[k], models[k], 2, 1, 10_000)
@@ -299,8 +304,114 @@ def run(quick: bool = False, rounds: int | None = None) -> dict[str, Any]:
                         measured[k][c].append(load(urls[k], models[k], c, per_client, 1000 * r))
         for k in kinds:
             out["servers"][k] = {str(c): summarize(measured[k][c]) for c in clients}
+        with server("gptrs", run_dir, hf, threads) as (url, pid):
+            out["soak"] = soak(url, pid, 200 if quick else 3000)
     out["ratios"], out["goals"] = _ratios(out, clients)
+    out["goals"]["soak: every good request right, every bad one a 4xx"] = out["soak"]["failures"] == 0
     return out
+
+
+# Bodies a hostile or broken client sends: each must get a 4xx with an error object, and nothing else.
+HOSTILE = [
+    b"{",
+    b"null",
+    b"[]" * 1000,
+    b"\x00" * 100,
+    b'{"prompt": 5}',
+    b'{"prompt": "x", "max_tokens": -1}',
+    b'{"prompt": "x", "max_tokens": 100000000}',
+    b'{"prompt": ["a", 1]}',
+    b'{"prompt": "x", "n": 99}',
+    b'{"prompt": "x", "temperature": "hot"}',
+    b'{"prompt": [99999999]}',
+    b'{"prompt": "x", "stop": [""]}',
+    b'{"prompt": "' + b"x" * (2 << 20) + b'"}',
+]
+
+
+def soak(url: str, pid: int, n: int, clients: int = 16) -> dict[str, Any]:
+    """``n`` requests from ``clients`` threads, every fourth a hostile body; every good one (streamed or
+    not, 1-64 tokens) must come back with its tokens (all of them unless it ended at EOS), every bad one with
+    a 4xx error object. The server's RSS is sampled throughout: after the first requests it must level off."""
+    import requests
+
+    failures: list[str] = []
+    rss: list[int] = []
+    stop = threading.Event()
+    counter = iter(range(n))
+    lock = threading.Lock()
+
+    def sample() -> None:
+        while not stop.wait(0.25):
+            with contextlib.suppress(OSError):
+                status = Path(f"/proc/{pid}/status").read_text()
+                rss.append(int(re.search(r"VmRSS:\s+(\d+)", status).group(1)))  # type: ignore[union-attr]
+
+    def client() -> None:
+        with requests.Session() as session:
+            while True:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                try:
+                    why = _soak_one(session, url, i)
+                except requests.RequestException as e:
+                    why = f"{type(e).__name__}: {e}"
+                if why:
+                    with lock:
+                        failures.append(f"request {i}: {why}")
+
+    t0 = time.perf_counter()
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    tenth = max(1, len(rss) // 10)
+    return {
+        "requests": n,
+        "seconds": time.perf_counter() - t0,
+        "failures": len(failures),
+        "first_failures": failures[:5],
+        "rss_mb_after_first_tenth": max(rss[:tenth], default=0) / 1024,
+        "rss_mb_peak": max(rss, default=0) / 1024,
+        "rss_mb_end": (rss[-1] if rss else 0) / 1024,
+    }
+
+
+def _soak_one(session: Any, url: str, i: int) -> str | None:
+    """One soak request; the reason it went wrong, or None."""
+    if i % 4 == 3:
+        r = session.post(f"{url}/v1/completions", data=HOSTILE[i // 4 % len(HOSTILE)], timeout=60)
+        ok = 400 <= r.status_code < 500 and "error" in r.json()
+        return None if ok else f"hostile body got {r.status_code}: {r.text[:100]}"
+    want, stream = 1 + i * 7 % 64, i % 2 == 0
+    body = {
+        "prompt": f"def f{i}(",
+        "max_tokens": want,
+        "seed": i,
+        "stream": stream,
+        "stream_options": {"include_usage": True} if stream else None,
+    }
+    r = session.post(f"{url}/v1/completions", json=body, timeout=600)
+    if r.status_code != 200:
+        return f"HTTP {r.status_code}: {r.text[:100]}"
+    if stream:
+        events = [line[6:] for line in r.text.split("\n") if line.startswith("data: ")]
+        if not events or events[-1] != "[DONE]":
+            return "the stream did not end with [DONE]"
+        chunks = [json.loads(e) for e in events[:-1]]
+        usage = chunks[-1]["usage"]["completion_tokens"]
+        finish = next(c["choices"][0]["finish_reason"] for c in reversed(chunks) if c["choices"])
+    else:
+        usage, finish = r.json()["usage"]["completion_tokens"], r.json()["choices"][0]["finish_reason"]
+    if (finish == "length" and usage == want) or (finish == "stop" and usage <= want):
+        return None
+    return f"asked {want} tokens, got {usage} with finish_reason {finish}"
 
 
 def _ratios(out: dict[str, Any], clients: tuple[int, ...]) -> tuple[dict[str, Any], dict[str, bool]]:
@@ -372,6 +483,13 @@ def print_table(out: dict[str, Any]) -> None:
     for k, s in out["servers"].items():
         if "skipped" in s:
             print(f"{k}: skipped: {s['skipped']}")
+    if "soak" in out:
+        sk = out["soak"]
+        print(
+            f"soak: {sk['requests']} requests (every 4th hostile) in {sk['seconds']:.0f} s, {sk['failures']} "
+            f"failures; server RSS {sk['rss_mb_after_first_tenth']:.0f} MB early, {sk['rss_mb_peak']:.0f} MB "
+            f"peak, {sk['rss_mb_end']:.0f} MB at the end"
+        )
     common.print_goals_and_chart(out)
 
 
