@@ -382,6 +382,17 @@ def test_sigterm_finishes_running_requests_and_refuses_new_ones(gpt2_run: Path) 
         assert any("SIGTERM: taking no new requests" in line for line in server.log)
 
 
+def test_help_and_the_open_host_warning(gpt2_run: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "gptrs.serve", "--help"], env=env(), capture_output=True, text=True
+    )
+    assert done.returncode == 0 and done.stdout.startswith("usage: python -m gptrs.serve ")
+    assert "`" not in done.stdout
+    with serving(gpt2_run, "--host", "0.0.0.0") as server:
+        assert any("without an API key" in line for line in server.log), server.log
+        assert server.close() == 0
+
+
 def test_bad_flags_are_one_line_and_exit_2(tmp_path: Path) -> None:
     for args in (
         ["--model-path", str(tmp_path / "none")],

@@ -63,7 +63,7 @@ def build_parser(prog: str = TAG) -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="cap on a request's max_tokens (default: the context, or 4096 for rotary models)",
+        help="cap on a request's max_tokens (default: the context - 1 with learned positions, 4096 with rotary)",
     )
     p.add_argument(
         "--max-prompt-tokens",
