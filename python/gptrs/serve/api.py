@@ -452,16 +452,19 @@ def _submit_all(state: ServeState, c: Completion) -> list[tuple[int, int, Stream
 async def _choice_pieces(
     state: ServeState, c: Completion, stream: Stream
 ) -> AsyncIterator[tuple[str, str | None, int]]:
-    """(text, finish_reason or None, tokens so far) for one choice; cancels the engine row on a stop sequence."""
+    """(text, finish_reason or None, tokens so far) for one choice, one piece per batch of tokens that
+    arrived together; cancels the engine row on a stop sequence."""
     text = TextStream(state.token_bytes, state.specials, c.stop)
     n = 0
-    async for token in stream:
-        n += 1
-        piece = text.add(token)
-        if text.done:
-            state.engine.cancel(stream)
-            yield piece, "stop", n
-            return
+    async for tokens in stream.batches():
+        piece = ""
+        for token in tokens:
+            n += 1
+            piece += text.add(token)
+            if text.done:
+                state.engine.cancel(stream)
+                yield piece, "stop", n
+                return
         if piece:
             yield piece, None, n
     yield text.finish(), ("stop" if stream.finish_reason == "stop" or text.done else "length"), n
@@ -559,15 +562,33 @@ async def _stream_events(
             obj["usage"] = usage
         return _sse(obj)
 
-    task = asyncio.ensure_future(run_all())
+    async def merged() -> AsyncIterator[tuple[int, str, str | None]]:
+        if len(streams) == 1:  # the usual case: no queue and no task in between
+            p, i, s = streams[0]
+            yield i, _echo(state, c, p), None
+            async for piece, finish, n in _choice_pieces(state, c, s):
+                counts[i] = n
+                yield i, piece, finish
+            return
+        task = asyncio.ensure_future(run_all())
+        try:
+            while (ev := await events.get()) is not None:
+                yield ev
+            await task  # raises what a choice raised
+        finally:
+            task.cancel()
+
     try:
-        while (ev := await events.get()) is not None:
-            i, piece, finish = ev
-            if piece or finish:
-                yield chunk([{"text": piece, "index": i, "logprobs": None, "finish_reason": finish}])
-        if task.done() and task.exception() is not None:
+        failed: BaseException | None = None
+        try:
+            async for i, piece, finish in merged():
+                if piece or finish:
+                    yield chunk([{"text": piece, "index": i, "logprobs": None, "finish_reason": finish}])
+        except RuntimeError as e:  # the engine ended the request with an error
+            failed = e
+        if failed is not None:
             err = {
-                "message": f"generation failed: {task.exception()}",
+                "message": f"generation failed: {failed}",
                 "type": "server_error",
                 "param": None,
                 "code": None,
@@ -579,4 +600,3 @@ async def _stream_events(
     finally:  # the client went away (the response is cancelled) or we are done: free every row now
         for _, _, s in streams:
             state.engine.cancel(s)
-        task.cancel()

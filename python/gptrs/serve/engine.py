@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from gptrs.model import KVCache
-from gptrs.model.sampling import sample_next_token
+from gptrs.model.sampling import filter_logits
 
 log = logging.getLogger("gptrs.serve")
 
@@ -65,20 +66,25 @@ class Stream:
     error: str | None = None
     submitted: float = field(default_factory=time.perf_counter)
 
-    def _put(self, item: Any) -> None:  # engine thread -> event loop
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            self.cancelled.set()
-
-    async def __aiter__(self) -> AsyncIterator[int]:
+    async def batches(self) -> AsyncIterator[list[int]]:
+        """The tokens in the order they come, as lists of those that arrived since the reader last looked:
+        a reader that falls behind catches up in one go instead of waking once per token."""
         while True:
-            item = await self.queue.get()
-            if item is _END:
+            items = [await self.queue.get()]
+            while not self.queue.empty():
+                items.append(self.queue.get_nowait())
+            tokens = [t for t in items if t is not _END]
+            if tokens:
+                yield tokens
+            if len(tokens) < len(items):
                 if self.error is not None:
                     raise RuntimeError(self.error)
                 return
-            yield item
+
+    async def __aiter__(self) -> AsyncIterator[int]:
+        async for tokens in self.batches():
+            for t in tokens:
+                yield t
 
 
 @dataclass
@@ -112,6 +118,7 @@ class Engine:
         self.positions = model.config.positions
         self.device = next(model.parameters()).device
         self._cache: KVCache | None = None  # the batch's KV cache, rows in the order of self._rows
+        self._outbox: list[tuple[Stream, Any]] = []  # (stream, token or _END) made since the last _send
         self._last: torch.Tensor | None = None  # each row's last token, the input of the next step
         self.steps = 0  # decode steps taken, all rows at once
         self.tokens_out = 0
@@ -167,10 +174,23 @@ class Engine:
 
     # ------------------------------------------------------------------ the engine thread
 
+    def _send(self) -> None:
+        """Hand this step's tokens to the event loops: one wake-up per loop and step, not one per token."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Stream, Any]]] = {}
+        for stream, item in self._outbox:
+            by_loop.setdefault(stream.loop, []).append((stream, item))
+        self._outbox = []
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                for stream, _ in items:
+                    stream.cancelled.set()
+
     def _finish(self, row_or_stream: _Row | Stream, reason: str, error: str | None = None) -> None:
         stream = row_or_stream.stream if isinstance(row_or_stream, _Row) else row_or_stream
         stream.finish_reason, stream.error = reason, error
-        stream._put(_END)
+        self._outbox.append((stream, _END))
 
     def _deliver(self, row: _Row, token: int) -> bool:
         """Hand one new token to the request; False once the request is done (and told so)."""
@@ -179,7 +199,7 @@ class Engine:
         if token == row.stream.request.eos_token_id:
             self._finish(row, "stop")
             return False
-        row.stream._put(token)
+        self._outbox.append((row.stream, token))
         if row.produced >= row.limit:
             self._finish(row, "length")
             return False
@@ -207,13 +227,24 @@ class Engine:
         return row
 
     def _pick(self, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
-        """One token per row, each with its own sampling settings and generator (greedy rows in one op)."""
-        out = logits.argmax(dim=-1)
+        """One token per row, each with its own sampling settings and generator. Rows that share settings are
+        filtered and softmaxed together; each seeded row then draws from its own generator, exactly as
+        ``sample_next_token`` would for it alone (so a seeded request's text does not depend on its company)."""
+        out = logits.argmax(dim=-1)  # the greedy rows' pick
+        groups: dict[tuple[float, int | None, float | None], list[int]] = {}
         for i, row in enumerate(rows):
             r = row.stream.request
             if r.temperature > 0:
-                pick = sample_next_token(logits[i : i + 1], r.temperature, r.top_k, r.top_p, row.generator)
-                out[i] = pick[0]
+                groups.setdefault((r.temperature, r.top_k, r.top_p), []).append(i)
+        for (temperature, top_k, top_p), idx in groups.items():
+            rows_logits = logits if len(idx) == len(rows) else logits[idx]
+            probs = F.softmax(filter_logits(rows_logits, temperature, top_k, top_p), dim=-1)
+            shared = [j for j, i in enumerate(idx) if rows[i].generator is None]
+            if shared:  # unseeded rows draw from the global generator, all at once
+                out[[idx[j] for j in shared]] = torch.multinomial(probs[shared], 1).squeeze(-1)
+            for j, i in enumerate(idx):
+                if rows[i].generator is not None:
+                    out[i] = torch.multinomial(probs[j : j + 1], 1, generator=rows[i].generator)[0, 0]
         return out
 
     def _drop(self, keep: list[int]) -> None:
@@ -295,4 +326,10 @@ class Engine:
                     self._step()
                 except Exception as e:
                     self._fail_all(e)
+                self._send()
                 time.sleep(0)  # let the HTTP thread take the GIL between steps (it streams what we made)
+
+
+def _put_all(items: list[tuple[Stream, Any]]) -> None:  # on the event loop
+    for stream, item in items:
+        stream.queue.put_nowait(item)
