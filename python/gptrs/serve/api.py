@@ -159,7 +159,7 @@ def parse_completion(
     best_of = opt("best_of", _is_int, "an integer", n)
     if best_of != n:
         raise _bad("best_of", "is not supported by this server (only best_of = n)")
-    max_tokens = opt("max_tokens", _is_int, "an integer", 16)
+    max_tokens = opt("max_tokens", _is_int, "an integer", min(16, limits.max_tokens))  # OpenAI's default: 16
     if not 1 <= max_tokens <= limits.max_tokens:
         raise _bad(
             "max_tokens", f"must be between 1 and {limits.max_tokens} (this server's cap), got {max_tokens}"
