@@ -408,10 +408,12 @@ def test_bad_flags_are_one_line_and_exit_2(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------------- the engine
 
 
-def test_output_alone_equals_beside_31_others(nanochat_run: Path, gpt2_run: Path) -> None:
-    """32 requests of different lengths join one batch at different steps and leave it at different steps;
-    each one's tokens are those `model.generate` makes for it alone: greedy ones, and seeded samples (each
-    request draws from its own generator, with its own temperature, top-k, top-p)."""
+@pytest.mark.parametrize("stagger", [0.002, 0.0], ids=["arriving-while-decoding", "arriving-at-once"])
+def test_output_alone_equals_beside_31_others(nanochat_run: Path, gpt2_run: Path, stagger: float) -> None:
+    """32 requests of different lengths join one batch at different steps (or all at once: their prompts
+    are then prefilled together, left padded) and leave it at different steps; each one's tokens are those
+    `model.generate` makes for it alone: greedy ones, and seeded samples (each request draws from its own
+    generator, with its own temperature, top-k, top-p)."""
 
     from gptrs.generate import load_for_inference
     from gptrs.serve.engine import Engine, Request
@@ -432,7 +434,7 @@ def test_output_alone_equals_beside_31_others(nanochat_run: Path, gpt2_run: Path
 
         async def run_all(engine: Engine, reqs: list[Request]) -> list[list[int]]:
             async def one(i: int) -> list[int]:
-                await asyncio.sleep(0.002 * i)  # arrive while others are decoding
+                await asyncio.sleep(stagger * i)
                 stream = engine.submit(reqs[i])
                 return [t async for t in stream]
 
@@ -445,6 +447,8 @@ def test_output_alone_equals_beside_31_others(nanochat_run: Path, gpt2_run: Path
         finally:
             engine.stop(drain=False)
         assert engine.steps < sum(budgets) // 4  # the rows shared decode steps
+        if stagger == 0:
+            assert engine.prefills < 8  # ... and the prompts that came together, their prefill
         for i in range(32):
             alone = model.generate(torch.tensor([prompts[i]]), budgets[i], **sampling[i])[
                 0, len(prompts[i]) :

@@ -50,7 +50,10 @@ class Request:
     eos_token_id: int | None = None
 
 
-_END = object()  # the last item a stream's queue receives
+_END = object()
+# Arrivals are prefilled together up to this many (left-padded) tokens per model call: one call for many
+# short prompts, while the activations of a call stay small.
+PREFILL_TOKENS = 4096  # the last item a stream's queue receives
 
 
 @dataclass
@@ -94,8 +97,6 @@ class _Row:
     stream: Stream
     limit: int
     generator: torch.Generator | None = None  # its own sampling RNG (None: the global one)
-    cache: KVCache | None = None  # its prefilled 1-row cache, until it joins the batch
-    first: torch.Tensor | None = None  # ... and its first token
     produced: int = 0
 
 
@@ -121,6 +122,7 @@ class Engine:
         self._outbox: list[tuple[Stream, Any]] = []  # (stream, token or _END) made since the last _send
         self._last: torch.Tensor | None = None  # each row's last token, the input of the next step
         self.steps = 0  # decode steps taken, all rows at once
+        self.prefills = 0  # prefill calls (several arriving prompts share one)
         self.tokens_out = 0
 
     # ------------------------------------------------------------------ the HTTP side (event loop thread)
@@ -205,26 +207,64 @@ class Engine:
             return False
         return True
 
-    def _start(self, stream: Stream) -> _Row | None:
-        """Prefill the request's prompt in a 1-row cache of its own and deliver its first token: a row ready
-        to join the batch, or None when the request is already done."""
-        r = stream.request
-        limit = r.max_tokens
-        if self.positions == "learned":  # a row may not hold more than the context
-            limit = min(limit, int(self.model.config.max_seq_len) - len(r.prompt_ids))
-        if limit < 1:
-            self._finish(stream, "length")
-            return None
-        gen = torch.Generator(device=self.device).manual_seed(r.seed) if r.seed is not None else None
-        row = _Row(stream, limit, generator=gen)
-        cache = self.model.new_kv_cache(1)
-        ids = torch.tensor([r.prompt_ids], dtype=torch.long, device=self.device)
-        logits, _ = self.model(ids, kv_cache=cache)
-        token = self._pick(logits[:, -1], [row])
-        if not self._deliver(row, int(token[0])):
-            return None
-        row.cache, row.first = cache, token
-        return row
+    def _admit(self, streams: list[Stream]) -> None:
+        """Arriving requests join the batch: their prompts are run together (left padded, at most
+        ``PREFILL_TOKENS`` padded tokens per call) in a cache of their own, which then merges into the batch's;
+        each request's first token is picked from that prefill."""
+        rows: list[_Row] = []
+        for stream in streams:
+            r = stream.request
+            limit = r.max_tokens
+            if self.positions == "learned":  # a row may not hold more than the context
+                limit = min(limit, int(self.model.config.max_seq_len) - len(r.prompt_ids))
+            if stream.cancelled.is_set() or limit < 1:
+                self._finish(stream, "cancelled" if stream.cancelled.is_set() else "length")
+                continue
+            gen = torch.Generator(device=self.device).manual_seed(r.seed) if r.seed is not None else None
+            rows.append(_Row(stream, limit, generator=gen))
+        group: list[_Row] = []
+        for row in rows:
+            longest = max(len(g.stream.request.prompt_ids) for g in [*group, row])
+            if group and (len(group) + 1) * longest > PREFILL_TOKENS:
+                self._prefill(group)
+                group = []
+            group.append(row)
+        if group:
+            self._prefill(group)
+
+    def _prefill(self, rows: list[_Row]) -> None:
+        try:
+            prompts = [row.stream.request.prompt_ids for row in rows]
+            T = max(len(p) for p in prompts)
+            ids = torch.zeros((len(rows), T), dtype=torch.long)
+            mask = torch.zeros((len(rows), T), dtype=torch.long)
+            for i, p in enumerate(prompts):
+                ids[i, T - len(p) :] = torch.tensor(p, dtype=torch.long)
+                mask[i, T - len(p) :] = 1
+            padded = any(len(p) < T for p in prompts)
+            cache = self.model.new_kv_cache(len(rows))
+            self.prefills += 1
+            h = self.model.hidden_states(
+                ids.to(self.device), mask.to(self.device) if padded else None, kv_cache=cache
+            )
+            first = self._pick(self.model.logits(h[:, -1]), rows)
+        except Exception as e:
+            if len(rows) > 1:  # run them one by one, so that a request that cannot run fails alone
+                for row in rows:
+                    self._prefill([row])
+                return
+            log.exception("request failed")
+            self._finish(rows[0], "error", f"{type(e).__name__}: {e}")
+            return
+        keep = [
+            i for i, (row, t) in enumerate(zip(rows, first.tolist(), strict=True)) if self._deliver(row, t)
+        ]
+        if not keep:
+            return
+        if len(keep) < len(rows):
+            index = torch.tensor(keep, dtype=torch.long, device=self.device)
+            cache, first = cache.select(index), first[index]
+        self._join([rows[i] for i in keep], cache, first)
 
     def _pick(self, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
         """One token per row, each with its own sampling settings and generator. Rows that share settings are
@@ -259,17 +299,11 @@ class Engine:
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
         self._cache, self._last = self._cache.select(index), self._last[index]
 
-    def _join(self, new: list[_Row]) -> None:
-        """New rows (prefilled) join the batch: their caches and last tokens go after the running ones."""
-        if not new:
-            return
-        caches = ([self._cache] if self._cache is not None else []) + [r.cache for r in new]
-        lasts = ([self._last] if self._last is not None else []) + [r.first for r in new]
-        self._cache = KVCache.merge(caches)  # type: ignore[arg-type]
-        self._last = torch.cat(lasts)  # type: ignore[arg-type]
-        for r in new:
-            r.cache = r.first = None
-        self._rows.extend(new)
+    def _join(self, rows: list[_Row], cache: KVCache, first: torch.Tensor) -> None:
+        """Prefilled rows join the batch: their cache rows and last tokens go after the running ones."""
+        self._cache = cache if self._cache is None else KVCache.merge([self._cache, cache])
+        self._last = first if self._last is None else torch.cat([self._last, first])
+        self._rows.extend(rows)
 
     def _step(self) -> None:
         """One new token for every running row: one model call for the whole batch."""
@@ -308,21 +342,8 @@ class Engine:
                     arriving: list[Stream] = []
                     while self._waiting and len(self._rows) + len(arriving) < self.max_batch:
                         arriving.append(self._waiting.popleft())
-                new: list[_Row] = []
-                for stream in arriving:  # prefilled outside the lock: submit() never waits on the model
-                    if stream.cancelled.is_set():
-                        self._finish(stream, "cancelled")
-                        continue
-                    try:
-                        row = self._start(stream)
-                    except Exception as e:  # a request that fails alone must not take the others down
-                        log.exception("request failed")
-                        self._finish(stream, "error", f"{type(e).__name__}: {e}")
-                        continue
-                    if row is not None:
-                        new.append(row)
                 try:
-                    self._join(new)
+                    self._admit(arriving)  # prefilled outside the lock: submit() never waits on the model
                     self._step()
                 except Exception as e:
                     self._fail_all(e)
