@@ -21,9 +21,16 @@ if [ "${GPTRS_TORCH:-}" = "cpu" ]; then
     step "installing CPU-only torch (GPTRS_TORCH=cpu)"
     "${PIP[@]}" install --index-url https://download.pytorch.org/whl/cpu torch
 fi
-# The editable install builds gptrs_tok with maturin in release mode (about a minute of Rust compilation)
-# and links python/ into the venv. The first run downloads torch, transformers and the test tools.
-step "installing gptrs and its test/dev extras (pip shows each download; the Rust build is quiet)"
-"${PIP[@]}" install --progress-bar on -e ".[dev]" 2>&1 | sed -u "/^Requirement already satisfied/d"
+# The Rust tokenizer is built first, on its own, with pip -v so that maturin's and cargo's progress lines
+# (each crate as it compiles; a few minutes on 2 cores) show; then the dependencies, where pip shows each
+# download and the build is a no-op (cargo finds it done in rust/target). --no-build-isolation builds with
+# the maturin installed here rather than in a throwaway environment of its own.
+step "installing maturin (the Rust extension's build tool)"
+"${PIP[@]}" install --progress-bar on "maturin>=1.5,<2" | sed -u "/^Requirement already satisfied/d"
+step "building the Rust tokenizer gptrs_tok in release mode (cargo lists each crate as it compiles)"
+"${PIP[@]}" install -v --no-deps --no-build-isolation -e . 2>&1 \
+    | sed -u -e "/^Requirement already satisfied/d" -e "/^  *Link requires a different Python/d"
+step "installing gptrs's dependencies and its test/dev extras (pip shows each download)"
+"${PIP[@]}" install --progress-bar on --no-build-isolation -e ".[dev]" 2>&1 | sed -u "/^Requirement already satisfied/d"
 .venv/bin/python -c "import gptrs_tok, gptrs; print('gptrs', gptrs.__version__, 'ready in .venv')"
 step "done: $(du -sh .venv 2>/dev/null | cut -f1) in .venv"

@@ -30,7 +30,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 def tiny_gpt(
     seed: int = 0, *, weight_std: float | None = None, perturb: float = 0.0, **overrides: object
 ) -> GPT:
-    """The one tiny-model builder of the suite: ``GPT(**defaults | overrides)`` after ``manual_seed(seed)``.
+    """The one tiny-model builder of the suite: ``GPT(**defaults | overrides)`` after ``manual_seed(seed)``;
+    overrides may be any ``ModelConfig`` switch (``arch="nanochat"`` for the other recipe).
 
     ``weight_std``: re-draw every matrix from N(0, weight_std / sqrt(fan_in)) so the outputs depend on the
     whole context (the 0.02 init gives near-uniform logits). ``perturb``: add that much N(0, 1) noise to

@@ -181,11 +181,28 @@ def test_malicious_trainer_state_is_refused_not_run(tmp_path: Path) -> None:
 
 def test_corrupt_or_mismatched_weights(tmp_path: Path) -> None:
     path = save(tmp_path, "last", 1)
-    with pytest.raises(CheckpointError, match="do not match the model"):
+    with pytest.raises(CheckpointError, match=r"missing tensors: transformer\.h\.1"):
         ckpt.load_model_weights(tiny_gpt(**{**SHAPE, "num_layers": 2}), path)
     (path / "model.safetensors").write_bytes(b"\xff" * 64)
-    with pytest.raises(CheckpointError, match="cannot load weights"):
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         ckpt.load_model_weights(tiny(), path)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path: Path, bad: float) -> None:
+    """Resume (load_model_weights) and generate/export (from_pretrained) read through the same check."""
+    model = tiny()
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.weight[3, 1] = bad
+    path = save(tmp_path, "last", 1, model)
+    pattern = r"model\.safetensors: tensor transformer\.h\.0\.mlp\.c_fc\.weight holds 1 non-finite values"
+    with pytest.raises(CheckpointError, match=pattern):
+        ckpt.load_model_weights(tiny(), path)
+    with pytest.raises(CheckpointError, match=pattern):
+        GPT.from_pretrained(path)
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.weight[3, 1] = 0.5
+    ckpt.load_model_weights(tiny(), save(tmp_path, "best", 1, model))  # finite again: loads
 
 
 def test_resolve_model_dir(tmp_path: Path) -> None:

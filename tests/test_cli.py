@@ -14,6 +14,8 @@ from typing import ClassVar
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gptrs import export as export_cli
 from gptrs import generate as generate_cli
@@ -160,7 +162,16 @@ TRAIN_ERRORS = [
     ("bad device", lambda t: ["--device", "tpu"], "unknown device"),
     ("bad flag", lambda t: ["--epochs", "3"], "unrecognized arguments: --epochs 3"),
     ("bad max steps", lambda t: ["--max-steps", "0"], "--max-steps: must be >= 1"),
-    ("max steps not int", lambda t: ["--max-steps", "x"], "invalid int value"),
+    (
+        "max steps not int",
+        lambda t: ["--max-steps", "x"],
+        "argument --max-steps: invalid int value: 'x'",
+    ),
+    (
+        "max steps past 64 bits",
+        lambda t: ["--max-steps", str(2**63)],
+        "argument --max-steps: 9223372036854775808: out of range (at most 9223372036854775807)",
+    ),
     ("empty dataset", empty_text_corpus, "produced no documents"),
     ("missing tokenizer", lambda t: ["--tokenizer", str(t / "tok.json")], "tok.json"),
 ]
@@ -207,7 +218,17 @@ GENERATE_ERRORS = [
     (
         "seed",
         lambda t, c: ["--model-path", str(c), "--prompt", "x", "--seed", "abc"],
-        "invalid int value: 'abc'",
+        "argument --seed: invalid int value: 'abc'",
+    ),
+    (
+        "seed past 64 bits",  # refused while parsing, before the model loads
+        lambda t, c: ["--model-path", str(t / "nope"), "--prompt", "x", "--seed", str(2**64)],
+        "argument --seed: 18446744073709551616: out of range (at most 18446744073709551615)",
+    ),
+    (
+        "max tokens of 10**30",
+        lambda t, c: ["--model-path", str(t / "nope"), "--prompt", "x", "--max-new-tokens", str(10**30)],
+        "argument --max-new-tokens: 1000000000000000000000000000000: out of range",
     ),
     ("max tokens", lambda t, c: ["--model-path", str(c), "--prompt", "x", "--max-new-tokens", "0"], ">= 1"),
     (
@@ -311,7 +332,7 @@ def test_export_takes_a_run_directory(tmp_path: Path, capsys: pytest.CaptureFixt
     assert (config["n_layer"], config["n_embd"], config["vocab_size"]) == (1, 16, 300)
     hf_tok = json.loads((out / "tokenizer.json").read_text())  # the run's tokenizer, in HF's format
     assert hf_tok["model"]["type"] == "BPE" and len(hf_tok["model"]["vocab"]) == tok.get_vocab_size() - 3
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(export_cli.EXPORT_FILES)
 
     # a run directory without a complete checkpoint is one line, exit 2
     (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
@@ -320,15 +341,15 @@ def test_export_takes_a_run_directory(tmp_path: Path, capsys: pytest.CaptureFixt
     assert err.startswith("error: ") and "no complete checkpoint" in err and err.count("\n") == 1
 
 
-def test_a_run_validates_its_config_once(
+def test_a_run_validates_the_config_it_was_given(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The preset is validated when loaded and the result of --set once more; saving it to the run
-    directory, handing it to the Trainer and writing it into checkpoints check nothing again."""
+    """The preset is validated when loaded, the result of --set once more, and each later check (saving it
+    into the run directory and its checkpoints; a fraction of a millisecond each) sees that same config."""
     from gptrs.config import validation
 
     checked: list[str] = []
-    real = validation.check_relations  # the last step of every validation
+    real = validation.check_relations  # a step of every validation
 
     def counting(cfg):
         checked.append(f"{cfg.model.num_layers} layers")
@@ -337,7 +358,8 @@ def test_a_run_validates_its_config_once(
     monkeypatch.setattr(validation, "check_relations", counting)
     argv = ["--out", str(tmp_path / "run"), "--device", "cpu", *sets("training.sample_tokens=0")]
     assert train_cli.main([*argv, "--max-steps", "3"]) == 0, capsys.readouterr().err
-    assert checked == ["5 layers", "1 layers"]  # the small preset, then the preset with --set applied
+    assert checked[:2] == ["5 layers", "1 layers"]  # the small preset, then the preset with --set applied
+    assert set(checked[2:]) == {"1 layers"}
     assert (tmp_path / "run" / "config.yaml").is_file()
     assert (tmp_path / "run" / "checkpoints" / "last" / "config.yaml").is_file()
 
@@ -361,7 +383,8 @@ def test_a_run_names_its_files_and_the_next_commands(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Each checkpoint and loss.png write is logged; the closing lines name the run directory and the generate,
-    export and resume commands with its real path, and those commands work as printed."""
+    export and resume commands with its real path and this interpreter, and those commands work as printed in
+    a new shell whose PATH has no ``python`` of the venv."""
     import shlex
 
     out = tmp_path / "my run"  # a space: the printed commands must quote it
@@ -372,13 +395,16 @@ def test_a_run_names_its_files_and_the_next_commands(
     assert f"saved checkpoint {out / 'checkpoints' / 'best'} (step 3)" in captured.err
     assert f"wrote the loss curves to {out / 'loss.png'}" in captured.err
     lines = captured.out.splitlines()
+    assert "trained 3 steps (" in lines[0]
     assert f"run directory: {out} (checkpoints in {out / 'checkpoints'}, metrics.jsonl, loss.png)" in lines
-    commands = {
-        line.split()[2]: shlex.split(line.split("   #")[0])
+    printed = {
+        line.split()[2]: line.split("   #")[0].strip()
         for line in lines
-        if line.startswith("  python -m gptrs.")
+        if line.startswith("  ") and " -m gptrs." in line
     }
+    commands = {k: shlex.split(v) for k, v in printed.items()}
     assert sorted(commands) == ["gptrs.export", "gptrs.generate", "gptrs.train"]
+    assert {c[0] for c in commands.values()} == {sys.executable}
     assert commands["gptrs.generate"][3:5] == ["--model-path", str(out)]
     assert commands["gptrs.export"][3:] == [
         "--model-path",
@@ -390,12 +416,41 @@ def test_a_run_names_its_files_and_the_next_commands(
     ]
     assert commands["gptrs.train"][3:] == ["--out", str(out), "--resume", "--set", "training.max_steps=6"]
 
-    gen = commands["gptrs.generate"][3:]
-    gen[gen.index("--max-new-tokens") + 1] = "5"
-    assert generate_cli.main(gen) == 0
-    assert export_cli.main(commands["gptrs.export"][3:]) == 0 and (out / "hf" / "config.json").is_file()
-    assert train_cli.main([*commands["gptrs.train"][3:], "--device", "cpu"]) == 0
+    # A new shell: no venv on PATH (PYTHONPATH stays: this suite runs the working tree's gptrs).
+    shell = {**ENV, "PATH": "/usr/bin:/bin"}
+
+    def paste(line: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", "-c", line], capture_output=True, text=True, env=shell, cwd=tmp_path, timeout=300
+        )
+
+    gen = paste(printed["gptrs.generate"].replace("--max-new-tokens 100", "--max-new-tokens 5"))
+    assert gen.returncode == 0, gen.stderr[-2000:]
+    exp = paste(printed["gptrs.export"])
+    assert exp.returncode == 0 and (out / "hf" / "config.json").is_file(), exp.stderr[-2000:]
+    more = paste(printed["gptrs.train"] + " --device cpu")
+    assert more.returncode == 0, more.stderr[-2000:]
     assert max(train_losses(out)) == 6
+    assert "trained 3 steps (" in more.stdout and "from step 3 to step 6" in more.stdout  # not 'trained 6'
+
+
+def test_the_summary_lists_only_files_that_exist_and_says_when_nothing_was_left(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without matplotlib no loss.png is listed; resuming a finished run says there was nothing to train."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    out = tmp_path / "run"
+    argv = ["--out", str(out), "--device", "cpu", *sets("training.sample_tokens=0")]
+    assert train_cli.main([*argv, "--max-steps", "3"]) == 0
+    captured = capsys.readouterr()
+    assert not (out / "loss.png").exists() and "skipping the loss plot" in captured.err
+    assert f"run directory: {out} (checkpoints in {out / 'checkpoints'}, metrics.jsonl)" in captured.out
+    assert train_cli.main(["--out", str(out), "--device", "cpu", "--resume"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == (
+        "nothing left to train: the run was already at step 3 of training.max_steps 3 "
+        "(add --set training.max_steps=N to train on)"
+    )
 
 
 HELP_COMMANDS = [
@@ -439,3 +494,33 @@ def test_config_describe_lines_fit_a_terminal() -> None:
 def test_a_short_run_fits_its_warmup(argv: list[str], steps: int, warmup: int) -> None:
     cfg, _ = train_cli.load_run_config(train_cli.build_parser().parse_args(argv), None)
     assert (cfg.training.max_steps, cfg.training.warmup_steps) == (steps, warmup)
+
+
+@given(st.integers(), st.integers(-(2**70), 2**70), st.integers(0, 2**70))
+def test_bounded_int_accepts_exactly_its_range(value: int, lo: int, width: int) -> None:
+    """Every CLI's integer flags parse through bounded_int: in range it is the number, out of range a
+    one-line refusal saying which bound, never Python's own overflow."""
+    import argparse
+
+    from gptrs.cli import bounded_int
+
+    hi = lo + width
+    parse = bounded_int(lo, hi)
+    if lo <= value <= hi:
+        assert parse(str(value)) == value
+    else:
+        with pytest.raises(argparse.ArgumentTypeError, match="at most" if value > hi else "at least"):
+            parse(str(value))
+    assert bounded_int()(str(value)) == value if -(2**63) <= value < 2**63 else True
+
+
+def test_bounded_int_on_absurd_text() -> None:
+    import argparse
+
+    from gptrs.cli import bounded_int
+
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^9{20}\.\.\. \(5000 characters\): out of range"):
+        bounded_int()("9" * 5000)
+    with pytest.raises(argparse.ArgumentTypeError, match="invalid int value: '1e3'"):
+        bounded_int()("1e3")
+    assert bounded_int()("1_000") == 1000

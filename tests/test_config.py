@@ -4,9 +4,11 @@ overrides, save/load round trips, the reference (--describe), the CLI, and the p
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -789,17 +791,29 @@ def test_cli_list_shows_the_presets() -> None:
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
-        (dict(heads=3), "model.heads (3) must divide model.embed_dim (32)"),
-        (dict(num_layers=0), "model.num_layers must be a positive integer, got 0"),
-        (dict(heads="4"), "model.heads must be a positive integer, got '4'"),
-        (dict(dropout=1.0), "model.dropout must be in [0, 1), got 1.0"),
-        (dict(activation="relu"), "model.activation must be one of gelu, gelu_tanh, relu2, got 'relu'"),
-        (dict(attention="flash"), "model.attention must be one of sdpa, reference, got 'flash'"),
-        (dict(vocab_size=None), "model.vocab_size must be a positive integer, got None"),
+        (dict(heads=3), "model.heads: 3 does not divide model.embed_dim (32)"),
+        (dict(num_layers=0), "model.num_layers: must be >= 1, got 0"),
+        (dict(heads="4"), "model.heads: expected an integer, got the string '4'"),
+        (dict(dropout=1.0), "model.dropout: must be in [0, 1), got 1.0"),
+        (
+            dict(activation="relu"),
+            "model.activation: 'relu' is not one of 'gelu', 'gelu_tanh', 'relu2'; did you mean 'relu2'?",
+        ),
+        (dict(attention="flash"), "model.attention: 'flash' is not one of 'sdpa', 'reference'"),
+        (dict(vocab_size=None), "model.vocab_size: is null; a model needs its vocabulary size"),
+        (dict(kv_heads=3), "model.kv_heads: 3 does not divide model.heads (4)"),
+        (
+            dict(heads=32, positions="rotary"),
+            "model.heads: 32 heads make an odd head size (1); rotary positions need an even one",
+        ),
+        (
+            dict(arch="nanochat", heads=32),
+            "model.heads: 32 heads make an odd head size (1); rotary positions need an even one",
+        ),
     ],
 )
 def test_check_model_names_the_field(kw: dict, message: str) -> None:
-    """check_model is what GPT runs when it is built: without a file to name, the sentence names the field."""
+    """check_model is what the model runs when it is built: the config's rules and words, without a file."""
     base = dict(vocab_size=64, embed_dim=32, ff_dim=64, num_layers=1, heads=4, max_seq_len=8)
     check_model(ModelConfig(**base))
     with pytest.raises(ConfigError) as info:
@@ -811,12 +825,25 @@ _DIM = st.integers(-1, 40)
 
 
 @settings(max_examples=150, deadline=None)
-@given(_DIM, _DIM, _DIM, _DIM, st.integers(-1, 64), st.floats(-0.5, 1.5))
+@given(
+    _DIM, _DIM, _DIM, _DIM, st.integers(-1, 64), st.floats(-0.5, 1.5),
+    st.sampled_from(["gpt2", "nanochat"]), st.none() | st.integers(0, 8),
+)  # fmt: skip
 def test_check_model_agrees_with_config_validation(
-    embed_dim: int, ff_dim: int, num_layers: int, heads: int, max_seq_len: int, dropout: float
+    embed_dim: int,
+    ff_dim: int,
+    num_layers: int,
+    heads: int,
+    max_seq_len: int,
+    dropout: float,
+    arch: str,
+    kv_heads: int | None,
 ) -> None:
     """One set of rules: a model shape passes check_model exactly when a config holding it validates."""
-    mc = ModelConfig(embed_dim, ff_dim, num_layers, heads, max_seq_len, dropout, vocab_size=4096)
+    mc = ModelConfig(
+        embed_dim=embed_dim, ff_dim=ff_dim, num_layers=num_layers, heads=heads, max_seq_len=max_seq_len,
+        dropout=dropout, vocab_size=4096, arch=arch, kv_heads=kv_heads,
+    )  # fmt: skip
     try:
         check_model(mc)
         model_ok = True
@@ -829,3 +856,41 @@ def test_check_model_agrees_with_config_validation(
         assert str(e).startswith("<overrides>: model."), e
         config_ok = False
     assert model_ok == config_ok
+    ok_shape = min(embed_dim, ff_dim, num_layers, heads, max_seq_len) >= 1 and 0 <= dropout < 1
+    if ok_shape and (kv_heads is None or kv_heads >= 1) and embed_dim % heads == 0:  # the test can fail
+        even = arch == "gpt2" or (embed_dim // heads) % 2 == 0
+        assert model_ok == (even and heads % (kv_heads or heads) == 0)
+
+
+_HINTS = (int, float, str, bool, int | None, float | None, bool | str, list[str])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=4)
+    | st.lists(st.integers(), max_size=2)
+)
+def test_coerce_follows_the_field_type(value: object) -> None:
+    """Types come from the field's hint alone: an int is a float too (huge ones inf), a bool never a number."""
+    from gptrs.config.problems import Problem
+    from gptrs.config.schema import options
+    from gptrs.config.validation import coerce
+
+    for hint in _HINTS:
+        allowed = [typing.get_origin(t) or t for t in options(hint)]  # list[str] -> list
+        try:
+            out = coerce("k", value, hint)
+        except Problem as p:
+            assert p.key.startswith("k") and "expected" in p.message
+            assert not any(type(value) is t for t in allowed if t not in (float, list))
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and int not in allowed:
+            assert float in allowed and isinstance(out, float)
+            assert out == value or (math.isinf(out) and abs(value) >= 2**1023)
+        else:
+            assert out is value or out == value  # (the same object: nan != nan)
+            assert type(out) is type(value) and any(type(value) is t for t in allowed)

@@ -308,3 +308,14 @@ def test_convert_file_and_cli(tmp_path: Path) -> None:
     assert (r.returncode, r.stderr) == (2, f"error: {tmp_path / 'missing.json'}: no such file\n")
     r = cli("--input", str(tmp_path), "--output", str(tmp_path / "y.yaml"))
     assert (r.returncode, r.stderr) == (2, f"error: {tmp_path}: is a directory, not a config file\n")
+
+
+@pytest.mark.timeout(30)
+def test_many_keys_are_read_in_linear_time(tmp_path: Path) -> None:
+    """A 60,000-key object (most of a 1 MB file) is checked for duplicates in one pass, not pairwise."""
+    src = tmp_path / "many.json"
+    keys = [f'"k{i}": 1' for i in range(60_000)]
+    src.write_text("{" + ", ".join([*keys, '"k5": 2']) + "}", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        convert_file(src, tmp_path / "out.yaml")
+    assert str(info.value) == f"{src}: invalid JSON: duplicate key 'k5'"

@@ -16,16 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from conftest import tiny_gpt
 from gptrs.model import GPT
 from gptrs.model.kernels import BLOCK_ROWS, block_causal_attention
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _qkv(b: int, h: int, t: int, d: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
@@ -80,9 +75,8 @@ def test_block_causal_attention_rejects_bad_shapes() -> None:
         block_causal_attention(torch.randn(1, 4, 10), 2)
 
 
-def _tiny(attention: str = "sdpa", **kw) -> GPT:
-    torch.manual_seed(0)
-    return GPT(97, 32, 64, 2, 4, 40, 0, attention=attention, **kw)
+def _tiny(attention: str = "sdpa", **kw: object) -> GPT:
+    return tiny_gpt(0, vocab_size=97, max_seq_len=40, pad_token_id=0, attention=attention, **kw)
 
 
 def test_training_gradients_sdpa_path_equal_reference_path() -> None:

@@ -1,7 +1,8 @@
 """Hostile arguments to the CLIs (tokenizer train/demo/decode, export, generate), model files that describe
 absurd models (refused before anything is built), and training runs: a model or batch no device holds
 (refused before data), ``--resume`` with another tokenizer or model setting (refused, the run's config.yaml
-unchanged), a corpus of one huge document. Each in a child process under an address-space cap and a timeout;
+unchanged), a corpus of one huge document; the "nothing lost" table (damaged runs resumed, edited configs, NaN
+weights, misleading messages). Each in a child process under an address-space cap and a timeout;
 training runs are ``slow``. The tables are ``tests/reliability/hostile_more.py``.
 """
 
@@ -26,6 +27,14 @@ def test_cli(case: hc.Case, hostile_model_dir: Path) -> None:
 
 @pytest.mark.parametrize("case", _params(hm.train_cases()))
 def test_train(case: hc.Case, hostile_model_dir: Path) -> None:
+    out = hc.run_case(case, hostile_model_dir)
+    assert out.ok, out.detail
+
+
+@pytest.mark.parametrize("case", _params(hm.nothing_lost_cases()))
+def test_nothing_lost(case: hc.Case, hostile_model_dir: Path) -> None:
+    """Resumes of damaged runs and edited configs (every file that existed byte-identical after a refusal),
+    NaN weights, and the messages that used to mislead (FIFOs, non-UTF-8 files, flags past 64 bits...)."""
     out = hc.run_case(case, hostile_model_dir)
     assert out.ok, out.detail
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import tiny_gpt
 from gptrs.config import Config, ModelConfig
 from gptrs.errors import ConfigError
 from gptrs.model import GPT, lm_head_loss
@@ -18,20 +19,14 @@ from gptrs.model.kernels import loss as loss_kernel
 V, D, FF, L, H, T = 64, 32, 80, 2, 4, 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models run fastest on one thread, and the test machines are shared.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny(seed: int = 0, **kw) -> GPT:
-    torch.manual_seed(seed)
-    args = dict(vocab_size=V, embed_dim=D, ff_dim=FF, num_layers=L, heads=H, max_seq_len=T, pad_token_id=0)
-    args.update(kw)
-    return GPT(**args)
+def tiny(seed: int = 0, **kw: object) -> GPT:
+    shape: dict = dict(
+        vocab_size=V, embed_dim=D, ff_dim=FF, num_layers=L, heads=H, max_seq_len=T, pad_token_id=0
+    )
+    return tiny_gpt(seed, **{**shape, **kw})
 
 
 def batch(b: int = 3, t: int = T, seed: int = 1) -> torch.Tensor:
@@ -248,11 +243,11 @@ def test_from_config() -> None:
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
-        (dict(heads=3), r"model.heads \(3\) must divide model.embed_dim \(32\)"),
-        (dict(num_layers=0), "model.num_layers must be a positive integer, got 0"),
-        (dict(dropout=1.0), r"model.dropout must be in \[0, 1\), got 1.0"),
-        (dict(activation="relu"), "model.activation must be one of gelu, gelu_tanh, relu2, got 'relu'"),
-        (dict(attention="flash"), "model.attention must be one of sdpa, reference, got 'flash'"),
+        (dict(heads=3), r"model\.heads: 3 does not divide model\.embed_dim \(32\)"),
+        (dict(num_layers=0), "model.num_layers: must be >= 1, got 0"),
+        (dict(dropout=1.0), r"model.dropout: must be in \[0, 1\), got 1.0"),
+        (dict(activation="relu"), "model.activation: 'relu' is not one of 'gelu', 'gelu_tanh', 'relu2'"),
+        (dict(attention="flash"), "model.attention: 'flash' is not one of 'sdpa', 'reference'"),
         (dict(pad_token_id=64), r"pad_token_id 64 is outside the vocabulary \(size 64\)"),
     ],
 )

@@ -125,6 +125,21 @@ def test_arch_is_shorthand_for_the_switches() -> None:
     assert count_parameters(Config(model=mixed)) == model.num_parameters()
 
 
+def test_arch_is_shorthand_for_switches_that_combine() -> None:
+    """model.arch fills the switches left null; any option now goes with either arch."""
+    for sets in (
+        ["model.arch=nanochat"],
+        [*NANO, "model.dropout=0.1", "model.attention=reference", "model.activation=gelu"],
+        ["model.activation=relu2", "model.kv_heads=2", "model.rope_theta=500", "model.logit_softcap=0"],
+    ):
+        apply_overrides(Config(), sets)
+    base = dict(arch="nanochat", vocab_size=64, embed_dim=32, ff_dim=64, num_layers=1, heads=4, max_seq_len=8)
+    check_model(ModelConfig(**base))
+    check_model(ModelConfig(**{**base, "bias": True, "activation": "gelu"}))
+    with pytest.raises(ConfigError, match=r"^model\.kv_heads: 3 does not divide model\.heads \(4\)$"):
+        check_model(ModelConfig(**{**base, "kv_heads": 3}))
+
+
 NANOCHAT_PRESETS = {"small": 1_638_400, "default": 91_226_112, "large": 343_932_928}
 
 
@@ -340,7 +355,7 @@ def test_train_generate_and_export_a_nanochat_run(
     hf_dir = tmp_path / "hf"
     assert export_cli.main(["--model-path", str(run_dir), "--format", "hf", "--out", str(hf_dir)]) == 0
     assert "AutoModelForCausalLM" in capsys.readouterr().out
-    assert sorted(p.name for p in hf_dir.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in hf_dir.iterdir()) == sorted(export_cli.EXPORT_FILES)
     hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
     assert type(hf).__name__ == "NanoChatForCausalLM"
     ours = load_model(run_dir / "checkpoints" / "best").eval()

@@ -11,19 +11,25 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import tiny_gpt
 from gptrs.errors import CheckpointError
 from gptrs.model import GPT, load_model
 from gptrs.model.serialization import FORMAT_VERSION
 
 
-def tiny(**kw) -> GPT:
-    torch.manual_seed(0)
-    args = dict(vocab_size=40, embed_dim=32, ff_dim=48, num_layers=2, heads=4, max_seq_len=16, pad_token_id=3)
-    args.update(kw)
-    return GPT(**args)
+def tiny(**kw: object) -> GPT:
+    return tiny_gpt(0, perturb=0.1, **{**dict(vocab_size=40, ff_dim=48, pad_token_id=3), **kw})
 
 
-@pytest.mark.parametrize("kw", [{}, dict(bias=False, activation="gelu_tanh", attention="reference")])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        dict(bias=False, activation="gelu_tanh", attention="reference"),
+        dict(arch="nanochat", kv_heads=2),
+        dict(arch="nanochat", positions="learned", bias=True, tie_embeddings=True, logit_softcap=5.0),
+    ],
+)
 def test_round_trip_is_exact(tmp_path: Path, kw: dict) -> None:
     m = tiny(**kw)
     with torch.no_grad():
@@ -36,7 +42,8 @@ def test_round_trip_is_exact(tmp_path: Path, kw: dict) -> None:
     assert back.state_dict().keys() == m.state_dict().keys()
     for name, t in m.state_dict().items():
         assert torch.equal(back.state_dict()[name], t), name
-    assert back.lm_head.weight is back.transformer.wte.weight  # still tied: training updates both
+    tied = back.lm_head.weight is back.transformer.wte.weight  # still tied: training updates both
+    assert tied == m.config.tie_embeddings
     assert all(p.requires_grad and p.device.type == "cpu" for p in back.parameters())
     x = torch.randint(0, 40, (2, 16))
     assert torch.equal(back(x)[0], m(x)[0])  # type: ignore[arg-type]
@@ -117,7 +124,7 @@ BAD = [
     (
         "bad shape config",
         _edit_json(lambda m: m["config"].update(heads=3)),
-        r"model\.json: model\.heads \(3\) must divide model\.embed_dim \(32\)",
+        r"model\.json: model\.heads: 3 does not divide model\.embed_dim \(32\)",
     ),
     ("no vocab", _edit_json(lambda m: m["config"].update(vocab_size=None)), r"config\.vocab_size is missing"),
     ("bad pad", _edit_json(lambda m: m.update(pad_token_id="x")), r"pad_token_id must be an integer or null"),

@@ -3,7 +3,9 @@ user loaders (a torch DataLoader, a plain nn.Module) and the files a run writes.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import os
 import signal
@@ -22,7 +24,7 @@ from gptrs.model import GPT
 from gptrs.training import Trainer, TrainingInterrupted, find_latest
 from gptrs.training.checkpoint import load_trainer_state
 from gptrs.training.metrics import read_metrics
-from gptrs.training.precision import cpu_supports_bf16, resolve_precision
+from gptrs.training.precision import resolve_precision
 
 V, D, FF, L, H, T = 48, 32, 64, 2, 2, 16
 SHAPE = dict(vocab_size=V, embed_dim=D, ff_dim=FF, num_layers=L, heads=H, max_seq_len=T)
@@ -30,8 +32,8 @@ SHAPE = dict(vocab_size=V, embed_dim=D, ff_dim=FF, num_layers=L, heads=H, max_se
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny_model(seed: int = 0, dropout: float = 0.0) -> GPT:
-    return tiny_gpt(seed, dropout=dropout, **SHAPE)
+def tiny_model(seed: int = 0, dropout: float = 0.0, arch: str = "gpt2") -> GPT:
+    return tiny_gpt(seed, dropout=dropout, arch=arch, **SHAPE)
 
 
 def tokens(n: int = 4000, seed: int = 0) -> np.ndarray:
@@ -98,32 +100,37 @@ def losses(run_dir: Path) -> list[float]:
     ("precision", "sig", "log_interval", "stop_step"),
     [(False, signal.SIGINT, 1, 3), ("bf16", signal.SIGTERM, 3, 4)],
 )
+@pytest.mark.parametrize(("arch", "optimizer"), [("gpt2", "adamw"), ("nanochat", "muon")])
 def test_resume_after_signal_is_bitwise_identical(
-    tmp_path: Path, precision, sig, log_interval, stop_step
+    tmp_path: Path, precision, sig, log_interval, stop_step, arch: str, optimizer: str
 ) -> None:
     """Stop a run with a signal, resume it: logged losses and final weights equal an unbroken run's (also
-    when it stops between two log lines, whose logged loss averages steps from both sides of the stop)."""
+    when it stops between two log lines, whose logged loss averages steps from both sides of the stop), for
+    both recipes (AdamW's and Muon's states are saved)."""
     cfg = config(mixed_precision=precision, gradient_accumulation_steps=2, log_interval=log_interval)
+    cfg.model.arch, cfg.training.optimizer = arch, optimizer
     data = tokens()
 
     def sampler() -> RandomBatches:
         return RandomBatches(data, 4, T, seed=7)
 
     full = tmp_path / "full"
-    Trainer(tiny_model(dropout=0.1), None, cfg, "cpu", run_dir=full).train(sampler(), eval_batches())
+    Trainer(tiny_model(dropout=0.1, arch=arch), None, cfg, "cpu", run_dir=full).train(
+        sampler(), eval_batches()
+    )
 
     broken = tmp_path / "broken"
     with pytest.raises(TrainingInterrupted) as info:
         # the signal comes during the first micro-batch of step `stop_step` (two per step): that step
         # finishes, then it saves and stops
-        Trainer(tiny_model(dropout=0.1), None, cfg, "cpu", run_dir=broken).train(
+        Trainer(tiny_model(dropout=0.1, arch=arch), None, cfg, "cpu", run_dir=broken).train(
             SignalAfter(sampler(), 2 * stop_step - 1, sig), eval_batches()
         )
     assert info.value.signum == sig and info.value.step == stop_step
     assert find_latest(broken / "checkpoints").step == stop_step
     assert len(losses(broken)) == stop_step // log_interval
     # a different init: every weight must come from the checkpoint
-    result = Trainer(tiny_model(seed=99, dropout=0.1), None, cfg, "cpu", run_dir=broken).train(
+    result = Trainer(tiny_model(seed=99, dropout=0.1, arch=arch), None, cfg, "cpu", run_dir=broken).train(
         sampler(), eval_batches(), resume=True
     )
     assert result["resumed"] and result["step"] == cfg.training.max_steps
@@ -135,8 +142,18 @@ def test_resume_after_signal_is_bitwise_identical(
     assert a == b
     sa, sb = (load_trainer_state(d / "checkpoints/last") for d in (full, broken))
     assert sa["best_val_loss"] == sb["best_val_loss"]
-    for pa, pb in zip(sa["optimizer"]["state"].values(), sb["optimizer"]["state"].values(), strict=True):
-        assert torch.equal(pa["exp_avg"], pb["exp_avg"]) and torch.equal(pa["exp_avg_sq"], pb["exp_avg_sq"])
+
+    def tensors(state: object) -> list[torch.Tensor]:  # every tensor of an optimizer state, in order
+        if isinstance(state, torch.Tensor):
+            return [state]
+        if isinstance(state, dict):
+            return [t for k in sorted(state, key=str) for t in tensors(state[k])]
+        if isinstance(state, (list, tuple)):
+            return [t for v in state for t in tensors(v)]
+        return []
+
+    ta, tb = tensors(sa["optimizer"]), tensors(sb["optimizer"])
+    assert len(ta) == len(tb) > 0 and all(torch.equal(x, y) for x, y in zip(ta, tb, strict=True))
 
 
 def test_resume_skips_an_unreadable_checkpoint(tmp_path: Path) -> None:
@@ -154,6 +171,9 @@ def test_resume_skips_an_unreadable_checkpoint(tmp_path: Path) -> None:
     assert len(losses(tmp_path)) == 8
     assert (tmp_path / "checkpoints/last/model.safetensors").read_bytes() == final
     assert load_trainer_state(tmp_path / "checkpoints/last")["step"] == 8  # rewritten whole
+    # the one it could not load is kept aside, untouched, not replaced
+    damaged = tmp_path / "checkpoints/damaged-last/trainer_state.pt"
+    assert damaged.read_bytes() == b"\x00" * damaged.stat().st_size
 
     other = config()
     other.model.num_layers = 1
@@ -161,6 +181,89 @@ def test_resume_skips_an_unreadable_checkpoint(tmp_path: Path) -> None:
         Trainer(tiny_gpt(**{**SHAPE, "num_layers": 1}), None, other, "cpu", run_dir=tmp_path).train(
             RandomBatches(data, 4, T, seed=7), resume=True
         )
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
+
+
+def damage_truncate(path: Path) -> None:
+    f = path / "trainer_state.pt"
+    f.write_bytes(f.read_bytes()[:100])  # sizes no longer match COMPLETE: not even a candidate
+
+
+def damage_same_size(path: Path) -> None:
+    f = path / "trainer_state.pt"
+    f.write_bytes(b"\x00" * f.stat().st_size)  # complete by size: only loading can tell
+
+
+def damage_nan_weights(path: Path) -> None:
+    model = GPT.from_pretrained(path)
+    with torch.no_grad():
+        model.transformer.h[1].attn.c_proj.weight[0, 0] = float("nan")
+    model.save_pretrained(path)
+    record = json.loads((path / "COMPLETE").read_text())  # complete again: only loading can tell
+    record["files"] = {n: (path / n).stat().st_size for n in record["files"]}
+    (path / "COMPLETE").write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("damage", [damage_truncate, damage_same_size, damage_nan_weights])
+def test_resume_refuses_when_no_checkpoint_loads(tmp_path: Path, damage) -> None:
+    """Asked to resume a run none of whose checkpoints loads, the Trainer refuses naming each, and changes
+    nothing: every file that existed is byte-identical after, and no checkpoint is added."""
+    cfg = config(save_interval=3, eval_interval=4)
+    data = tokens()
+    Trainer(tiny_model(), None, cfg, "cpu", run_dir=tmp_path).train(
+        RandomBatches(data, 4, T, seed=7), eval_batches()
+    )
+    root = tmp_path / "checkpoints"
+    names = sorted(p.name for p in root.iterdir())
+    assert names == ["best", "last", "step_000003", "step_000006"]
+    for name in names:
+        damage(root / name)
+    before = file_hashes(tmp_path)
+    with pytest.raises(CheckpointError) as e:
+        Trainer(tiny_model(seed=5), None, cfg, "cpu", run_dir=tmp_path).train(
+            RandomBatches(data, 4, T, seed=7), eval_batches(), resume=True
+        )
+    msg = str(e.value)
+    assert "\n" not in msg and "no checkpoint in" in msg and "nothing was changed" in msg and "--out" in msg
+    for name in names:
+        assert f"{name}: " in msg
+    if damage is damage_nan_weights:
+        assert "tensor transformer.h.1.attn.c_proj.weight holds 1 non-finite values" in msg
+    assert file_hashes(tmp_path) == before
+
+
+def test_resume_falls_back_past_non_finite_weights_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """NaN weights in the newest checkpoints: resume warns naming each skipped, continues from the newest good
+    one (not 'the training loss became nan'), and keeps the skipped ones aside untouched."""
+    cfg = config(save_interval=3, eval_interval=100)
+    data = tokens()
+    Trainer(tiny_model(), None, cfg, "cpu", run_dir=tmp_path).train(RandomBatches(data, 4, T, seed=7))
+    root = tmp_path / "checkpoints"
+    final = (root / "last/model.safetensors").read_bytes()
+    damage_nan_weights(root / "last")
+    damage_truncate(root / "step_000006")
+    kept = {name: file_hashes(root / name) for name in ("last", "step_000006")}
+    with caplog.at_level(logging.INFO, logger="gptrs"):
+        result = Trainer(tiny_model(seed=5), None, cfg, "cpu", run_dir=tmp_path).train(
+            RandomBatches(data, 4, T, seed=7), resume=True
+        )
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("step_000006" in w and "does not match" not in w for w in warnings), warnings
+    assert any("checkpoints/last" in w and "non-finite" in w for w in warnings), warnings
+    assert any("resumed from" in w and "step_000003" in w for w in warnings), warnings
+    assert result["step"] == 8 and result["resumed"]
+    assert (root / "last/model.safetensors").read_bytes() == final  # re-trained from step 3: bit-identical
+    for name, hashes in kept.items():
+        assert file_hashes(root / f"damaged-{name}") == hashes
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path: Path) -> None:
@@ -264,8 +367,9 @@ class BigramModel(nn.Module):
         return logits, loss
 
 
-def test_user_model_and_torch_dataloader() -> None:
-    """The custom-dataset path: a torch DataLoader over a TensorDataset, a plain nn.Module, no run dir."""
+def test_user_model_and_torch_dataloader(caplog: pytest.LogCaptureFixture) -> None:
+    """The custom-dataset path: a torch DataLoader over a TensorDataset, a plain nn.Module, no run dir. The
+    log reports the loader's 16 sequences a batch, not the config's 4."""
     w = torch.from_numpy(tokens(3400).astype(np.int64))[: 200 * (T + 1)].view(200, T + 1)
     ds = torch.utils.data.TensorDataset(w[:, :-1], w[:, 1:])
     train = torch.utils.data.DataLoader(
@@ -276,7 +380,13 @@ def test_user_model_and_torch_dataloader() -> None:
     model = BigramModel()
     cfg = config(max_steps=30, eval_interval=15, warmup_steps=3, learning_rate=0.1)
     before = Trainer(model, None, cfg, "cpu").evaluate(val)["val_loss"]
-    result = Trainer(model, None, cfg, "cpu").train(train, val)
+    assert cfg.training.batch_size == 4
+    with caplog.at_level(logging.INFO, logger="gptrs"):
+        result = Trainer(model, None, cfg, "cpu").train(train, val)
+    assert any(
+        ": 30 steps of 16 sequences (1 micro-batch of 16 per process)" in r.getMessage()
+        for r in caplog.records
+    )
     assert result["step"] == 30  # more steps than one pass (13 batches): the loader restarts
     assert result["val_loss"] < before - 0.5
 
@@ -294,10 +404,18 @@ def test_epochs_and_exhausted_data() -> None:
         Trainer(tiny_model(), None, cfg, "cpu").train([])
 
 
-def test_precision_choice() -> None:
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_precision_choice(monkeypatch: pytest.MonkeyPatch, native_bf16: bool) -> None:
+    """Both CPU kinds are tried on every machine: AVX2-only (fp32) and native bf16 (AVX512-BF16 / AMX)."""
+    from gptrs.training import muon, precision
+
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: native_bf16)
+    monkeypatch.setattr(muon, "_native_cpu_bf16", lambda: native_bf16)
     assert resolve_precision(False, "cpu").name == "fp32"
     assert resolve_precision("bf16", "cpu").name == "bf16"
-    assert resolve_precision(True, "cpu").name == ("bf16" if cpu_supports_bf16() else "fp32")
+    assert resolve_precision(True, "cpu").name == ("bf16" if native_bf16 else "fp32")
+    ns = muon.Muon([torch.nn.Parameter(torch.zeros(2, 2))]).ns_dtype(torch.device("cpu"))
+    assert ns == (torch.bfloat16 if native_bf16 else torch.float32)
     assert resolve_precision(True, "cpu").make_scaler() is None
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         resolve_precision("fp16", "cpu")

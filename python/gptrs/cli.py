@@ -53,8 +53,40 @@ def summary(doc: str | None) -> str:
     return " ".join(text.replace("``", "").split())
 
 
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def _shown(text: str) -> str:
+    """A flag's value as the user typed it, shortened when it is thousands of digits long."""
+    return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
+
+
+def bounded_int(lo: int | None = INT64[0], hi: int | None = INT64[1]) -> Callable[[str], int]:
+    """An argparse ``type`` for an integer flag in ``[lo, hi]``: a value out of range is refused while the
+    flags are parsed, naming the flag (``argument --seed: ...: out of range (at most ...)``), not after the model
+    has loaded with a message about C longs."""
+
+    def parse(text: str) -> int:
+        digits = text.strip().replace("_", "")
+        if not re.fullmatch(r"[+-]?\d+", digits):
+            raise argparse.ArgumentTypeError(f"invalid int value: {_shown(text)!r}")
+        if len(digits.lstrip("+-")) > 4000:  # int() refuses more than 4300 digits anyway
+            value = -(10**4000) if digits.startswith("-") else 10**4000
+        else:
+            value = int(digits)
+        if hi is not None and value > hi:
+            raise argparse.ArgumentTypeError(f"{_shown(text)}: out of range (at most {hi})")
+        if lo is not None and value < lo:
+            raise argparse.ArgumentTypeError(f"{_shown(text)}: out of range (at least {lo})")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in its own messages
+    return parse
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line (not usage + error) and exit status 2.
+    """argparse, but a bad flag is one line (not usage + error) and exit status 2, and every ``type=int``
+    flag is range-checked while parsing (64-bit unless the flag says otherwise with :func:`bounded_int`).
 
     ``tag`` starts the error line (see :func:`error_prefix`); subcommand parsers inherit it.
     """
@@ -62,6 +94,7 @@ class ArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args: Any, tag: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.tag = tag
+        self.register("type", int, bounded_int())  # ``type=int``, in groups too, parses through it
 
     def add_subparsers(self, **kwargs: Any) -> Any:
         kwargs.setdefault("parser_class", functools.partial(ArgumentParser, tag=self.tag))

@@ -20,101 +20,79 @@ from typing import Any
 from gptrs.cli import make_parser, run_main, setup_logging
 from gptrs.config.io import read_text, save_config
 from gptrs.config.problems import Problem, name_of, one_line, show, suggest
-from gptrs.config.schema import SECTIONS, Config, TokenizerConfig, fields_of
-from gptrs.config.validation import build, check_values, mark_validated
+from gptrs.config.schema import (
+    SECTIONS,
+    SPECIAL_TOKEN_ROLES,
+    Config,
+    TokenizerConfig,
+    TrainingConfig,
+    fields_of,
+)
+from gptrs.config.validation import build, check
 from gptrs.errors import ConfigError
 
-# Legacy spellings of each setting. A name may appear once only (a test checks it).
+# Other projects' spellings of each setting; every setting also maps from its own name, but for
+# tokenizer.path (a flat "path" could mean anything) and model.vocab_size (a flat vocab_size is the
+# tokenizer's). A name may appear once only (a test checks it). nanoGPT decays the learning rate over
+# lr_decay_iters, gptrs over max_steps: so they must agree.
+_SPELLINGS = """
+data.source: data_source
+data.paths: data_files files train_files data_path data_paths
+data.text_field: text_column text_key
+data.dataset_name: hf_dataset hub_dataset
+data.dataset_subset: dataset_config dataset_config_name subset
+data.dataset_split: split
+data.num_training_samples: num_samples max_samples max_train_samples
+data.validation_split: val_split validation_fraction val_fraction test_size
+tokenizer.vocab_size: n_vocab
+tokenizer.pattern: split_pattern pat_str
+tokenizer.min_frequency: min_freq
+tokenizer.path: tokenizer_path tokenizer_file
+model.embed_dim: n_embd d_model hidden_size embedding_dim
+model.ff_dim: n_inner ffn_dim d_ff intermediate_size
+model.num_layers: n_layer n_layers num_hidden_layers
+model.heads: n_head n_heads num_heads num_attention_heads
+model.kv_heads: n_kv_head num_key_value_heads
+model.max_seq_len: block_size max_block_size n_positions n_ctx context_length seq_len max_position_embeddings
+model.positions: position_embedding_type
+model.activation: activation_function
+model.bias: use_bias
+model.tie_embeddings: tie_word_embeddings
+model.logit_softcap: final_logit_softcapping
+model.dropout: dropout_rate resid_pdrop embd_pdrop attn_pdrop
+model.attention: attn_implementation
+model.compile: torch_compile
+training.batch_size: train_batch_size micro_batch_size per_device_train_batch_size
+training.gradient_accumulation_steps: grad_accum_steps accumulation_steps
+training.max_steps: max_iters num_steps total_steps lr_decay_iters
+training.epochs: num_epochs num_train_epochs n_epochs
+training.learning_rate: lr max_lr peak_lr
+training.min_lr: min_learning_rate
+training.warmup_steps: warmup_iters num_warmup_steps
+training.beta1: adam_beta1
+training.beta2: adam_beta2
+training.adam_eps: adam_epsilon
+training.max_grad_norm: grad_clip clip_grad_norm gradient_clipping
+training.mixed_precision: amp use_amp
+training.eval_interval: eval_steps eval_every
+training.eval_batches: eval_iters
+training.log_interval: logging_steps log_every
+training.save_interval: save_steps save_every checkpoint_interval
+training.keep_last: save_total_limit
+training.early_stopping_patience: patience
+training.seed: random_seed
+"""
+_EXTRA = dict(line.split(": ") for line in _SPELLINGS.strip().splitlines())
+_EVERY = [f"{s}.{k}" for s, cls in SECTIONS.items() for k in fields_of(cls)]
+_OWN = set(_EVERY) - {"tokenizer.path", "model.vocab_size"}
 ALIASES: dict[str, tuple[str, ...]] = {
-    "data.source": ("source", "data_source"),
-    "data.paths": ("paths", "data_files", "files", "train_files", "data_path", "data_paths"),
-    "data.text_field": ("text_field", "text_column", "text_key"),
-    "data.dataset_name": ("dataset_name", "hf_dataset", "hub_dataset"),
-    "data.dataset_subset": ("dataset_subset", "dataset_config", "dataset_config_name", "subset"),
-    "data.dataset_split": ("dataset_split", "split"),
-    "data.num_training_samples": ("num_training_samples", "num_samples", "max_samples", "max_train_samples"),
-    "data.validation_split": (
-        "validation_split",
-        "val_split",
-        "validation_fraction",
-        "val_fraction",
-        "test_size",
-    ),
-    "data.separator": ("separator",),
-    "data.sampling": ("sampling",),
-    "data.max_eval_tokens": ("max_eval_tokens",),
-    "data.cache_dir": ("cache_dir",),
-    "tokenizer.vocab_size": ("vocab_size", "n_vocab"),
-    "tokenizer.pattern": ("pattern", "split_pattern", "pat_str"),
-    "tokenizer.min_frequency": ("min_frequency", "min_freq"),
-    "tokenizer.special_tokens": ("special_tokens",),
-    "tokenizer.path": ("tokenizer_path", "tokenizer_file"),
-    "model.embed_dim": ("embed_dim", "n_embd", "d_model", "hidden_size", "embedding_dim"),
-    "model.ff_dim": ("ff_dim", "n_inner", "ffn_dim", "d_ff", "intermediate_size"),
-    "model.num_layers": ("num_layers", "n_layer", "n_layers", "num_hidden_layers"),
-    "model.heads": ("heads", "n_head", "n_heads", "num_heads", "num_attention_heads"),
-    "model.max_seq_len": (
-        "max_seq_len",
-        "block_size",
-        "max_block_size",
-        "n_positions",
-        "n_ctx",
-        "context_length",
-        "seq_len",
-        "max_position_embeddings",
-    ),
-    "model.dropout": ("dropout", "dropout_rate", "resid_pdrop", "embd_pdrop", "attn_pdrop"),
-    "model.bias": ("bias", "use_bias"),
-    "model.activation": ("activation", "activation_function"),
-    "model.attention": ("attention", "attn_implementation"),
-    "model.gradient_checkpointing": ("gradient_checkpointing",),
-    "model.compile": ("compile", "torch_compile"),
-    "model.arch": ("arch",),
-    "model.kv_heads": ("kv_heads", "n_kv_head", "num_key_value_heads"),
-    "model.rope_theta": ("rope_theta",),
-    "model.logit_softcap": ("logit_softcap", "final_logit_softcapping"),
-    "training.batch_size": (
-        "batch_size",
-        "train_batch_size",
-        "micro_batch_size",
-        "per_device_train_batch_size",
-    ),
-    "training.gradient_accumulation_steps": (
-        "gradient_accumulation_steps",
-        "grad_accum_steps",
-        "accumulation_steps",
-    ),
-    # nanoGPT decays the learning rate over lr_decay_iters; gptrs over max_steps, so they must agree.
-    "training.max_steps": ("max_steps", "max_iters", "num_steps", "total_steps", "lr_decay_iters"),
-    "training.epochs": ("epochs", "num_epochs", "num_train_epochs", "n_epochs"),
-    "training.learning_rate": ("learning_rate", "lr", "max_lr", "peak_lr"),
-    "training.min_lr": ("min_lr", "min_learning_rate"),
-    "training.warmup_steps": ("warmup_steps", "warmup_iters", "num_warmup_steps"),
-    "training.weight_decay": ("weight_decay",),
-    "training.beta1": ("beta1", "adam_beta1"),
-    "training.beta2": ("beta2", "adam_beta2"),
-    "training.adam_eps": ("adam_eps", "adam_epsilon"),
-    "training.optimizer": ("optimizer",),
-    "training.embedding_lr": ("embedding_lr",),
-    "training.muon_lr": ("muon_lr",),
-    "training.muon_momentum": ("muon_momentum",),
-    "training.max_grad_norm": ("max_grad_norm", "grad_clip", "clip_grad_norm", "gradient_clipping"),
-    "training.mixed_precision": ("mixed_precision", "amp", "use_amp"),
-    "training.eval_interval": ("eval_interval", "eval_steps", "eval_every"),
-    "training.eval_batches": ("eval_batches", "eval_iters"),
-    "training.log_interval": ("log_interval", "logging_steps", "log_every"),
-    "training.save_interval": ("save_interval", "save_steps", "save_every", "checkpoint_interval"),
-    "training.keep_last": ("keep_last", "save_total_limit"),
-    "training.early_stopping_patience": ("early_stopping_patience", "patience"),
-    "training.seed": ("seed", "random_seed"),
-    "training.peak_flops": ("peak_flops",),
-    "training.sample_tokens": ("sample_tokens",),
-    "training.sample_prompt": ("sample_prompt",),
+    t: (*([t.split(".")[1]] if t in _OWN else []), *_EXTRA.get(t, "").split())
+    for t in _EVERY
+    if t in _OWN or t in _EXTRA
 }
 
 # Keys handled by hand below: they set part of a setting, or several, or depend on their value.
 SPECIAL = ("betas", "fp16", "bf16", "dtype", "decay_lr", "bos_token", "eos_token", "pad_token", "unk_token")
-
 # Keys dropped when their value is what gptrs does anyway; any other value is refused.
 HARMLESS: dict[str, tuple[Any, ...]] = {
     "decay_lr": (True,),
@@ -124,7 +102,6 @@ HARMLESS: dict[str, tuple[Any, ...]] = {
     "eval_only": (False,),
     "model_type": ("gpt", "gpt2"),
 }
-
 # Why some common keys have no place in a config file.
 HINTS = {
     "device": "pass --device to python -m gptrs.train",
@@ -133,62 +110,23 @@ HINTS = {
     "resume": "pass --resume to python -m gptrs.train",
     "dataset": "for a Hub dataset use dataset_name, for local files data_files",
 }
-
-SECTION_NAMES = {
-    "data": "data",
-    "dataset": "data",
-    "tokenizer": "tokenizer",
-    "model": "model",
-    "training": "training",
-    "train": "training",
-    "trainer": "training",
-    "optimizer": "training",
+SECTION_NAMES = {"data": "data", "dataset": "data", "tokenizer": "tokenizer", "model": "model"}
+SECTION_NAMES |= dict.fromkeys(("training", "train", "trainer", "optimizer"), "training")
+# Other projects' values for the same setting.
+_VALUES: dict[str, dict[Any, Any]] = {
+    "model.activation": {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"},
+    "model.attention": {"flash": "sdpa", "eager": "reference"},
+    "model.positions": {"absolute": "learned"},
 }
-
-_ACTIVATIONS = {
-    "gelu": "gelu",
-    "gelu_new": "gelu_tanh",
-    "gelu_pytorch_tanh": "gelu_tanh",
-    "gelu_tanh": "gelu_tanh",
-}
-_ATTENTION = {"sdpa": "sdpa", "flash": "sdpa", "eager": "reference", "reference": "reference"}
-_DTYPES = {
+_DTYPES: dict[str, str | bool] = {
     "bfloat16": "bf16",
     "bf16": "bf16",
     "float16": "fp16",
     "fp16": "fp16",
     "half": "fp16",
-    "float32": False,
-    "fp32": False,
-    "float": False,
-    "auto": True,
 }
-
+_DTYPES |= {"float32": False, "fp32": False, "float": False, "auto": True}
 _TARGET = {alias: target for target, aliases in ALIASES.items() for alias in aliases}
-
-
-class _Assignments:
-    """Settings collected from the legacy file, each remembering the key it came from, conflicts refused."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.values: dict[str, Any] = {}
-        self.origin: dict[str, str] = {}
-
-    def set(self, target: str, value: Any, origin: str) -> None:
-        if target in self.values and not _same(self.values[target], value):
-            first = self.origin[target]
-            raise ConfigError(
-                one_line(
-                    f"{self.source}: {origin}: {show(value)} conflicts with {first}: {show(self.values[target])}"
-                    f" (both set {target})"
-                )
-            )
-        self.values.setdefault(target, value)
-        self.origin.setdefault(target, origin)
-
-    def refuse(self, origin: str, message: str) -> ConfigError:
-        return ConfigError(one_line(f"{self.source}: {origin}: {message}"))
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -200,154 +138,149 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-def _known_names() -> list[str]:
-    return [*_TARGET, *SPECIAL, *HARMLESS, *SECTION_NAMES]
-
-
-def _map_key(
-    out: _Assignments, section: str | None, key: str, value: Any, origin: str, ignore: set[str]
-) -> None:
-    """Record one legacy key (`section` is the schema section it sat in, if any)."""
-    if key in ignore or origin in ignore:
-        return
-    if section is not None and key in fields_of(SECTIONS[section]):
-        target = f"{section}.{key}"
-    else:
-        target = _TARGET.get(key, "")
-    if target == "data.paths":
-        if isinstance(value, str):
-            value = [value]
-        elif isinstance(value, Mapping):  # Hugging Face style {"train": [...]}
-            if set(value) != {"train"}:
-                raise out.refuse(
-                    origin, "only a 'train' split can be mapped; gptrs holds out data.validation_split"
-                )
-            value = value["train"] if isinstance(value["train"], list) else [value["train"]]
-    elif target == "model.activation" and isinstance(value, str):
-        value = _ACTIVATIONS.get(value, value)
-    elif target == "model.attention" and isinstance(value, str):
-        value = _ATTENTION.get(value, value)
-    elif target == "tokenizer.special_tokens" and isinstance(value, Mapping):
-        value = {_role(k): v for k, v in value.items()}
-    elif target == "tokenizer.special_tokens":
-        raise out.refuse(origin, "expected a mapping of role (bos, eos, pad, unk) to token string")
-    if target:
-        out.set(target, value, origin)
-        return
-    if key == "betas":
-        if not (isinstance(value, list) and len(value) == 2):
-            raise out.refuse(origin, f"expected [beta1, beta2], got {show(value)}")
-        out.set("training.beta1", value[0], origin)
-        out.set("training.beta2", value[1], origin)
-    elif key in ("fp16", "bf16"):
-        if not isinstance(value, bool):
-            raise out.refuse(origin, f"expected true or false, got {show(value)}")
-        if value:
-            out.set("training.mixed_precision", key, origin)
-        else:
-            out.set(f"_off.{key}", False, origin)  # false alone means full precision; see _finish
-    elif key == "dtype":
-        if not isinstance(value, str) or value not in _DTYPES:
-            raise out.refuse(origin, f"cannot map {show(value)} (known: {', '.join(_DTYPES)})")
-        out.set("training.mixed_precision", _DTYPES[value], origin)
-    elif key == "decay_lr" and value is False:
-        out.set("_constant_lr", True, origin)
-    elif key.endswith("_token") and _role(key) in ("bos", "eos", "pad", "unk"):
-        out.set(f"_special.{_role(key)}", value, origin)
-    elif key in HARMLESS:
-        if not any(_same(value, ok) for ok in HARMLESS[key]):
-            raise out.refuse(origin, f"cannot map {show(value)} (or --ignore {origin} to drop it)")
-    else:
-        drop = f"--ignore {origin} to drop it"
-        if key in HINTS:
-            raise out.refuse(origin, f"cannot map this key: {HINTS[key]} (or {drop})")
-        guess = suggest(key, _known_names())
-        if guess:
-            raise out.refuse(origin, f"cannot map this key; did you mean {guess}? (or {drop})")
-        raise out.refuse(origin, f"cannot map this key to the gptrs schema ({drop})")
-
-
 def _role(name: Any) -> Any:
     return name.lower().removesuffix("_token") if isinstance(name, str) else name
 
 
-def _finish(out: _Assignments) -> dict[str, dict[str, Any]]:
-    """Settings implied by others (source from dataset_name, sampling from epochs...), as nested data."""
-    v = out.values
-    specials = {k.split(".", 1)[1]: val for k, val in v.items() if k.startswith("_special.")}
-    if specials:
-        table = dict(v.get("tokenizer.special_tokens", TokenizerConfig().special_tokens))
-        table.update(specials)
-        v["tokenizer.special_tokens"] = table
-    if any(k.startswith("_off.") for k in v):
-        v.setdefault("training.mixed_precision", False)
-    if v.get("_constant_lr"):  # nanoGPT's decay_lr: false keeps the peak rate: a cosine from lr to lr
-        v["training.min_lr"] = v.get("training.learning_rate", Config().training.learning_rate)
-    if "model.vocab_size" in v and "tokenizer.vocab_size" not in v:  # the seed kept it under model
-        v["tokenizer.vocab_size"] = v.pop("model.vocab_size")
-        out.origin["tokenizer.vocab_size"] = out.origin["model.vocab_size"]
-    if "model.embed_dim" in v and "model.ff_dim" not in v:  # GPT-2 and nanoGPT: 4 x the width
-        embed_dim = v["model.embed_dim"]
-        if isinstance(embed_dim, int) and not isinstance(embed_dim, bool):
-            v["model.ff_dim"] = 4 * embed_dim
-            out.origin["model.ff_dim"] = out.origin["model.embed_dim"]
-    if "data.source" not in v:
-        if "data.dataset_name" in v and "data.paths" in v:
-            raise out.refuse(
-                out.origin["data.paths"], "both files and a Hub dataset given; set source to choose"
-            )
-        if "data.dataset_name" in v:
-            v["data.source"] = "hub"
-        elif "data.paths" in v:
-            v["data.source"] = "files"
-    if "training.epochs" in v and "data.sampling" not in v:
-        v["data.sampling"] = "epochs"
-    nested: dict[str, dict[str, Any]] = {}
-    for target, value in v.items():
-        if not target.startswith("_"):
-            section, key = target.split(".")
-            nested.setdefault(section, {})[key] = value
-    return nested
+class _Converter:
+    """Settings collected from a legacy file, each remembering the key it came from; conflicts refused."""
+
+    def __init__(self, source: str, ignore: Sequence[str]) -> None:
+        self.source, self.ignore = source, set(ignore)
+        self.values: dict[str, Any] = {}
+        self.origin: dict[str, str] = {}
+
+    def refuse(self, origin: str, message: str) -> ConfigError:
+        return ConfigError(one_line(f"{self.source}: {origin}: {message}"))
+
+    def set(self, target: str, value: Any, origin: str) -> None:
+        if target in self.values and not _same(self.values[target], value):
+            first = f"{self.origin[target]}: {show(self.values[target])}"
+            raise self.refuse(origin, f"{show(value)} conflicts with {first} (both set {target})")
+        self.values.setdefault(target, value)
+        self.origin.setdefault(target, origin)
+
+    def key(self, section: str | None, key: str, value: Any, origin: str) -> None:
+        """Record one legacy key (`section`: the schema section it sat in, if any)."""
+        if key in self.ignore or origin in self.ignore:
+            return
+        in_section = section is not None and key in fields_of(SECTIONS[section])
+        target = f"{section}.{key}" if in_section else _TARGET.get(key, "")
+        if target == "data.paths" and isinstance(value, Mapping):  # Hugging Face style {"train": [...]}
+            if set(value) != {"train"}:
+                raise self.refuse(
+                    origin, "only a 'train' split can be mapped; gptrs holds out data.validation_split"
+                )
+            value = value["train"]
+        if target == "data.paths" and isinstance(value, str):
+            value = [value]
+        elif target == "tokenizer.special_tokens":
+            if not isinstance(value, Mapping):
+                raise self.refuse(origin, "expected a mapping of role (bos, eos, pad, unk) to token string")
+            value = {_role(k): v for k, v in value.items()}
+        elif target in _VALUES and isinstance(value, str):
+            value = _VALUES[target].get(value, value)
+        if target:
+            self.set(target, value, origin)
+        elif key == "betas":
+            if not (isinstance(value, list) and len(value) == 2):
+                raise self.refuse(origin, f"expected [beta1, beta2], got {show(value)}")
+            self.set("training.beta1", value[0], origin)
+            self.set("training.beta2", value[1], origin)
+        elif key in ("fp16", "bf16"):
+            if not isinstance(value, bool):
+                raise self.refuse(origin, f"expected true or false, got {show(value)}")
+            # false: full precision, unless another key turns it on (see finish)
+            self.set("training.mixed_precision" if value else f"_off.{key}", key if value else False, origin)
+        elif key == "dtype":
+            if not isinstance(value, str) or value not in _DTYPES:
+                raise self.refuse(origin, f"cannot map {show(value)} (known: {', '.join(_DTYPES)})")
+            self.set("training.mixed_precision", _DTYPES[value], origin)
+        elif key == "decay_lr" and value is False:
+            self.set("_constant_lr", True, origin)
+        elif key.endswith("_token") and _role(key) in SPECIAL_TOKEN_ROLES:
+            self.set(f"_special.{_role(key)}", value, origin)
+        elif key in HARMLESS:
+            if not any(_same(value, ok) for ok in HARMLESS[key]):
+                raise self.refuse(origin, f"cannot map {show(value)} (or --ignore {origin} to drop it)")
+        else:
+            drop = f"--ignore {origin} to drop it"
+            guess = suggest(key, [*_TARGET, *SPECIAL, *HARMLESS, *SECTION_NAMES])
+            if key in HINTS:
+                raise self.refuse(origin, f"cannot map this key: {HINTS[key]} (or {drop})")
+            if guess:
+                raise self.refuse(origin, f"cannot map this key; did you mean {guess}? (or {drop})")
+            raise self.refuse(origin, f"cannot map this key to the gptrs schema ({drop})")
+
+    def finish(self) -> dict[str, dict[str, Any]]:
+        """Settings implied by others (source from dataset_name, sampling from epochs...), as nested data."""
+        v, origin = self.values, self.origin
+        specials = {k.split(".", 1)[1]: val for k, val in v.items() if k.startswith("_special.")}
+        if specials:
+            v["tokenizer.special_tokens"] = {
+                **v.get("tokenizer.special_tokens", TokenizerConfig().special_tokens),
+                **specials,
+            }
+        if any(k.startswith("_off.") for k in v):
+            v.setdefault("training.mixed_precision", False)
+        if v.get("_constant_lr"):  # nanoGPT's decay_lr: false keeps the peak rate: a cosine from lr to lr
+            v["training.min_lr"] = v.get("training.learning_rate", TrainingConfig().learning_rate)
+        if "model.vocab_size" in v and "tokenizer.vocab_size" not in v:  # the seed kept it under model
+            v["tokenizer.vocab_size"] = v.pop("model.vocab_size")
+            origin["tokenizer.vocab_size"] = origin["model.vocab_size"]
+        width = v.get("model.embed_dim")
+        if isinstance(width, int) and not isinstance(width, bool) and "model.ff_dim" not in v:
+            v["model.ff_dim"] = 4 * width  # GPT-2 and nanoGPT
+            origin["model.ff_dim"] = origin["model.embed_dim"]
+        if "data.source" not in v:
+            if "data.dataset_name" in v and "data.paths" in v:
+                raise self.refuse(
+                    origin["data.paths"], "both files and a Hub dataset given; set source to choose"
+                )
+            if "data.dataset_name" in v:
+                v["data.source"] = "hub"
+            elif "data.paths" in v:
+                v["data.source"] = "files"
+        if "training.epochs" in v:
+            v.setdefault("data.sampling", "epochs")
+        nested: dict[str, dict[str, Any]] = {}
+        for target, value in v.items():
+            if not target.startswith("_"):
+                section, key = target.split(".")
+                nested.setdefault(section, {})[key] = value
+        return nested
 
 
 def convert(legacy: Any, source: str = "<json>", ignore: Sequence[str] = ()) -> Config:
     """Map a legacy config (flat or sectioned plain data) onto the schema and validate it."""
     if not isinstance(legacy, Mapping):
         raise ConfigError(f"{source}: expected a JSON object at the top, got {type(legacy).__name__}")
-    out, skip = _Assignments(source), set(ignore)
+    out = _Converter(source, ignore)
     for key, value in legacy.items():
-        if key in skip:
-            continue
         section = SECTION_NAMES.get(key)
+        if key in out.ignore or (section is not None and value is None):
+            continue
         if section is not None and isinstance(value, Mapping):
             for sub, sub_value in value.items():
-                _map_key(out, section, sub, sub_value, f"{key}.{name_of(sub)}", skip)
-        elif section is not None and value is None:
-            continue
+                out.key(section, sub, sub_value, f"{key}.{name_of(sub)}")
         elif key in SECTIONS:
             raise out.refuse(name_of(key), f"expected an object of {section} settings, got {show(value)}")
         else:
-            _map_key(out, None, key, value, name_of(key), skip)
+            out.key(None, key, value, name_of(key))
     try:
-        cfg = build(_finish(out))
-        check_values(cfg)
-    except Problem as p:
-        target = p.key.split("[")[0]
-        origin = out.origin.get(target)
-        key = p.key if origin is None or origin == target else f"{origin} ({p.key})"
-        raise p.error(source, key) from None
-    return mark_validated(cfg)
-
-
-class _DuplicateKey(Exception):
-    pass
+        cfg = build(out.finish())
+        check(cfg)
+    except Problem as p:  # name the legacy key the value came from, beside the schema's
+        origin = out.origin.get(p.key.split("[")[0])
+        raise p.error(source, p.key if origin in (None, p.key) else f"{origin} ({p.key})") from None
+    return cfg
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise _DuplicateKey(key)
+            raise ConfigError(f"invalid JSON: duplicate key {show(key)}")
         result[key] = value
     return result
 
@@ -362,8 +295,8 @@ def read_legacy(path: str | os.PathLike[str]) -> Any:
         raise ConfigError(
             one_line(f"{source}: line {e.lineno}, column {e.colno}: invalid JSON: {e.msg}")
         ) from None
-    except _DuplicateKey as e:
-        raise ConfigError(one_line(f"{source}: invalid JSON: duplicate key {show(e.args[0])}")) from None
+    except ConfigError as e:
+        raise ConfigError(one_line(f"{source}: {e}")) from None
     except RecursionError:
         raise ConfigError(f"{source}: invalid JSON: nested too deeply") from None
 

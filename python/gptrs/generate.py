@@ -14,6 +14,7 @@ import argparse
 import codecs
 import dataclasses
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gptrs.cli import make_parser, run_main, setup_logging, summary
+from gptrs.cli import bounded_int, make_parser, run_main, setup_logging, summary
 from gptrs.errors import CheckpointError, GptrsError
 from gptrs.files import CONFIG_FILE, TOKENIZER_FILE
 from gptrs.host_memory import tune_host_allocator
@@ -167,32 +168,56 @@ _SETTABLE: dict[str, Callable[[str], Any]] = {
 }
 
 _HELP = (
-    "type a prompt and press Enter; /set NAME VALUE changes a setting "
-    f"({', '.join(_SETTABLE)}; 'none' clears), /settings shows them, /quit or EOF ends"
+    "type a prompt and press Enter. /set NAME=VALUE (or /set NAME VALUE) changes a setting: "
+    f"{', '.join(_SETTABLE)} (temperature 0 = greedy; 'none' clears top_k, top_p, seed); "
+    "/settings shows them; /help shows this; /quit or EOF ends"
 )
+
+
+def _show(value: Any) -> str:
+    return "none" if value is None else str(value)
+
+
+def _set(arg: str, s: Sampling) -> str:
+    """Apply ``/set NAME=VALUE`` or ``/set NAME VALUE`` to ``s``; return the line to print: the new value
+    (and the old one), or one error line with the setting left as it was."""
+    name, eq, value = arg.partition("=")
+    if not eq:
+        name, _, value = arg.strip().partition(" ")
+    name, value = name.strip().lower().replace("-", "_"), value.strip()
+    if not name or not value:
+        return f"error: /set needs NAME=VALUE, e.g. /set temperature=0.5 (settings: {', '.join(_SETTABLE)})"
+    if name not in _SETTABLE:
+        return f"error: /set {name}: no such setting (settings: {', '.join(_SETTABLE)})"
+    old = getattr(s, name)
+    try:
+        new = _SETTABLE[name](value)
+    except ValueError:
+        kind = "a number" if _SETTABLE[name] is float or name == "top_p" else "an integer"
+        return f"error: /set {name}={value}: not {kind}{' or none' if name in ('top_k', 'top_p', 'seed') else ''}"
+    setattr(s, name, new)
+    try:
+        s.check()
+    except GptrsError as e:
+        setattr(s, name, old)
+        return f"error: {e}; {name} stays {_show(old)}"
+    return f"{name}={_show(new)} (was {_show(old)})"
 
 
 def _command(line: str, s: Sampling) -> bool:
     """Handle an interactive /command; False means quit."""
-    parts = line.split()
-    cmd = parts[0].lower()
+    cmd, _, arg = line.strip().partition(" ")
+    cmd = cmd.lower()
     if cmd in ("/quit", "/exit", "/q"):
         return False
     if cmd == "/settings":
-        shown = (
-            f"{name}={'none' if value is None else value}" for name, value in dataclasses.asdict(s).items()
-        )
-        sys.stderr.write(" ".join(shown) + "\n")
-    elif cmd == "/set" and len(parts) == 3 and parts[1] in _SETTABLE:
-        old = getattr(s, parts[1])
-        try:
-            setattr(s, parts[1], _SETTABLE[parts[1]](parts[2]))
-            s.check()
-        except (ValueError, GptrsError) as e:
-            setattr(s, parts[1], old)
-            sys.stderr.write(f"error: {e}\n")
-    else:
+        sys.stderr.write(" ".join(f"{k}={_show(v)}" for k, v in dataclasses.asdict(s).items()) + "\n")
+    elif cmd == "/set":
+        sys.stderr.write(_set(arg, s) + "\n")
+    elif cmd in ("/help", "/?"):
         sys.stderr.write(f"{_HELP}\n")
+    else:
+        sys.stderr.write(f"error: unknown command {cmd}; {_HELP}\n")
     return True
 
 
@@ -201,7 +226,10 @@ def interactive(model: Any, tok: Any, separator: str, s: Sampling, device: Any) 
     while True:
         sys.stderr.write(">>> ")
         sys.stderr.flush()
-        line = sys.stdin.readline()
+        try:
+            line = sys.stdin.readline() if sys.stdin is not None else ""
+        except (OSError, ValueError):  # standard input closed under us: the same as its end
+            line = ""
         if not line:  # EOF
             sys.stderr.write("\n")
             return
@@ -215,13 +243,18 @@ def interactive(model: Any, tok: Any, separator: str, s: Sampling, device: Any) 
         _generate_one(model, tok, line, separator, s, device, echo=False)
 
 
+def _stdin_open() -> bool:
+    """Whether standard input exists at all (``0<&-`` closes it: Python then has no ``sys.stdin``)."""
+    try:
+        return sys.stdin is not None and os.fstat(sys.stdin.fileno()) is not None
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _int_or_none(value: str) -> int | None:
     if value.strip().lower() in ("none", "off"):
         return None
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {value!r}") from None
+    return bounded_int()(value)
 
 
 def build_parser(prog: str = TAG) -> argparse.ArgumentParser:
@@ -245,7 +278,12 @@ def build_parser(prog: str = TAG) -> argparse.ArgumentParser:
     p.add_argument(
         "--top-p", type=float, default=d.top_p, metavar="P", help="nucleus sampling threshold in (0, 1]"
     )
-    p.add_argument("--seed", type=int, metavar="N", help="seed for reproducible sampling")
+    p.add_argument(
+        "--seed",
+        type=bounded_int(-(2**63), 2**64 - 1),  # what torch.Generator.manual_seed takes
+        metavar="N",
+        help="seed for reproducible sampling",
+    )
     p.add_argument("--interactive", action="store_true", help="read prompts from stdin until EOF or /quit")
     p.add_argument("--quantize", choices=["int8"], help="int8 dynamic quantization of Linear layers (CPU)")
     p.add_argument("--device", default="auto", metavar="DEVICE", help="auto (default), cpu, cuda or mps")
@@ -257,6 +295,10 @@ def generate(args: argparse.Namespace) -> int:
 
     s = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     s.check()
+    if args.interactive and not _stdin_open():
+        raise GptrsError(
+            "--interactive: standard input is closed; give --prompt instead, or run it from a terminal or a pipe"
+        )
     if not args.interactive:
         if args.prompt is None:
             raise GptrsError("--prompt is required (or use --interactive)")

@@ -30,6 +30,7 @@ from gptrs.cli import make_parser, run_main, setup_logging, summary
 from gptrs.config import Config, apply_overrides, load_config, resolve_config_path, save_config
 from gptrs.errors import ConfigError, GptrsError
 from gptrs.files import CHECKPOINTS_DIR, CONFIG_FILE, METRICS_FILE
+from gptrs.training.metrics import LOSS_PLOT_FILE
 
 log = logging.getLogger("gptrs.train")
 
@@ -70,7 +71,7 @@ def load_run_config(args: argparse.Namespace, run_dir: Path | None) -> tuple[Con
     """The Config for this invocation and a name for it (used for the default run directory)."""
     if args.config:
         cfg, name = load_config(args.config), resolve_config_path(args.config).stem
-    elif args.resume and run_dir is not None and (saved := _saved_config(run_dir)) is not None:
+    elif args.resume and run_dir is not None and (saved := saved_config(run_dir)) is not None:
         cfg, name = load_config(saved), run_dir.name
     else:
         cfg, name = load_config(DEFAULT_PRESET), DEFAULT_PRESET
@@ -100,27 +101,61 @@ def _fit_warmup(cfg: Config, overrides: list[str]) -> None:
         overrides.append(f"training.warmup_steps={max_steps // 10}")
 
 
-def _saved_config(run_dir: Path) -> Path | None:
-    """The config a run was started with: its newest checkpoint's, else the copy in the run directory."""
+def saved_config(run_dir: Path) -> Path | None:
+    """The config a resumed run continues with: the run's own ``config.yaml`` (the user may have edited it:
+    what can change on resume is honoured, what cannot is refused by ``check_resumable``), else the newest
+    checkpoint's copy."""
     from gptrs.training.checkpoint import find_latest
 
     latest = find_latest(run_dir / CHECKPOINTS_DIR)
-    for p in ([latest.path / CONFIG_FILE] if latest else []) + [run_dir / CONFIG_FILE]:
+    for p in [run_dir / CONFIG_FILE] + ([latest.path / CONFIG_FILE] if latest else []):
         if p.is_file():
             return p
     return None
 
 
 def _existing_run_error(run_dir: Path) -> GptrsError | None:
-    from gptrs.training.checkpoint import find_latest
+    from gptrs.training.checkpoint import damaged_checkpoints, find_latest
 
     latest = find_latest(run_dir / CHECKPOINTS_DIR)
-    if latest is None:
-        return None
-    return GptrsError(
-        f"{run_dir} already holds a run (checkpoint {latest.name} at step {latest.step}): "
-        "add --resume to continue it, or choose a new --out"
-    )
+    if latest is not None:
+        return GptrsError(
+            f"{run_dir} already holds a run (checkpoint {latest.name} at step {latest.step}): "
+            "add --resume to continue it, or choose a new --out"
+        )
+    damaged = damaged_checkpoints(run_dir / CHECKPOINTS_DIR)
+    if damaged:  # starting over would write new checkpoints over them
+        return GptrsError(
+            f"{run_dir} already holds a run whose checkpoints are damaged ({', '.join(d.name for d in damaged)}): "
+            "choose a new --out, or move them out of the way"
+        )
+    return None
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    """--out must be a directory or creatable as one: a regular file there (or above it) is named."""
+    for p in [run_dir, *run_dir.parents]:
+        if p.is_dir():
+            return
+        if p.exists() or p.is_symlink():
+            where = "is" if p == run_dir else f"is below {p}, which is"
+            raise GptrsError(
+                f"--out {run_dir}: {where} a file, not a directory (give a directory for the run)"
+            )
+
+
+def _write_config(cfg: Config, run_dir: Path) -> None:
+    """The run's config.yaml says what this invocation trains with; a file that already says so (the user's
+    own edit, comments and all) is left as it is."""
+    path = run_dir / CONFIG_FILE
+    if path.is_file():
+        try:
+            if load_config(path) == cfg:
+                return
+        except GptrsError:
+            pass  # unreadable: replaced by what this run uses
+        log.info("updating %s", path)
+    save_config(cfg, path)  # validated when loaded: written as it is
 
 
 def train(args: argparse.Namespace) -> int:
@@ -137,6 +172,7 @@ def train(args: argparse.Namespace) -> int:
     run_dir = Path(args.out).expanduser() if args.out else None
     cfg, name = load_run_config(args, run_dir)
     run_dir = run_dir or Path("runs") / name
+    _check_run_dir(run_dir)
     info, device = setup_distributed(args.device)  # the one place the process group is joined
     check_fits(cfg, device_memory(device), str(device))  # before anything is built (config/budget.py)
     lock = RunLock(run_dir).acquire() if info.is_main else None
@@ -146,10 +182,12 @@ def train(args: argparse.Namespace) -> int:
             if err is not None:
                 raise err
         if info.is_main and args.resume:  # before config.yaml is rewritten with the changed values
-            check_resumable(run_dir, cfg)
+            changes = check_resumable(run_dir, cfg)
+            if changes:
+                log.info("resuming with settings changed since the checkpoint: %s", "; ".join(changes))
         if info.is_main:
             log.info("run directory: %s", run_dir)
-            save_config(cfg, run_dir / CONFIG_FILE)  # validated when loaded: written as it is
+            _write_config(cfg, run_dir)
         bundle = prepare_data(
             cfg,
             run_dir,
@@ -186,7 +224,7 @@ def _report(
     import torch
 
     val, unigram = result.get("val_loss"), stats.get("unigram_loss")
-    lines = [f"trained {result['step']} steps ({result['tokens']:,} tokens) in {result['elapsed_s']:.0f} s"]
+    lines = [trained_line(result)]
     if val is not None:
         bpb = f", {result['val_bpb']:.3f} bits/byte" if result.get("val_bpb") else ""
         lines.append(f"validation loss {val:.4f} (perplexity {math.exp(min(val, 50)):.1f}{bpb})")
@@ -218,17 +256,36 @@ def _report(
     sys.stdout.flush()
 
 
+def trained_line(result: dict[str, Any]) -> str:
+    """What this invocation trained (a resumed run: only the steps after its checkpoint), or that nothing was
+    left to train."""
+    step, start = result["step"], result.get("start_step", 0)
+    done, tokens = step - start, result["tokens"] - result.get("start_tokens", 0)
+    if done == 0 and result.get("resumed"):
+        return (
+            f"nothing left to train: the run was already at step {step} of training.max_steps "
+            f"{result.get('max_steps', step)} (add --set training.max_steps=N to train on)"
+        )
+    line = f"trained {done} steps ({tokens:,} tokens) in {result['elapsed_s']:.0f} s"
+    return line + (f", from step {start} to step {step}" if start else "")
+
+
 def next_steps(run_dir: Path, step: int, cfg: Config) -> list[str]:
-    """The closing lines: where the run is, and the commands that use it (with its real path)."""
+    """The closing lines: where the run is, which of its files exist, and the commands that use it, with its
+    real path and the interpreter that ran this one (a new shell's ``python`` may not see gptrs)."""
     d = shlex.quote(str(run_dir))
     hf = shlex.quote(str(run_dir / "hf"))
     prompt = shlex.quote(cfg.training.sample_prompt or "def ")
+    py = shlex.quote(sys.executable or "python")
+    files = [f"checkpoints in {run_dir / CHECKPOINTS_DIR}"] + [
+        name for name in (METRICS_FILE, LOSS_PLOT_FILE) if (run_dir / name).is_file()
+    ]
     return [
-        f"run directory: {run_dir} (checkpoints in {run_dir / CHECKPOINTS_DIR}, {METRICS_FILE}, loss.png)",
+        f"run directory: {run_dir} ({', '.join(files)})",
         "next:",
-        f"  python -m gptrs.generate --model-path {d} --prompt {prompt} --max-new-tokens 100   # sample",
-        f"  python -m gptrs.export --model-path {d} --format hf --out {hf}   # for transformers",
-        f"  python -m gptrs.train --out {d} --resume --set training.max_steps={2 * max(step, 1)}   # train on",
+        f"  {py} -m gptrs.generate --model-path {d} --prompt {prompt} --max-new-tokens 100   # sample",
+        f"  {py} -m gptrs.export --model-path {d} --format hf --out {hf}   # for transformers",
+        f"  {py} -m gptrs.train --out {d} --resume --set training.max_steps={2 * max(step, 1)}   # train on",
     ]
 
 

@@ -3,15 +3,14 @@
     cfg = load_config("configs/small.yaml")                  # or a preset by name: load_config("small")
     cfg = apply_overrides(cfg, ["model.num_layers=4"])       # what `--set` does on the command line
     save_config(cfg, "run/config.yaml")                      # atomic: temp file, fsync, rename
+    mc = resolve_model(cfg.model)                            # every model switch concrete (model.arch's)
 
-Every problem is one line, ``<file>: <section>.<key>: <what is wrong>``, e.g.
-``configs/x.yaml: model.heads: 5 does not divide model.embed_dim (128)``.
+Every problem is one line, ``<file>: <section>.<key>: <what is wrong>``.
 
-The package, in reading order: ``schema`` (the dataclasses, each field's help and limits, the reference
-``describe`` prints, ``count_parameters``), ``problems`` (how a problem is worded), ``validation`` (types,
-ranges and the rules between fields, each once; ``check_model`` for a model's shape), ``io`` (YAML files,
-atomic writes, the presets in ``presets/``), ``overrides`` (``--set``), and ``__main__``
-(``python -m gptrs.config --describe/--check/--show/--list``).
+The package, in reading order: ``schema`` (the dataclasses with each field's help and limits, the model
+switches and ``ARCH_DEFAULTS``, ``count_parameters``, the reference), ``problems`` (how a problem is worded),
+``validation`` (every rule, once), ``budget`` (the memory of a training step), ``io`` (YAML files, presets),
+``overrides`` (``--set``), and ``__main__`` (``python -m gptrs.config --describe/--check/--show/--list``).
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from gptrs.config.io import (
 )
 from gptrs.config.overrides import apply_overrides
 from gptrs.config.schema import (
+    ARCH_DEFAULTS,
     SECTIONS,
     SPECIAL_TOKEN_ROLES,
     Config,
@@ -38,9 +38,10 @@ from gptrs.config.schema import (
     describe,
     resolve_model,
 )
-from gptrs.config.validation import check_model, config_from_dict, is_validated, validate
+from gptrs.config.validation import check_model, config_from_dict, validate
 
 __all__ = [
+    "ARCH_DEFAULTS",
     "MAX_CONFIG_BYTES",
     "PRESETS_DIR",
     "SECTIONS",
@@ -56,7 +57,6 @@ __all__ = [
     "config_to_dict",
     "count_parameters",
     "describe",
-    "is_validated",
     "load_config",
     "preset_names",
     "resolve_config_path",

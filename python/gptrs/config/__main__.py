@@ -2,7 +2,7 @@
 
     python -m gptrs.config --describe [--markdown]                 # every key: type, default, meaning
     python -m gptrs.config --check configs/small.yaml              # validate files (exit 2 on a problem)
-    python -m gptrs.config --show small --set model.num_layers=4   # the resolved config as YAML
+    python -m gptrs.config --show small --set model.num_layers=4   # the config with defaults, as YAML
     python -m gptrs.config --list                                  # the presets shipped in the package
 
 A FILE may be a path or a preset name (small, default, large).
@@ -17,7 +17,8 @@ from gptrs.cli import make_parser, run_main, setup_logging, summary
 from gptrs.config.budget import estimate, host_memory, human_bytes
 from gptrs.config.io import PRESETS_DIR, dump_yaml, load_config, preset_names
 from gptrs.config.overrides import apply_overrides
-from gptrs.config.schema import Config, config_to_dict, count_parameters, describe
+from gptrs.config.problems import show
+from gptrs.config.schema import Config, config_to_dict, count_parameters, describe, resolve_model
 from gptrs.errors import GptrsError
 
 PROG = "python -m gptrs.config"
@@ -38,7 +39,7 @@ def list_presets() -> str:
     return "".join(f"{name:<{width}}  {n:>13,} parameters  {shape}\n" for n, name, shape in sorted(rows))
 
 
-def _check(paths: Sequence[str], overrides: list[str], show: bool) -> int:
+def _check(paths: Sequence[str], overrides: list[str], as_yaml: bool) -> int:
     """Check (or show) each file; a bad one is an error line and exit status 2, the others still run."""
     status = 0
     for path in paths:
@@ -48,12 +49,24 @@ def _check(paths: Sequence[str], overrides: list[str], show: bool) -> int:
             print(f"error: {e}", file=sys.stderr)
             status = 2
             continue
-        if show:
-            sys.stdout.write(dump_yaml(config_to_dict(cfg)))
+        if as_yaml:
+            sys.stdout.write(_show(cfg))
         else:
             print(f"{path}: ok ({count_parameters(cfg):,} parameters)")
             _warn_if_too_big_here(path, cfg)
     return status
+
+
+def _show(cfg: Config) -> str:
+    """The config as YAML, each null model key followed by the value it resolves to, as a comment."""
+    resolved, lines = resolve_model(cfg.model), dump_yaml(config_to_dict(cfg)).splitlines()
+    section = ""
+    for i, line in enumerate(lines):
+        section = line[:-1] if not line.startswith(" ") else section
+        key = line.strip().removesuffix(": null")
+        if section == "model" and line.endswith(": null") and getattr(resolved, key, None) is not None:
+            lines[i] = f"{line}  # {show(getattr(resolved, key))}"
+    return "\n".join(lines) + "\n"
 
 
 def _warn_if_too_big_here(path: str, cfg: Config) -> None:
@@ -75,7 +88,11 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
     what.add_argument(
         "--check", nargs="+", metavar="FILE", help="validate config files or presets (exit 2 on a problem)"
     )
-    what.add_argument("--show", metavar="FILE", help="print the resolved config (defaults filled in) as YAML")
+    what.add_argument(
+        "--show",
+        metavar="FILE",
+        help="print the config with its defaults as YAML (what model.arch fills in as comments)",
+    )
     what.add_argument("--list", action="store_true", help="list the presets with their parameter counts")
     parser.add_argument("--markdown", action="store_true", help="with --describe: a Markdown table")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
@@ -91,7 +108,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
         if args.list:
             sys.stdout.write(list_presets())
             return 0
-        return _check(args.check or [args.show], args.set, show=bool(args.show))
+        return _check(args.check or [args.show], args.set, as_yaml=bool(args.show))
 
     return run_main(body, log_level=args.log_level)
 

@@ -10,33 +10,18 @@ the two AdamW moments (16 bytes a parameter, what the trainer keeps whatever the
 activations one micro-batch (``training.batch_size`` x ``model.max_seq_len`` tokens) saves for backward, counted
 in 16-bit elements when mixed precision is on. Allocator slack, the CUDA context and fragmentation only add.
 
-The parameter count is ``schema.count_parameters`` (one formula, tested against the real model). The
-activation count depends on the architecture: ``_ACTIVATIONS`` has one entry per ``model.arch``.
+The parameter count is ``schema.count_parameters`` (tested against the real model); both read the model's
+resolved switches.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from gptrs.config.problems import Problem, one_line, show
-from gptrs.config.schema import Config, ModelConfig, count_parameters
-from gptrs.errors import ConfigError
-
-__all__ = [
-    "BYTES_PER_PARAMETER",
-    "MAX_TRAINING_BYTES",
-    "Estimate",
-    "check_absolute",
-    "check_fits",
-    "device_memory",
-    "estimate",
-    "host_memory",
-    "human_bytes",
-    "human_count",
-]
+from gptrs.config.problems import Problem, show
+from gptrs.config.schema import Config, ModelConfig, count_parameters, resolve_model
 
 BYTES_PER_PARAMETER = 16  # fp32 weight 4 + gradient 4 + AdamW exp_avg 4 + exp_avg_sq 4
 # Muon keeps one momentum buffer per matrix (the embeddings' AdamW two moments are counted as one too: errs low).
@@ -46,34 +31,19 @@ _BYTES_PER_PARAMETER_MUON = 12
 MAX_TRAINING_BYTES = 1 << 44
 
 
-def _gpt2_activations(m: ModelConfig) -> tuple[int, int]:
+def _activations(m: ModelConfig) -> tuple[int, int]:
     """Elements one token saves for backward in one block, (without, with) gradient checkpointing.
 
-    Per block: the LayerNorm inputs and outputs (4d), q, k, v (3d), the attention output and its projection
-    (2d), the two residual sums (2d), the feed-forward hidden layer before and after the activation (2ff).
-    The reference attention also keeps each head's softmax row (heads x T); fused attention does not.
+    Per block: the two norms' inputs and outputs (4d), queries (d) and keys and values (2 x kv_heads x head
+    size), the attention output and its projection (2d), the two residual sums (2d), and the feed-forward
+    hidden layer before and after the activation (2ff). The reference attention also keeps each head's softmax
+    row (heads x T); fused attention does not. Rotary and QK-norm copies are left out, erring low.
     Checkpointing keeps only each block's input (d) and recomputes the rest, one block at a time.
     """
-    d, ff = m.embed_dim, m.ff_dim
-    per_block = 11 * d + 2 * ff + (m.heads * m.max_seq_len if m.attention == "reference" else 0)
-    return per_block, d
-
-
-def _nanochat_activations(m: ModelConfig) -> tuple[int, int]:
-    """As _gpt2_activations for the nanochat block: the two RMSNorms' inputs and outputs (4d), queries (d) and
-    the grouped keys and values (2 kv), the attention output and its projection (2d), the two residual sums
-    (2d), and the ReLU^2 feed-forward's hidden layer before and after the activation (2ff). Attention is
-    always fused (SDPA keeps no softmax rows); the rotary and QK-norm copies are left out, erring low."""
-    d, ff = m.embed_dim, m.ff_dim
-    kv = (m.kv_heads or m.heads) * (d // m.heads)
-    return 9 * d + 2 * kv + 2 * ff, d
-
-
-# One entry per model.arch: how many elements a token keeps in one block (see _gpt2_activations).
-_ACTIVATIONS: dict[str, Callable[[ModelConfig], tuple[int, int]]] = {
-    "gpt2": _gpt2_activations,
-    "nanochat": _nanochat_activations,
-}
+    assert m.kv_heads is not None  # resolved
+    d, kv = m.embed_dim, m.kv_heads * (m.embed_dim // m.heads)
+    reference = m.heads * m.max_seq_len if m.attention == "reference" else 0
+    return 9 * d + 2 * kv + 2 * m.ff_dim + reference, d
 
 
 @dataclass(frozen=True)
@@ -92,10 +62,10 @@ class Estimate:
 def estimate(config: Config, vocab_size: int | None = None) -> Estimate:
     """The parameters and training-step memory of `config`, by arithmetic alone (vocabulary as
     ``count_parameters`` picks it: model.vocab_size, else `vocab_size`, else tokenizer.vocab_size)."""
-    m, t = config.model, config.training
+    m, t = resolve_model(config.model), config.training
     params = count_parameters(config, vocab_size)
     vocab = m.vocab_size or vocab_size or config.tokenizer.vocab_size
-    per_block, checkpointed = _ACTIVATIONS[m.arch](m)
+    per_block, checkpointed = _activations(m)
     if m.gradient_checkpointing:  # every block's input, plus one block recomputed at a time
         per_token = m.num_layers * checkpointed + per_block
     else:
@@ -132,43 +102,28 @@ def human_bytes(n: float) -> str:
 
 # The keys a size comes from, with the preset-scale value each is measured against: the key furthest past
 # its scale is the one named (a layer count of 10**6 is the mistake, not the width next to it).
-_SCALES = {
-    "model.num_layers": 24,
-    "model.embed_dim": 1024,
-    "model.ff_dim": 4096,
-    "model.max_seq_len": 1024,
-    "training.batch_size": 16,
-    "model.vocab_size": 65536,
-}
+_SCALES = {"model.num_layers": 24, "model.embed_dim": 1024, "model.ff_dim": 4096, "model.vocab_size": 65536}
+_ACTIVATION_SCALES = {"model.max_seq_len": 1024, "training.batch_size": 16}  # they cost no parameters
 
 
 def _culprit(config: Config, activations_dominate: bool) -> str:
-    m = config.model
-    values = {
-        "model.num_layers": m.num_layers,
-        "model.embed_dim": m.embed_dim,
-        "model.ff_dim": m.ff_dim,
-        "model.max_seq_len": m.max_seq_len,
-        "training.batch_size": config.training.batch_size,
-        "model.vocab_size": m.vocab_size or config.tokenizer.vocab_size,
-    }
-    if not activations_dominate:  # batch size and context length cost no parameters worth naming
-        for key in ("training.batch_size", "model.max_seq_len"):
-            values.pop(key)
-    ratio = {k: math.log(max(v, 1)) - math.log(_SCALES[k]) for k, v in values.items()}
-    key = max(ratio, key=ratio.__getitem__)
-    if key == "model.vocab_size" and m.vocab_size is None:
-        return "tokenizer.vocab_size"
-    return key
+    scales = {**_SCALES, **(_ACTIVATION_SCALES if activations_dominate else {})}
+    vocab_key = "model.vocab_size" if config.model.vocab_size is not None else "tokenizer.vocab_size"
+    keys = {k: vocab_key if k == "model.vocab_size" else k for k in scales}
+    ratio = {k: math.log(max(_value(config, keys[k]), 1)) - math.log(scale) for k, scale in scales.items()}
+    return keys[max(ratio, key=ratio.__getitem__)]
+
+
+def _value(config: Config, key: str) -> int:
+    section, name = key.split(".")
+    return getattr(getattr(config, section), name)
 
 
 def _too_big(config: Config, est: Estimate, room: str) -> Problem:
     key = _culprit(config, est.activations > est.weights)
-    section, name = key.split(".")
-    value = getattr(getattr(config, section), name)
     return Problem(
         key,
-        f"{show(value)} makes a model of {human_count(est.parameters)} parameters that needs about "
+        f"{show(_value(config, key))} makes a model of {human_count(est.parameters)} parameters that needs about "
         f"{human_bytes(est.total)} to train ({human_bytes(est.weights)} weights, gradients and AdamW "
         f"state, {human_bytes(est.activations)} activations at training.batch_size "
         f"{config.training.batch_size}); {room}",
@@ -191,7 +146,7 @@ def check_fits(config: Config, available: int | None, device: str, vocab_size: i
     est = estimate(config, vocab_size)
     if available is not None and est.total > available:
         room = f"the device ({device}) has {human_bytes(available)}"
-        raise ConfigError(one_line(_too_big(config, est, room).plain)) from None
+        raise _too_big(config, est, room).error(None) from None
 
 
 def host_memory() -> int | None:

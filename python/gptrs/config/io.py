@@ -25,18 +25,6 @@ from gptrs.config.validation import config_from_dict, validate
 from gptrs.errors import ConfigError
 from gptrs.files import atomic_write_text
 
-__all__ = [
-    "MAX_CONFIG_BYTES",
-    "MAX_YAML_NODES",
-    "PRESETS_DIR",
-    "dump_yaml",
-    "load_config",
-    "preset_names",
-    "read_text",
-    "resolve_config_path",
-    "save_config",
-]
-
 MAX_CONFIG_BYTES = 1 << 20  # no real config comes near this; a bigger file is a mistake, not a config
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 # Values in one document, counting each alias as the whole value it repeats. Aliases let a few hundred bytes
@@ -59,9 +47,8 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
 
 
 def check_expanded_size(root: yaml.Node, limit: int = MAX_YAML_NODES) -> None:
-    """Refuse a composed document whose values, aliases expanded, number more than ``limit``, or that refers to
-    itself. Counts without expanding: each distinct node once (memoised), so the check costs what the text does.
-    """
+    """Refuse a composed document of more than ``limit`` values, counting each alias as the whole value it
+    repeats, or one that refers to itself. Counts without expanding: each distinct node once (memoised)."""
     sizes: dict[int, int] = {}
     on_path: set[int] = set()  # the nodes being counted: meeting one again is a cycle
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
@@ -70,20 +57,17 @@ def check_expanded_size(root: yaml.Node, limit: int = MAX_YAML_NODES) -> None:
         key = id(node)
         if done:
             on_path.discard(key)
-            size = 1 + sum(sizes[id(c)] for c in _children(node))
+            sizes[key] = size = 1 + sum(sizes[id(c)] for c in _children(node))
             if size > limit:
-                raise TooLargeError(
-                    None, None,
-                    f"the value here expands to more than {limit} values (aliases repeat it); refused",
-                    node.start_mark,
-                )  # fmt: skip
-            sizes[key] = size
-        elif key in on_path:
+                why = f"the value here expands to more than {limit} values (aliases repeat it); refused"
+                raise TooLargeError(None, None, why, node.start_mark)
+            continue
+        if key in on_path:
             raise TooLargeError(
                 None, None, "an alias refers to the value that contains it (a recursive value); refused",
                 node.start_mark,
             )  # fmt: skip
-        elif key not in sizes:
+        if key not in sizes:
             on_path.add(key)
             stack.append((node, True))
             stack += [(c, False) for c in _children(node) if id(c) not in sizes]
@@ -91,13 +75,22 @@ def check_expanded_size(root: yaml.Node, limit: int = MAX_YAML_NODES) -> None:
 
 class Loader(yaml.SafeLoader):
     """SafeLoader that reads 3e-4 as a float (YAML 1.1 wants 3.0e-4), refuses duplicate keys, and refuses a
-    document by its size before anything is built from it (``check_expanded_size``, ``MAX_INT_DIGITS``)."""
+    document by its size before anything is built from it: more than MAX_YAML_NODES values written out
+    (counted as they are read), or expanded by aliases (``check_expanded_size``), or a number too long."""
 
     def compose_document(self) -> yaml.Node | None:
+        self.written = 0
         node = super().compose_document()
         if node is not None:
             check_expanded_size(node)
         return node
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self.written += 1
+        if self.written > MAX_YAML_NODES:
+            why = f"the document holds more than {MAX_YAML_NODES} values; a config has a few dozen; refused"
+            raise TooLargeError(None, None, why, self.peek_event().start_mark)
+        return super().compose_node(parent, index)  # type: ignore[misc]
 
 
 class _Dumper(yaml.SafeDumper):
@@ -146,10 +139,6 @@ Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 def _parse_yaml(text: str, source: str) -> Any:
     try:
         return yaml.load(text, Loader=Loader)  # a SafeLoader: no Python objects are built
-    except TooLargeError as e:
-        mark = e.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        raise ConfigError(one_line(f"{source}: {where}{e.problem}")) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
@@ -157,12 +146,12 @@ def _parse_yaml(text: str, source: str) -> Any:
         # Some problems only make sense after their context: "expected a single document ... but found another"
         if e.problem and e.problem.startswith("but ") and e.context:
             problem = f"{e.context} {e.problem}"
-        raise ConfigError(one_line(f"{source}: {where}invalid YAML: {problem}")) from None
+        what = problem if isinstance(e, TooLargeError) else f"invalid YAML: {problem}"
+        raise ConfigError(one_line(f"{source}: {where}{what}")) from None
     except yaml.reader.ReaderError as e:  # a control character; the reader reports a character offset
         line = text.count("\n", 0, e.position) + 1
-        raise ConfigError(
-            f"{source}: line {line}: invalid YAML: unacceptable character #x{e.character:04x}: {e.reason}"
-        ) from None
+        what = f"unacceptable character #x{e.character:04x}: {e.reason}"
+        raise ConfigError(f"{source}: line {line}: invalid YAML: {what}") from None
     except yaml.YAMLError as e:
         raise ConfigError(one_line(f"{source}: invalid YAML: {e}")) from None
     except RecursionError:
@@ -238,8 +227,7 @@ def dump_yaml(data: dict[str, Any]) -> str:
 def save_config(config: Config, path: str | os.PathLike[str], comment: str | None = None) -> None:
     """Write `config` as YAML, atomically and durably: never half-written.
 
-    A config from ``load_config``/``apply_overrides`` was validated there and is written as it is; one built
-    or changed in Python is validated first (ConfigError naming `path`), so an invalid file is never written.
+    It is validated first (ConfigError naming `path`), so an invalid file is never written.
     """
     path = Path(path)
     validate(config, source=str(path))

@@ -8,7 +8,6 @@ a rule between keys broken by the overrides blames the last override that set on
 
 from __future__ import annotations
 
-import types
 import typing
 from collections.abc import Sequence
 from typing import Any
@@ -17,23 +16,14 @@ import yaml
 
 from gptrs.config.io import Loader
 from gptrs.config.problems import Problem, clip, name_of, one_line, show
-from gptrs.config.schema import SECTIONS, Config, config_to_dict, fields_of, hints_of
-from gptrs.config.validation import (
-    check_types,
-    check_values,
-    mark_validated,
-    typed,
-    unknown_key,
-    unknown_section,
-)
+from gptrs.config.schema import SECTIONS, Config, config_to_dict, fields_of, hints_of, options
+from gptrs.config.validation import check, coerce, unknown_key, unknown_section
 from gptrs.errors import ConfigError
-
-__all__ = ["apply_overrides"]
 
 
 def _parse_value(raw: str, hint: Any) -> Any:
     """A --set value: YAML for numbers, bools and lists; strings as typed (YAML would strip `def ` to `def`)."""
-    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    args = options(hint)
     quoted = raw[:1] in ("'", '"')
     if str in args and bool not in args and not quoted:
         if type(None) in args and raw.strip() in ("", "null", "~"):
@@ -69,9 +59,9 @@ def _apply_one(data: dict[str, dict[str, Any]], item: str, where: str) -> str:
         if value is None:
             table.pop(parts[2], None)
         else:
-            table[parts[2]] = typed(key, value, str, {})
+            table[parts[2]] = coerce(key, value, str)
         value, key = table, f"{section}.{name}"
-    data[section][name] = typed(key, value, hint, meta)
+    data[section][name] = coerce(key, value, hint, meta)
     return key
 
 
@@ -91,8 +81,7 @@ def apply_overrides(config: Config, overrides: Sequence[str], source: str = "--s
             raise p.error(where) from None
     cfg = Config(**{s: SECTIONS[s](**data[s]) for s in SECTIONS})
     try:
-        check_types(cfg)  # the base config may have been built (wrongly) in Python
-        check_values(cfg)
+        check(cfg)  # the base config too: it may have been built (wrongly) in Python
     except Problem as p:
         # Blame the last override that set the key at fault (or one it involves); else the whole --set.
         involved = (p.key.split("[")[0], *p.related)
@@ -105,4 +94,4 @@ def apply_overrides(config: Config, overrides: Sequence[str], source: str = "--s
             None,
         )
         raise p.error(f"{source} {clip(culprit, 80)}" if culprit else source) from None
-    return mark_validated(cfg)
+    return cfg

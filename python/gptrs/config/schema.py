@@ -1,9 +1,8 @@
 """The configuration schema: four dataclass sections (data, tokenizer, model, training) and their reference.
 
-Every field has a default and a one-line description (``field(metadata={"help": ...})``); its allowed values
-sit next to it in the same metadata (``choices``, ``ge``/``gt``/``le``/``lt``, ``allow_empty``), so one table
-drives both the validation (``validation.py``) and the reference that ``describe()`` prints. The count of
-parameters a config gives (``count_parameters``) is here too: it is what the reference and ``--check`` show.
+Every field has a default, a one-line description and its allowed values in its metadata (``choices``,
+``ge``/``gt``/``le``/``lt``, ``allow_empty``); with the field's type, that one table drives the validation
+(``validation.py``), the messages and the reference ``describe()`` prints (docs/configuration.md).
 """
 
 from __future__ import annotations
@@ -18,22 +17,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = [
-    "ARCH_DEFAULTS",
-    "SECTIONS",
-    "SPECIAL_TOKEN_ROLES",
-    "Config",
-    "DataConfig",
-    "ModelConfig",
-    "TokenizerConfig",
-    "TrainingConfig",
-    "config_to_dict",
-    "count_parameters",
-    "describe",
-    "fields_of",
-    "hints_of",
-    "resolve_model",
-]
+from gptrs.config.problems import show
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -93,56 +77,84 @@ class TokenizerConfig:
     path: str | None = _f(None, "an existing tokenizer JSON to use instead of training one")
 
 
-ARCHS = ("gpt2", "nanochat")
-NANOCHAT_ROPE_THETA = 10000.0  # model.rope_theta null: nanochat's (and transformers' NanoChatConfig's) base
-NANOCHAT_LOGIT_SOFTCAP = 15.0  # model.logit_softcap null: nanochat's cap
+# What `model.arch` fills in for each switch left null: the architecture is these switches, `arch` only names
+# a set of them. Everything combines freely; the only rules are the shape's (see validation.check_model).
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gpt2": dict(
+        positions="learned", norm="layernorm", embed_norm=False, qk_norm=False, activation="gelu",
+        bias=True, tie_embeddings=True, logit_softcap=0.0, init="gpt2",
+    ),
+    "nanochat": dict(
+        positions="rotary", norm="rmsnorm", embed_norm=True, qk_norm=True, activation="relu2",
+        bias=False, tie_embeddings=False, logit_softcap=15.0, init="nanochat",
+    ),
+}  # fmt: skip
+ROPE_THETA = 10000.0  # model.rope_theta null (nanochat's and transformers' base)
+NANOCHAT_ROPE_THETA = ROPE_THETA  # the names the current model classes import
+NANOCHAT_LOGIT_SOFTCAP = ARCH_DEFAULTS["nanochat"]["logit_softcap"]
+
+
+def _switch(name: str, help: str, **kw: Any) -> Any:
+    """A model switch: null takes the value ``model.arch`` gives it (ARCH_DEFAULTS), which the help shows."""
+    by_arch = ", ".join(f"{a}: {show(d[name])}" for a, d in ARCH_DEFAULTS.items())
+    return _f(None, f"{help}; null: from arch ({by_arch})", **kw)
 
 
 @dataclass
 class ModelConfig:
     arch: str = _f(
         "gpt2",
-        "shorthand for the switches below left null: 'gpt2' (learned positions, LayerNorm, GELU, biases, "
-        "tied LM head) or 'nanochat' (rotary positions, parameter-free RMSNorm also after the embedding, "
-        "QK-norm, ReLU^2, no biases, untied LM head, logits soft-capped at 15, zero-initialised projections)",
-        choices=ARCHS,
+        "shorthand that fills every switch below left null (arch nanochat: rotary positions, parameter-free "
+        "RMSNorm, QK-norm, ReLU^2, an untied LM head and soft-capped logits; arch gpt2: GPT-2's model)",
+        choices=tuple(ARCH_DEFAULTS),
     )
     embed_dim: int = _f(128, "width of the residual stream (d_model)", ge=1)
     ff_dim: int = _f(512, "hidden width of the feed-forward layer (usually 4 * embed_dim)", ge=1)
     num_layers: int = _f(5, "number of transformer blocks", ge=1)
     heads: int = _f(4, "attention heads; must divide embed_dim", ge=1)
+    kv_heads: int | None = _f(
+        None, "key/value heads, dividing heads (fewer: grouped-query attention); null: heads", ge=1
+    )
     max_seq_len: int = _f(256, "context length (block size) in tokens", ge=1)
+    vocab_size: int | None = _f(
+        None, "embedding rows; null takes the tokenizer's vocabulary size", ge=1, le=2**32
+    )
+    positions: str | None = _switch(
+        "positions",
+        "'learned' (a position table) or 'rotary' (needs an even head size)",
+        choices=("learned", "rotary"),
+    )
+    rope_theta: float | None = _f(
+        None, f"rotary base frequency, with positions rotary; null: {ROPE_THETA:g}", gt=0
+    )
+    norm: str | None = _switch(
+        "norm",
+        "'layernorm' (LayerNorm with gains, and biases per bias) or 'rmsnorm' (parameter-free)",
+        choices=("layernorm", "rmsnorm"),
+    )
+    embed_norm: bool | None = _switch("embed_norm", "a norm right after the token embedding")
+    qk_norm: bool | None = _switch(
+        "qk_norm", "RMS-normalise queries and keys per head before attention (no parameters)"
+    )
+    activation: str | None = _switch(
+        "activation",
+        "feed-forward activation, 'gelu' (exact), 'gelu_tanh' (GPT-2's approximation) or 'relu2' (relu(x)^2)",
+        choices=("gelu", "gelu_tanh", "relu2"),
+    )
+    bias: bool | None = _switch("bias", "biases in the Linear layers (and LayerNorms)")
+    tie_embeddings: bool | None = _switch(
+        "tie_embeddings", "the LM head shares the token embedding's weights"
+    )
+    logit_softcap: float | None = _switch(
+        "logit_softcap", "final logits become c * tanh(logits / c); 0: no cap", ge=0
+    )
+    init: str | None = _switch(
+        "init",
+        "'gpt2' (N(0, 0.02), residual projections scaled by 1/sqrt(2 * num_layers)) or 'nanochat' "
+        "(fan-in scaled Linear layers, N(0, 1) embeddings, zero LM head and output projections)",
+        choices=("gpt2", "nanochat"),
+    )
     dropout: float = _f(0.0, "dropout probability in [0, 1)", ge=0, lt=1)
-    positions: str | None = _f(
-        None,
-        "'learned' position table (GPT-2) or 'rotary' (RoPE); null: from arch",
-        choices=("learned", "rotary", None),
-    )
-    norm: str | None = _f(
-        None,
-        "'layernorm' (learned gains, biases per model.bias) or 'rmsnorm' (parameter-free); null: from arch",
-        choices=("layernorm", "rmsnorm", None),
-    )
-    embed_norm: bool | None = _f(
-        None, "normalise the token embedding before the first block; null: from arch"
-    )
-    qk_norm: bool | None = _f(None, "normalise queries and keys before attention (QK-norm); null: from arch")
-    bias: bool | None = _f(None, "biases in Linear layers and LayerNorms; null: from arch")
-    activation: str | None = _f(
-        None,
-        "feed-forward activation: 'gelu' (exact), 'gelu_tanh' (GPT-2's approximation) or 'relu2' "
-        "(relu(x)^2); null: from arch",
-        choices=("gelu", "gelu_tanh", "relu2", None),
-    )
-    tie_embeddings: bool | None = _f(
-        None, "the LM head shares the token embedding's weights; null: from arch"
-    )
-    init: str | None = _f(
-        None,
-        "'gpt2' (N(0, 0.02), residual projections scaled by 1/sqrt(2 * num_layers)) or 'nanochat' (fan-in "
-        "scaled, N(0, 1) embeddings, zero LM head and residual projections); null: from arch",
-        choices=("gpt2", "nanochat", None),
-    )
     attention: str = _f(
         "sdpa",
         "attention implementation: 'sdpa' (fused) or 'reference' (explicit mask+softmax)",
@@ -153,54 +165,18 @@ class ModelConfig:
         None,
         "torch.compile the model: null = on CUDA only (one-time compile, faster steps); true/false forces",
     )
-    vocab_size: int | None = _f(
-        None, "embedding rows; null takes the tokenizer's vocabulary size", ge=1, le=2**32
-    )
-    kv_heads: int | None = _f(
-        None, "key/value heads, dividing heads (fewer: grouped-query attention); null: heads", ge=1
-    )
-    rope_theta: float | None = _f(
-        None, f"rotary base frequency (positions rotary); null: {NANOCHAT_ROPE_THETA:g}", gt=0
-    )
-    logit_softcap: float | None = _f(
-        None,
-        "final logits become c * tanh(logits / c); 0: no cap; null: from arch (gpt2 0, nanochat 15)",
-        ge=0,
-    )
-
-
-# What ``model.arch`` stands for: the value of every switch it leaves null.
-ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
-    "gpt2": dict(
-        positions="learned",
-        norm="layernorm",
-        embed_norm=False,
-        qk_norm=False,
-        bias=True,
-        activation="gelu",
-        tie_embeddings=True,
-        init="gpt2",
-        logit_softcap=0.0,
-    ),
-    "nanochat": dict(
-        positions="rotary",
-        norm="rmsnorm",
-        embed_norm=True,
-        qk_norm=True,
-        bias=False,
-        activation="relu2",
-        tie_embeddings=False,
-        init="nanochat",
-        logit_softcap=NANOCHAT_LOGIT_SOFTCAP,
-    ),
-}
 
 
 def resolve_model(mc: ModelConfig) -> ModelConfig:
-    """A copy of ``mc`` with every switch concrete: null switches take ``model.arch``'s values."""
+    """A copy of ``mc`` with every switch concrete: nulls take ``ARCH_DEFAULTS[mc.arch]``, ``kv_heads``
+    takes ``heads`` and ``rope_theta`` 10000. ``vocab_size`` and ``compile`` stay as they are."""
+    if mc.arch not in ARCH_DEFAULTS:  # validation says so first, with a "did you mean"
+        raise ValueError(f"model.arch: {mc.arch!r} is not one of {', '.join(ARCH_DEFAULTS)}")
     fill = {k: v for k, v in ARCH_DEFAULTS[mc.arch].items() if getattr(mc, k) is None}
-    fill["kv_heads"] = mc.kv_heads or mc.heads
-    fill["rope_theta"] = NANOCHAT_ROPE_THETA if mc.rope_theta is None else mc.rope_theta
+    if mc.kv_heads is None:
+        fill["kv_heads"] = mc.heads
+    if mc.rope_theta is None:
+        fill["rope_theta"] = ROPE_THETA
     return dataclasses.replace(mc, **fill)
 
 
@@ -295,64 +271,53 @@ def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
 
 
 def count_parameters(config: Config, vocab_size: int | None = None) -> int:
-    """Parameters of the model `config` builds, counted analytically.
+    """Parameters of the model `config` builds, counted from its resolved switches.
 
     Embedding rows as the model factory picks them: model.vocab_size when set, else `vocab_size` (the loaded
-    tokenizer's, if given), else tokenizer.vocab_size. For arch gpt2 (LM head tied to the token embedding):
-
-    token embedding V*d + learned positions T*d
-    + per block: 2 LayerNorms, qkv (3d^2 + 3d), attention out (d^2 + d), fc (d*ff + ff), fc out (ff*d + d)
-    + final LayerNorm. Without biases the LayerNorms have weights only and the Linear layers no bias terms.
-
-    For arch nanochat (no biases, parameter-free norms, no position table, untied LM head): token embedding
-    V*d + LM head V*d + per block: queries and attention out (2 d^2), keys and values (2 d * kv_heads *
-    head_dim), fc and fc out (2 d*ff).
+    tokenizer's), else tokenizer.vocab_size. Every LayerNorm has gains (and biases per ``bias``); RMSNorm,
+    QK-norm (always RMS) and rotary positions have no parameters.
     """
     m = resolve_model(config.model)
     vocab = m.vocab_size or vocab_size or config.tokenizer.vocab_size
-    d, ff, b = m.embed_dim, m.ff_dim, int(bool(m.bias))
-    assert m.kv_heads is not None
-    qkv = (m.heads + 2 * m.kv_heads) * (d // m.heads)
+    d, ff, b, hd = m.embed_dim, m.ff_dim, int(bool(m.bias)), m.embed_dim // m.heads
+    assert m.kv_heads is not None  # resolved
+
     norm = (d + b * d) if m.norm == "layernorm" else 0
-    block = 2 * norm + (d * qkv + b * qkv) + (d * d + b * d) + (d * ff + b * ff) + (ff * d + b * d)
-    embed = vocab * d * (1 if m.tie_embeddings else 2) + (
-        m.max_seq_len * d if m.positions == "learned" else 0
-    )
-    return embed + m.num_layers * block + norm + (norm if m.embed_norm else 0)
+
+    qkv = (m.heads + 2 * m.kv_heads) * hd
+    block = (
+        2 * norm
+        + (d * qkv + b * qkv)  # queries, keys, values
+        + (d * d + b * d)  # attention output
+        + (d * ff + b * ff) + (ff * d + b * d)  # feed-forward
+    )  # fmt: skip
+    embeddings = vocab * d + (m.max_seq_len * d if m.positions == "learned" else 0)
+    head = 0 if m.tie_embeddings else vocab * d
+    return embeddings + head + m.num_layers * block + norm * (1 + int(bool(m.embed_norm)))
 
 
 # ----------------------------------------------------------------------------------------------------------
 # The reference (`python -m gptrs.config --describe`, docs/configuration.md)
 
 DESCRIBE_WIDTH = 100  # the plain reference wraps its lines here: a terminal of 100 columns shows it whole
+_GENERATED = "generated by `python -m gptrs.config --describe --markdown`; edit python/gptrs/config/schema.py"
 
 
-def _type_name(hint: Any) -> str:
-    """The type as the reference shows it: int, float, str, list[str], 'int or null'."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(hint))
-    if hint is type(None):
-        return "null"
-    return str(hint) if origin else hint.__name__
+def options(hint: Any) -> tuple[Any, ...]:
+    """The types a field's hint allows: ``int | None`` -> (int, NoneType)."""
+    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
 
 
-def _rows() -> list[tuple[str, str, str, str, str]]:
-    """(section, key, type, default as JSON, meaning) for every field."""
-    rows = []
-    for section, cls in SECTIONS.items():
-        hints = hints_of(cls)
-        for f in dataclasses.fields(cls):
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            rows.append(
-                (
-                    section,
-                    f.name,
-                    _type_name(hints[f.name]),
-                    json.dumps(default, ensure_ascii=False),
-                    f.metadata["help"],
-                )
-            )
+def _rows(section: str) -> list[tuple[str, str, str, str]]:
+    """(key, type, default as JSON, meaning) for every field of a section: int, 'str or null', list[str]."""
+    cls, rows = SECTIONS[section], []
+    for f in dataclasses.fields(cls):
+        names = [
+            str(t) if typing.get_origin(t) else "null" if t is type(None) else t.__name__
+            for t in options(hints_of(cls)[f.name])
+        ]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        rows.append((f.name, " or ".join(names), json.dumps(default, ensure_ascii=False), f.metadata["help"]))
     return rows
 
 
@@ -360,84 +325,45 @@ _DOC_INTRO = """\
 A run is configured by one YAML file with four sections: `data`, `tokenizer`, `model` and `training`.
 Every key is optional and takes the default below when left out. The presets `small`, `default` and
 `large` (GPT-2 recipe) and `nanochat-small`, `nanochat-default` and `nanochat-large` (the modern recipe:
-`model.arch: nanochat`, `training.optimizer: muon`, at the same parameter budgets) ship with the package (`python -m gptrs.config --list`; `--config small` picks one from anywhere,
-and `configs/` in the repository links to them). A file is checked when it is loaded: an unknown key
-(with a "did you mean" suggestion), a wrong type or an out-of-range value stops the run with one line
-naming the file and the key, e.g. `configs/x.yaml: model.heads: 5 does not divide model.embed_dim (128)`.
+`model.arch: nanochat`, `training.optimizer: muon`) ship with the package (`python -m gptrs.config --list`;
+`--config small` picks one from anywhere, and `configs/` in the repository links to them). A file is checked
+when it is loaded; a problem stops the run with one line naming the file and the key, e.g.
+`configs/x.yaml: model.heads: 5 does not divide model.embed_dim (128)`.
 
-- Check a file: `python -m gptrs.config --check configs/small.yaml`
+- Check a file: `python -m gptrs.config --check configs/small.yaml` (it prints the parameter count)
 - Override from the command line: `python -m gptrs.train --set model.num_layers=4 --set training.mixed_precision=bf16`
   (values are read as YAML: `data.paths=[a.txt,b.txt]`; `tokenizer.special_tokens.unk=<|unk|>` sets one token)
 - Show the resolved config: `python -m gptrs.config --show small --set model.num_layers=4`
 - Convert a legacy JSON config: `python -m gptrs.convert_config --input config.json --output config.yaml`
 
-Rules between keys: `model.heads` divides `model.embed_dim`; `training.warmup_steps` < `training.max_steps`
-(unless `training.epochs` is set, which needs `data.sampling: epochs`); `training.min_lr` <=
-`training.learning_rate`; `tokenizer.vocab_size` >= 256 + the number of special tokens + 1;
-`model.vocab_size`, when set, >= `tokenizer.vocab_size`; source `files` needs `data.paths`, source `hub`
-needs `data.dataset_name` (and neither is accepted with another source); `data.separator` names a special
-token that exists; `data.max_eval_tokens` covers at least one window of `model.max_seq_len + 1` tokens.
-`model.arch: nanochat` needs `model.bias: false`, `model.activation: relu2`, `model.dropout: 0` and
-`model.attention: sdpa`, an even head size (`embed_dim / heads`), and `model.kv_heads` dividing
-`model.heads`; `model.arch: gpt2` refuses `relu2` and any of `model.kv_heads`, `model.rope_theta`,
-`model.logit_softcap` (nanochat's keys; leave them null).
-
-Parameter counts (`gptrs.config.count_parameters`, what `--check` prints) count every parameter once:
-the token embedding (V x d, tied to the LM head), learned positions (T x d), per block two LayerNorms,
-the fused QKV projection (3d^2 + 3d), the attention output (d^2 + d), the feed-forward layers
-(d x ff + ff and ff x d + d), and the final LayerNorm. For `model.arch: nanochat`: the token embedding and
-the untied LM head (2 x V x d), per block the query and output projections (2d^2), the key and value
-projections (2 x d x kv_heads x head_size) and the feed-forward layers (2 x d x ff); its norms have no
-parameters and rotary positions none.
+The model's architecture is its switches (`positions` ... `init`); `model.arch` fills in those left null,
+so `arch: nanochat` with `activation: gelu` is nanochat's model with GELU.
 """
 
 
-def _markdown(rows: list[tuple[str, str, str, str, str]]) -> str:
-    def cell(text: str, code: bool = False) -> str:
-        text = text.replace("|", "\\|")  # a pipe would end the table cell, even inside backticks
-        return text if code else text.replace("<", "&lt;").replace(">", "&gt;")
-
-    out = [
-        "# Configuration reference",
-        "",
-        "<!-- generated by `python -m gptrs.config --describe --markdown`; edit python/gptrs/config/schema.py -->",
-        "",
-        _DOC_INTRO,
-    ]
-    for section in SECTIONS:
-        out += [f"## `{section}`", "", "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
-        out += [
-            f"| `{cell(k, True)}` | {cell(t)} | `{cell(d, True)}` | {cell(h)} |"
-            for s, k, t, d, h in rows
-            if s == section
-        ]
-        out.append("")
-    return "\n".join(out)
-
-
 def describe(markdown: bool = False) -> str:
-    """The configuration reference: every key with its type, default and meaning.
-
-    Plain text: one entry per key, ``section.key: type = default`` and the meaning indented below it, lines
-    wrapped at ``DESCRIBE_WIDTH``; a blank line between sections. ``markdown``: the tables of
-    docs/configuration.md.
-    """
-    rows = _rows()
+    """The reference of every key: plain text (``section.key: type = default``, the meaning indented below,
+    wrapped at DESCRIBE_WIDTH), or with ``markdown`` the tables of docs/configuration.md."""
     if markdown:
-        return _markdown(rows)
+
+        def cell(text: str, code: bool = False) -> str:
+            text = text.replace("|", "\\|")  # a pipe would end the table cell, even inside backticks
+            return text if code else text.replace("<", "&lt;").replace(">", "&gt;")
+
+        out = ["# Configuration reference", "", f"<!-- {_GENERATED} -->", "", _DOC_INTRO]
+        for section in SECTIONS:
+            out += [f"## `{section}`", "", "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+            out += [
+                f"| `{cell(k, True)}` | {cell(t)} | `{cell(d, True)}` | {cell(h)} |"
+                for k, t, d, h in _rows(section)
+            ]
+            out.append("")
+        return "\n".join(out)
     lines = ["Every key of a gptrs config: section.key: type = default, and what it means."]
+    wrap = functools.partial(textwrap.wrap, width=DESCRIBE_WIDTH, break_on_hyphens=False)
     for section in SECTIONS:
         lines.append("")
-        for s, key, type_name, default, meaning in rows:
-            if s != section:
-                continue
-            head = f"{section}.{key}: {type_name} = {default}"
-            lines += textwrap.wrap(head, DESCRIBE_WIDTH, subsequent_indent=" " * 8, break_on_hyphens=False)
-            lines += textwrap.wrap(
-                meaning,
-                DESCRIBE_WIDTH,
-                initial_indent=" " * 4,
-                subsequent_indent=" " * 4,
-                break_on_hyphens=False,
-            )
+        for key, type_name, default, meaning in _rows(section):
+            lines += wrap(f"{section}.{key}: {type_name} = {default}", subsequent_indent=" " * 8)
+            lines += wrap(meaning, initial_indent=" " * 4, subsequent_indent=" " * 4)
     return "\n".join(lines) + "\n"

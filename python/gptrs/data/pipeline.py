@@ -39,6 +39,7 @@ from gptrs.data.batches import EpochBatches, EvalBatches, RandomBatches
 from gptrs.data.sources import (
     LARGE_TEXT_BYTES,
     SPLIT_METHOD,
+    coverage_problem,
     iter_documents,
     source_bytes,
     source_fingerprint,
@@ -335,7 +336,13 @@ def prepare_data(
     with file_lock(cache_dir / ".lock"):
         tok = _resolve_tokenizer(config, run_dir, tokenizer, say, progress)
         cache = _load_or_build_cache(config, cache_dir, tok, source_fp, say, progress)
-    _check_sizes(cache, config)
+    vanished = coverage_problem(iter_documents(dc), tok.pattern, "the corpus") if dc.source != "hub" else None
+    try:
+        _check_sizes(cache, config)
+    except DataError as e:
+        raise DataError(f"{e}; {vanished}" if vanished else str(e)) from None
+    if vanished:
+        _logger.warning("%s", vanished)
     train, val = _samplers(config, cache, rank, world_size, device)
     stats = _stats(cache, val, tok)
     say(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import stat
 import sys
 import sysconfig
 from collections.abc import Iterable, Iterator
@@ -84,6 +85,57 @@ def stdlib_paths() -> list[Path]:
 # ------------------------------------------------------------------------------------------------ local files
 
 
+def special_file_kind(path: str | os.PathLike[str]) -> str | None:
+    """What a path that exists but is no regular file or directory is ("a FIFO (named pipe)", ...), from
+    its metadata alone; None when it does not exist."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    for test, what in (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return what
+    return None
+
+
+def pattern_coverage(docs: Iterable[str], pattern: str, limit: int = 1 << 20) -> float | None:
+    """The fraction of the text's bytes that a split pattern's pieces cover, over the first ``limit`` bytes of
+    ``docs`` (None for no text). Text between its matches is dropped by encoding, so a custom pattern that
+    covers little makes most of a corpus vanish."""
+    import gptrs_tok
+
+    total = covered = 0
+    for doc in docs:
+        covered += sum(
+            len(piece.encode("utf-8", "surrogatepass")) for piece in gptrs_tok.pretokenize(doc, pattern)
+        )
+        total += len(doc.encode("utf-8", "surrogatepass"))
+        if total >= limit:
+            break
+    return covered / total if total else None
+
+
+def coverage_problem(docs: Iterable[str], pattern: str, what: str) -> str | None:
+    """One line when ``pattern`` (a custom split pattern) covers less than half of ``what``'s text."""
+    import gptrs_tok
+
+    if pattern in (gptrs_tok.GPT4_PATTERN, gptrs_tok.GPT2_PATTERN):
+        return None  # they match every byte
+    share = pattern_coverage(docs, pattern)
+    if share is None or share >= 0.5:
+        return None
+    shown = pattern if len(pattern) <= 80 else pattern[:77] + "..."
+    return (
+        f"the split pattern {shown!r} matched only {share:.0%} of {what}'s bytes: encoding drops the text it "
+        "does not match"
+    )
+
+
 def resolve_paths(patterns: Iterable[str]) -> list[Path]:
     """Expand ``data.paths`` (files or globs, ``~`` allowed) into existing files: each glob sorted, duplicates
     dropped, the order of the patterns kept. Anything missing or unsupported is a ``DataError`` naming it."""
@@ -107,6 +159,9 @@ def resolve_paths(patterns: Iterable[str]) -> list[Path]:
                     f"data.paths: {pattern!r} is a directory; give files or a glob like {pattern}/*.txt"
                 )
             if not os.path.isfile(expanded):
+                what = special_file_kind(expanded)  # never opened: reading a FIFO would block
+                if what:
+                    raise DataError(f"data.paths: {pattern} is {what}, not a regular file")
                 raise DataError(f"data.paths: file not found: {pattern}")
             matches = [expanded]
         for match in matches:

@@ -155,16 +155,23 @@ def load_pretrained(
     if not path.is_file():
         raise CheckpointError(f"{path}: missing")
     tied = _tied(model)
-    expected = {name: t.shape for name, t in model.state_dict().items() if name not in tied}
-    legacy = _legacy_layout(path, expected)
-    state = _read_tensors(path, legacy or expected, map_location)
-    if legacy:
-        state = _stack_qkv(state)
-    model.load_state_dict(state, strict=False, assign=True)
+    model.load_state_dict(read_weights(model, path, map_location), strict=False, assign=True)
     for name, first in tied.items():  # re-tie: assign replaced the first name's Parameter
         owner, _, attr = name.rpartition(".")
         setattr(model.get_submodule(owner), attr, model.get_parameter(first))
     return model
+
+
+def read_weights(
+    model: nn.Module, path: Path, map_location: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
+    """The tensors of ``path`` (a model.safetensors) for ``model``'s ``state_dict``, tied weights once: names,
+    shapes, float dtypes and finite values checked, an older layout renamed (see the module docstring)."""
+    tied = _tied(model)
+    expected = {name: t.shape for name, t in model.state_dict().items() if name not in tied}
+    legacy = _legacy_layout(path, expected)
+    state = _read_tensors(path, legacy or expected, map_location)
+    return _stack_qkv(state) if legacy else state
 
 
 def _legacy_layout(path: Path, expected: dict[str, torch.Size]) -> dict[str, torch.Size] | None:
@@ -225,6 +232,12 @@ def _read_tensors(
                     )
                 if not t.is_floating_point():
                     raise CheckpointError(f"{path}: tensor {name} has non-float dtype {t.dtype}")
+                bad = t.numel() - int(torch.isfinite(t).sum())
+                if bad:  # a diverged run or a damaged file: refused here, before it samples garbage
+                    raise CheckpointError(
+                        f"{path}: tensor {name} holds {bad:,} non-finite values (NaN or inf) of {t.numel():,}: "
+                        "the weights are damaged"
+                    )
                 state[name] = t
     except CheckpointError:
         raise

@@ -14,13 +14,13 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from tqdm import tqdm
 
-from gptrs.cli import make_parser, run_main, setup_logging, summary
-from gptrs.data.sources import stdlib_paths
+from gptrs.cli import bounded_int, make_parser, run_main, setup_logging, summary
+from gptrs.data.sources import coverage_problem, special_file_kind, stdlib_paths
 from gptrs.tokenizer import DEFAULT_SPECIAL_TOKENS, BPETokenizer
 
 PROG = "python -m gptrs.tokenizer"
@@ -74,15 +74,6 @@ def demo(vocab_size: int = 4096, out: Any = None) -> dict[str, Any]:
 MAX_VOCAB_SIZE = 2**32  # ids are u32 in gptrs_tok (the config's tokenizer.vocab_size has the same bound)
 
 
-def _check_size(flag: str, value: int, most: int) -> None:
-    """An integer flag beyond what the tokenizer can hold: one line, before it reaches the Rust side (whose
-    conversion would fail with a message about C longs)."""
-    if value > most:
-        text = str(value)
-        shown = text if len(text) <= 40 else f"{text[:20]}... ({len(text)} digits)"
-        raise ValueError(f"{flag} {shown}: too large (at most {most})")
-
-
 def _parse_specials(items: list[str] | None) -> dict[str, str]:
     if items is None:
         return dict(DEFAULT_SPECIAL_TOKENS)
@@ -133,7 +124,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a tokenizer on text files")
     t.add_argument("--input", nargs="+", required=True, metavar="PATH", help="UTF-8 text files")
     t.add_argument(
-        "--vocab-size", type=int, required=True, help="total tokens: 256 bytes + merges + specials"
+        "--vocab-size",
+        type=bounded_int(None, MAX_VOCAB_SIZE),
+        required=True,
+        help="total tokens: 256 bytes + merges + specials",
     )
     t.add_argument("--output", required=True, help="tokenizer JSON to write")
     t.add_argument("--pattern", default="gpt4", help="'gpt4' (default), 'gpt2' or a regex")
@@ -155,21 +149,45 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
     d = sub.add_parser("decode", help="print the text of token ids")
     d.add_argument("--tokenizer", required=True, help="tokenizer JSON")
-    d.add_argument("--ids", type=int, nargs="+", required=True, help="token ids")
+    d.add_argument("--ids", type=bounded_int(0, 2**32 - 1), nargs="+", required=True, help="token ids")
     d.add_argument("--keep-special", action="store_true", help="keep special tokens in the text")
 
     m = sub.add_parser("demo", help="train on the built-in corpus and show speed and a round trip")
-    m.add_argument("--vocab-size", type=int, default=4096)
+    m.add_argument("--vocab-size", type=bounded_int(None, MAX_VOCAB_SIZE), default=4096)
     return p
 
 
+def _check_regular(flag: str, path: str) -> None:
+    """A file to read must be a regular file: a FIFO or a device is named, never opened (it could block)."""
+    if os.path.isfile(path):
+        return
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path}: is a directory; pass files (e.g. DIR/*.txt)")
+    what = special_file_kind(path)
+    raise ValueError(f"{flag} {path}: " + (f"is {what}, not a regular file" if what else "not found"))
+
+
+def _read_utf8(flag: str, path: str) -> str:
+    _check_regular(flag, path)
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{flag} {path}: not UTF-8 text (byte 0x{data[e.start]:02x} at byte offset {e.start:,})"
+        ) from None
+
+
+def _heads(paths: list[str], size: int = 1 << 20) -> Iterator[str]:
+    for path in paths:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            yield f.read(size)
+
+
 def _train(args: argparse.Namespace) -> None:
-    _check_size("--vocab-size", args.vocab_size, MAX_VOCAB_SIZE)
-    _check_size("--min-frequency", args.min_frequency, 2**63 - 1)
     for path in args.input:
-        if not os.path.isfile(path):
-            what = "is a directory; pass files (e.g. DIR/*.txt)" if os.path.isdir(path) else "not found"
-            raise ValueError(f"--input {path}: {what}")
+        _check_regular("--input", path)
     tok = BPETokenizer(
         vocab_size=args.vocab_size,
         special_tokens=_parse_specials(args.special),
@@ -183,6 +201,9 @@ def _train(args: argparse.Namespace) -> None:
     finally:
         bar.close()
     tok.save(args.output)
+    problem = coverage_problem(_heads(args.input), tok.pattern, "--input")
+    if problem:
+        print(f"warning: {problem}", file=sys.stderr)
     print(
         f"trained {tok.get_vocab_size()} tokens in {time.perf_counter() - t0:.2f} s -> {args.output}",
         file=sys.stderr,
@@ -194,18 +215,17 @@ def _run(args: argparse.Namespace) -> None:
         _train(args)
     elif args.command == "encode":
         tok = BPETokenizer.load(args.tokenizer)
-        if args.file is not None:
-            with open(args.file, encoding="utf-8") as f:
-                text = f.read()
-        else:
-            text = args.text
+        text = _read_utf8("--file", args.file) if args.file is not None else args.text
         ids = tok.encode_ordinary(text) if args.no_special else tok.encode(text)
+        what = f"--file {args.file}" if args.file is not None else "--text"
+        problem = coverage_problem([text], tok.pattern, what)
+        if problem:
+            print(f"warning: {problem}", file=sys.stderr)
         print(" ".join(map(str, ids)))
     elif args.command == "decode":
         tok = BPETokenizer.load(args.tokenizer)
         print(tok.decode(args.ids, skip_special_tokens=not args.keep_special))
     elif args.command == "demo":
-        _check_size("--vocab-size", args.vocab_size, MAX_VOCAB_SIZE)
         demo(vocab_size=args.vocab_size)
 
 

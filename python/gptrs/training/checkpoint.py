@@ -61,11 +61,13 @@ __all__ = [  # the file names are re-exported: callers find them here beside the
     "CHECKPOINTS_DIR",
     "COMPLETE",
     "CONFIG_FILE",
+    "DAMAGED_PREFIX",
     "MODEL_FILE",
     "TOKENIZER_FILE",
     "TRAINER_STATE",
     "CheckpointInfo",
     "capture_rng_state",
+    "damaged_checkpoints",
     "find_latest",
     "from_safe",
     "is_complete",
@@ -78,11 +80,14 @@ __all__ = [  # the file names are re-exported: callers find them here beside the
     "resolve_model_dir",
     "restore_rng_state",
     "save_checkpoint",
+    "set_aside",
     "step_name",
     "to_safe",
+    "why_incomplete",
 ]
 
 COMPLETE = "COMPLETE"
+DAMAGED_PREFIX = "damaged-"  # where a resumed run sets aside checkpoints it could not load (state.py)
 _STEP_RE = re.compile(r"^step_(\d+)$")
 
 
@@ -226,6 +231,56 @@ def is_complete(path: str | os.PathLike[str]) -> bool:
     return read_complete(path) is not None
 
 
+def why_incomplete(path: str | os.PathLike[str]) -> str:
+    """What keeps a checkpoint directory from counting as complete, in a few words."""
+    path = Path(path)
+    try:
+        record = json.loads((path / COMPLETE).read_text(encoding="utf-8"))
+        files = dict(record["files"])
+        int(record["step"])
+    except FileNotFoundError:
+        return f"no {COMPLETE} marker (its write was interrupted)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{COMPLETE} is unreadable"
+    for fname, size in files.items():
+        try:
+            actual = (path / fname).stat().st_size
+        except OSError:
+            return f"{fname} is missing"
+        if actual != int(size):
+            return f"{fname} is {actual:,} bytes, {COMPLETE} says {int(size):,}"
+    return "complete"
+
+
+def damaged_checkpoints(root: str | os.PathLike[str]) -> list[Path]:
+    """Directories under ``root`` that are checkpoints by name but not complete (a truncated or half-copied
+    file, a missing marker): never counted, and never to be replaced as if they were not there."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(
+        d
+        for d in root.iterdir()
+        if d.is_dir()
+        and not d.name.startswith((".", DAMAGED_PREFIX))
+        and (d.name in ("best", "last") or _STEP_RE.match(d.name) or (d / COMPLETE).exists())
+        and not is_complete(d)
+    )
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a checkpoint that could not be loaded to ``damaged-<name>`` beside it, so that later saves and
+    pruning never replace or delete it; returns the new path."""
+    target = path.parent / f"{DAMAGED_PREFIX}{path.name}"
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.parent / f"{DAMAGED_PREFIX}{path.name}-{n}"
+    os.replace(path, target)
+    fsync_path(path.parent)
+    return target
+
+
 def list_checkpoints(root: str | os.PathLike[str]) -> list[CheckpointInfo]:
     """Complete checkpoints under ``root`` (a ``checkpoints/`` directory), oldest step first."""
     root = Path(root)
@@ -233,7 +288,7 @@ def list_checkpoints(root: str | os.PathLike[str]) -> list[CheckpointInfo]:
         return []
     found = []
     for d in root.iterdir():
-        if d.name.startswith(".") or not d.is_dir():
+        if d.name.startswith((".", DAMAGED_PREFIX)) or not d.is_dir():
             continue
         record = read_complete(d)
         if record is not None:
@@ -354,13 +409,23 @@ def load_trainer_state(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def load_model_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
-    """Load a checkpoint's ``model.safetensors`` into ``model`` in place (exact: same dtype, no rounding)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_model
+    """Load a checkpoint's ``model.safetensors`` into ``model`` in place (exact: same dtype, no rounding).
 
+    A gptrs model is read by the loader every path uses (``gptrs.model.serialization``): names, shapes,
+    dtypes and finite values are checked there, so a checkpoint with NaN/inf weights is refused naming the
+    tensor. Any other ``nn.Module`` (a user's own, saved with ``safetensors.torch.save_model``) is read by
+    safetensors' own loader."""
     f = Path(path) / MODEL_FILE
     if not f.is_file():
         raise CheckpointError(f"{f}: missing")
+    if callable(getattr(model, "save_pretrained", None)):
+        from gptrs.model.serialization import read_weights
+
+        model.load_state_dict(read_weights(model, f), strict=False)  # tied names share one tensor
+        return
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
     try:
         missing, unexpected = load_model(model, str(f), strict=False)
     except (SafetensorError, RuntimeError, OSError, ValueError) as e:

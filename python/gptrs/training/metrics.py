@@ -212,6 +212,21 @@ class RunLog:
         self.sink.close()
 
 
+def given_batch_size(loader: Iterable[Any], configured: int) -> int:
+    """The sequences per micro-batch a training loader yields, where it says so without being drawn from (a
+    torch DataLoader's or a gptrs sampler's ``batch_size``, a list's first batch); else ``configured``."""
+    size = getattr(loader, "batch_size", None)
+    if isinstance(size, int) and size > 0:
+        return size
+    if isinstance(loader, (list, tuple)) and loader:
+        first = loader[0]
+        x = first[0] if isinstance(first, (list, tuple)) else first
+        shape = getattr(x, "shape", None)
+        if shape is not None and len(shape) >= 1:
+            return int(shape[0])
+    return configured
+
+
 def log_run_start(
     *,
     parameters: int,

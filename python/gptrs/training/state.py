@@ -179,10 +179,12 @@ def check_same_model(path: Path, config: Config) -> None:
     saved = path / ckpt.CONFIG_FILE
     if not saved.is_file():
         return
-    from gptrs.config import config_to_dict, load_config
+    from gptrs.config import config_to_dict, load_config, resolve_model
     from gptrs.config.problems import brief
 
     theirs, ours = config_to_dict(load_config(saved)), config_to_dict(config)
+    for side, cfg in ((theirs, load_config(saved)), (ours, config)):  # null switches: what arch makes them
+        side["model"] = dataclasses.asdict(resolve_model(cfg.model))
     ignored = {"compile", "gradient_checkpointing", "dropout", "attention"}  # same weights either way
 
     def diff(section: str, keys: Iterable[str]) -> list[str]:
@@ -206,27 +208,82 @@ def check_same_model(path: Path, config: Config) -> None:
         )
 
 
-def check_resumable(run_dir: Path, config: Config) -> None:
+def _why(path: Path, e: BaseException) -> str:
+    """A load error of checkpoint ``path`` without the path in front (the message names the checkpoint)."""
+    return str(e).replace(f"{path}/", "").replace(f"{path}: ", "").replace(str(path), path.name)
+
+
+def check_resumable(run_dir: Path, config: Config) -> list[str]:
     """Before a resumed run writes anything (its config.yaml included): refuse a config whose model or
-    tokenizer differs from the newest checkpoint's (see ``check_same_model``)."""
-    latest = ckpt.find_latest(run_dir / ckpt.CHECKPOINTS_DIR)
-    if latest is not None:
-        check_same_model(latest.path, config)
+    tokenizer differs from the checkpoint's (see ``check_same_model``), or a run none of whose checkpoints
+    loads (each is read: trainer state and weights, the finite check included). Returns the settings that
+    differ from the checkpoint's (``training.max_steps: 3 -> 6``): they apply from the resumed step on."""
+    from gptrs.model import load_model
+
+    root = run_dir / ckpt.CHECKPOINTS_DIR
+    found = [c.path for c in reversed(ckpt.list_checkpoints(root))]
+    failed = [(d, ckpt.why_incomplete(d)) for d in ckpt.damaged_checkpoints(root)]
+    if found:
+        check_same_model(found[0], config)
+    good = None
+    for path in found:
+        try:
+            ckpt.load_trainer_state(path)
+            load_model(path)
+        except CheckpointError as e:
+            failed.append((path, _why(path, e)))
+            continue
+        good = path
+        break
+    if good is None:
+        if failed:
+            raise _none_loads(root, failed)
+        return []
+    saved = good / ckpt.CONFIG_FILE
+    if not saved.is_file():
+        return []
+    from gptrs.config import config_to_dict, load_config, resolve_model
+    from gptrs.config.problems import brief
+
+    theirs, ours = config_to_dict(load_config(saved)), config_to_dict(config)
+    for side, cfg in ((theirs, load_config(saved)), (ours, config)):  # null switches: what arch makes them
+        side["model"] = dataclasses.asdict(resolve_model(cfg.model))
+    return [
+        f"{section}.{k}: {brief(theirs[section].get(k))} -> {brief(v)}"
+        for section in ours
+        for k, v in ours[section].items()
+        if theirs.get(section, {}).get(k) != v
+    ]
 
 
-def _candidates(resume: bool | str | os.PathLike[str], checkpoint_dir: Path | None) -> list[Path]:
-    """Checkpoints to resume from, newest first: the one named, or every complete one of the run."""
+def _candidates(
+    resume: bool | str | os.PathLike[str], checkpoint_dir: Path | None
+) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Checkpoints to resume from, newest first (the one named, or every complete one of the run), and the
+    run's damaged ones with what is wrong with each. A run whose checkpoints are all damaged is refused: it
+    must not start over and then write new checkpoints over the old ones."""
     if isinstance(resume, (str, os.PathLike)):
         path = Path(resume)
         if not ckpt.is_complete(path):
-            raise CheckpointError(f"{path}: not a complete checkpoint (no valid {ckpt.COMPLETE} marker)")
-        return [path]
+            raise CheckpointError(f"{path}: not a complete checkpoint ({ckpt.why_incomplete(path)})")
+        return [path], []
     if checkpoint_dir is None:
         raise GptrsError("resume=True needs a run_dir to find checkpoints in")
     found = [c.path for c in reversed(ckpt.list_checkpoints(checkpoint_dir))]
+    damaged = [(d, ckpt.why_incomplete(d)) for d in ckpt.damaged_checkpoints(checkpoint_dir)]
+    if not found and damaged:
+        raise _none_loads(checkpoint_dir, damaged)
     if not found:
         log.info("no checkpoint in %s yet; starting from scratch", checkpoint_dir)
-    return found
+    return found, damaged
+
+
+def _none_loads(checkpoint_dir: Path, damaged: list[tuple[Path, str]]) -> CheckpointError:
+    what = "; ".join(f"{p.name}: {why if len(why) <= 100 else why[:97] + '...'}" for p, why in damaged)
+    return CheckpointError(
+        f"cannot resume: no checkpoint in {checkpoint_dir} loads ({what}); nothing was changed. Start a fresh "
+        "run with another --out, or move the damaged checkpoints out of there to start over in this one"
+    )
 
 
 def _load(
@@ -239,13 +296,28 @@ def _load(
             f"{path}: trainer state version {state.get('version')} is newer than this gptrs"
         )
     ckpt.load_model_weights(model, path)
+    # The config's hyperparameters (weight decay, betas, ...: what the user may have edited before resuming)
+    # win over the saved ones; the learning rate is set every step anyway.
+    configured = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     try:
         optimizer.load_state_dict(state["optimizer"])
+        for group, settings in zip(optimizer.param_groups, configured, strict=True):
+            group.update(settings)
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
     except (ValueError, KeyError, RuntimeError, TypeError) as e:
         raise CheckpointError(f"{path}: optimizer state does not fit this model: {e}") from None
     return state
+
+
+@dataclass
+class Restored:
+    """What :func:`restore` brought back, and the newer checkpoints it skipped (for the caller to set aside)."""
+
+    counters: Counters
+    history: list[dict[str, Any]]
+    path: Path
+    skipped: list[Path]
 
 
 def restore(
@@ -258,25 +330,32 @@ def restore(
     scaler: torch.amp.GradScaler | None,
     stream: BatchStream,
     info: DistInfo,
-) -> tuple[Counters, list[dict[str, Any]]] | None:
+) -> Restored | None:
     """Restore a run from its newest readable checkpoint (``resume`` a path: from that one): weights,
-    optimizer, scaler, this rank's RNG and stream position. Returns the counters and metric history, or
-    None when the run has no checkpoint yet. An unreadable checkpoint falls back to the next older one."""
-    candidates = _candidates(resume, checkpoint_dir)
+    optimizer, scaler, this rank's RNG and stream position. Returns None when the run has no checkpoint yet.
+    A damaged checkpoint (incomplete, unreadable, non-finite weights) is skipped for the next older one
+    with a WARNING naming it; when none loads, CheckpointError names each and nothing is changed."""
+    candidates, damaged = _candidates(resume, checkpoint_dir)
     if not candidates:
         return None
     check_same_model(candidates[0], config)
-    first_error: CheckpointError | None = None
+    for path, why in damaged:
+        log.warning("skipping damaged checkpoint %s: %s", path, why)
+    skipped = [p for p, _ in damaged]
+    failed = list(damaged)
     for path in candidates:
         try:
             state = _load(path, model, optimizer, scaler)
             break
         except CheckpointError as e:
-            first_error = first_error or e
-            log.warning("cannot resume from %s: %s", path, e)
+            why = _why(path, e)
+            failed.append((path, why))
+            skipped.append(path)
+            log.warning("skipping checkpoint %s: %s", path, why)
     else:
-        assert first_error is not None
-        raise first_error
+        if checkpoint_dir is None or isinstance(resume, (str, os.PathLike)):
+            raise CheckpointError(f"{candidates[0]}: cannot resume from it: {failed[-1][1]}")
+        raise _none_loads(checkpoint_dir, failed)
     counters = Counters.from_state(state)
     ranks = state.get("ranks", [])
     if len(ranks) == info.world_size:
@@ -294,5 +373,9 @@ def restore(
             info.world_size,
         )
         seed_everything(config.training.seed + 1000 * counters.step, info.rank)
-    log.info("resumed from %s at step %d", path, counters.step)
-    return counters, list(state.get("history", []))
+    if skipped:
+        names = ", ".join(p.name for p in skipped)
+        log.warning("resumed from %s at step %d, skipping %s", path, counters.step, names)
+    else:
+        log.info("resumed from %s at step %d", path, counters.step)
+    return Restored(counters, list(state.get("history", [])), path, skipped)

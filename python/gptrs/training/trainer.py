@@ -46,6 +46,7 @@ from gptrs.training.lr_schedule import WarmupCosine, total_steps
 from gptrs.training.metrics import (
     LOSS_PLOT_FILE,
     RunLog,
+    given_batch_size,
     log_run_start,
     plot_loss_curves,
     truncate_metrics,
@@ -74,6 +75,8 @@ class _Run:
     loss_sum: torch.Tensor  # training losses since the last log line, summed on the device (no host sync)
     stop: StopRequest
     resumed: bool
+    start_step: int = 0  # where this call of train() began (a resumed run: the checkpoint's step)
+    start_tokens: int = 0
     stop_reason: str = ""
     last_train: dict[str, Any] = field(default_factory=dict)
     last_eval: dict[str, Any] = field(default_factory=dict)
@@ -372,7 +375,15 @@ class Trainer:
             )
         if restored is None:
             state.seed_everything(tc.seed, self.dist.rank)
-        self._counters, self.history = restored or (state.Counters(), [])
+        elif restored.skipped:
+            # Set aside what could not be loaded, so that this run's saves and pruning never replace it.
+            if self.is_main:
+                for path in restored.skipped:
+                    log.warning("kept the damaged %s as %s", path.name, ckpt.set_aside(path))
+            barrier()
+        self._counters, self.history = (
+            (restored.counters, restored.history) if restored else (state.Counters(), [])
+        )
         c = self._counters
         train_model = self._wrap_model()
         if self.run_dir is not None and self.is_main:
@@ -386,14 +397,16 @@ class Trainer:
             schedule=schedule,
             stream=stream,
             eval_loader=eval_loader,
-            metrics=self._run_log(max_steps),
+            metrics=self._run_log(max_steps, train_loader),
             loss_sum=torch.tensor(c.interval_loss, dtype=torch.float32, device=self.device),
             stop=stop,
             resumed=restored is not None,
+            start_step=c.step,
+            start_tokens=c.tokens,
             stop_reason="max_steps" if c.step >= max_steps else "",
         )
 
-    def _run_log(self, max_steps: int) -> RunLog:
+    def _run_log(self, max_steps: int, train_loader: Iterable[Any]) -> RunLog:
         """Announce the run; its log measures throughput against the device's peak FLOP/s (``training.peak_flops``,
         else a known GPU's, else measured: ``peak_flops.py``)."""
         tc, c = self.config.training, self._counters
@@ -407,7 +420,7 @@ class Trainer:
                 world_size=self.dist.world_size,
                 max_steps=max_steps,
                 accum=tc.gradient_accumulation_steps,
-                batch_size=tc.batch_size,
+                batch_size=given_batch_size(train_loader, tc.batch_size),
                 peak=peak,
             )
         fpt_fn = getattr(self.model, "flops_per_token", None)
@@ -447,6 +460,9 @@ class Trainer:
             "best_val_loss": c.best_val_loss if math.isfinite(c.best_val_loss) else None,
             "elapsed_s": time.perf_counter() - run.metrics.started,
             "resumed": run.resumed,
+            "start_step": run.start_step,  # what this call trained: step - start_step
+            "start_tokens": run.start_tokens,
+            "max_steps": run.max_steps,
         }
         result.update(run.last_eval)
         result.pop("kind", None)
