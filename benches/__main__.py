@@ -1,4 +1,4 @@
-"""The benchmark suite: ``python -m benches [tokenizer|data|train|generate|reliability|recipe|gpu|all] [--quick]``.
+"""The benchmark suite: ``python -m benches [tokenizer|data|train|generate|reliability|recipe|gpu|serve|all] [--quick]``.
 
 Each suite is a module with ``run(quick: bool) -> dict``; this entry point runs it, prints its table
 (the module's ``print_table(results)`` when it has one) and writes ``benches/results/<suite>.json`` with the
@@ -36,6 +36,7 @@ SUITES = {
     "reliability": "tests.reliability.reliability",
     "recipe": "benches.bench_recipe",
     "gpu": "benches.bench_gpu",
+    "serve": "benches.bench_serve",
 }
 MISSING = 3  # exit status of a suite whose module is not in this checkout
 # The peers each suite measures against: the test extras (pyproject.toml), not gptrs's own dependencies.
@@ -43,6 +44,7 @@ EXTRAS = {
     "tokenizer": ("tiktoken", "tokenizers", "rustbpe"),
     "train": ("transformers",),
     "generate": ("transformers",),
+    "serve": ("fastapi", "uvicorn", "requests"),
 }
 EXTRAS_HINT = 'pip install -e ".[test]"'
 
