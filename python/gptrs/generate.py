@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import dataclasses
+import io
 import logging
 import os
 import sys
@@ -244,11 +245,17 @@ def interactive(model: Any, tok: Any, separator: str, s: Sampling, device: Any) 
 
 
 def _stdin_open() -> bool:
-    """Whether standard input exists at all (``0<&-`` closes it: Python then has no ``sys.stdin``)."""
+    """Whether standard input exists at all (``0<&-`` closes it: Python then has no ``sys.stdin``). A stream
+    with no file descriptor (an ``io.StringIO`` put there by a caller) is open."""
+    if sys.stdin is None:
+        return False
     try:
-        return sys.stdin is not None and os.fstat(sys.stdin.fileno()) is not None
+        os.fstat(sys.stdin.fileno())
+    except io.UnsupportedOperation:
+        return True
     except (OSError, ValueError, AttributeError):
         return False
+    return True
 
 
 def _int_or_none(value: str) -> int | None:
