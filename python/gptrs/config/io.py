@@ -1,12 +1,5 @@
-"""Config files: reading YAML (safely, with one-line errors), writing it atomically, and the packaged presets.
-
-    cfg = load_config("configs/small.yaml")     # a path; ConfigError names the file and the key path
-    cfg = load_config("small")                  # a preset shipped in the package (presets/<name>.yaml)
-    save_config(cfg, "run/config.yaml")         # atomic and durable (gptrs.files.atomic_path)
-
-The presets live in ``gptrs/config/presets/`` so they are in the wheel; ``configs/`` in the repository
-links to them.
-"""
+"""Config files: reading YAML (safely, with one-line errors), writing it atomically, and the packaged presets
+(in ``gptrs/config/presets/`` so that they are in the wheel; ``configs/`` in the repository links to them)."""
 
 from __future__ import annotations
 
@@ -37,6 +30,9 @@ MAX_INT_DIGITS = 100  # an integer literal longer than this is a mistake; Python
 class TooLargeError(yaml.constructor.ConstructorError):
     """A document refused for its size (expanded aliases, a recursive alias, an absurd number literal)."""
 
+    def __init__(self, why: str, mark: yaml.Mark) -> None:
+        super().__init__(None, None, why, mark)
+
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
     if isinstance(node, yaml.MappingNode):
@@ -60,13 +56,11 @@ def check_expanded_size(root: yaml.Node, limit: int = MAX_YAML_NODES) -> None:
             sizes[key] = size = 1 + sum(sizes[id(c)] for c in _children(node))
             if size > limit:
                 why = f"the value here expands to more than {limit} values (aliases repeat it); refused"
-                raise TooLargeError(None, None, why, node.start_mark)
+                raise TooLargeError(why, node.start_mark)
             continue
         if key in on_path:
-            raise TooLargeError(
-                None, None, "an alias refers to the value that contains it (a recursive value); refused",
-                node.start_mark,
-            )  # fmt: skip
+            why = "an alias refers to the value that contains it (a recursive value); refused"
+            raise TooLargeError(why, node.start_mark)
         if key not in sizes:
             on_path.add(key)
             stack.append((node, True))
@@ -89,7 +83,7 @@ class Loader(yaml.SafeLoader):
         self.written += 1
         if self.written > MAX_YAML_NODES:
             why = f"the document holds more than {MAX_YAML_NODES} values; a config has a few dozen; refused"
-            raise TooLargeError(None, None, why, self.peek_event().start_mark)
+            raise TooLargeError(why, self.peek_event().start_mark)
         return super().compose_node(parent, index)  # type: ignore[misc]
 
 
@@ -124,12 +118,9 @@ Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
 
 
 def _construct_int(loader: Loader, node: yaml.ScalarNode) -> int:
-    text = str(node.value)
-    if len(text) > MAX_INT_DIGITS:
-        raise TooLargeError(
-            None, None, f"an integer written with {len(text)} characters is out of any range; refused",
-            node.start_mark,
-        )  # fmt: skip
+    if len(node.value) > MAX_INT_DIGITS:
+        why = f"an integer written with {len(node.value)} characters is out of any range; refused"
+        raise TooLargeError(why, node.start_mark)
     return int(loader.construct_yaml_int(node))
 
 
@@ -225,10 +216,7 @@ def dump_yaml(data: dict[str, Any]) -> str:
 
 
 def save_config(config: Config, path: str | os.PathLike[str], comment: str | None = None) -> None:
-    """Write `config` as YAML, atomically and durably: never half-written.
-
-    It is validated first (ConfigError naming `path`), so an invalid file is never written.
-    """
+    """Write `config` as YAML, atomically and durably, after validating it (ConfigError naming `path`)."""
     path = Path(path)
     validate(config, source=str(path))
     header = "# gptrs configuration; `python -m gptrs.config --describe` explains every key.\n"

@@ -1,10 +1,4 @@
-"""Command-line overrides: ``--set section.key=value`` applied to a Config, the result validated as a whole.
-
-    cfg = apply_overrides(cfg, ["model.num_layers=4", "tokenizer.special_tokens.unk=<|unk|>"])
-
-A problem names the override that caused it: ``--set model.heads=x: model.heads: expected an integer, ...``;
-a rule between keys broken by the overrides blames the last override that set one of them.
-"""
+"""Command-line overrides: ``--set section.key=value`` applied to a Config, the result validated as a whole."""
 
 from __future__ import annotations
 
@@ -15,10 +9,9 @@ from typing import Any
 import yaml
 
 from gptrs.config.io import Loader
-from gptrs.config.problems import Problem, clip, name_of, one_line, show
+from gptrs.config.problems import Problem, clip, name_of, show
 from gptrs.config.schema import SECTIONS, Config, config_to_dict, fields_of, hints_of, options
 from gptrs.config.validation import check, coerce, unknown_key, unknown_section
-from gptrs.errors import ConfigError
 
 
 def _parse_value(raw: str, hint: Any) -> Any:
@@ -32,13 +25,13 @@ def _parse_value(raw: str, hint: Any) -> Any:
     return yaml.load(raw, Loader=Loader) if raw.strip() else None
 
 
-def _apply_one(data: dict[str, dict[str, Any]], item: str, where: str) -> str:
+def _apply_one(data: dict[str, dict[str, Any]], item: str) -> str:
     """Set one `section.key[.sub]=value` in `data` (typed, not yet checked); return the key path it set."""
     key, sep, raw = item.partition("=")
     key = key.strip()
     parts = key.split(".")
     if not sep or len(parts) not in (2, 3) or not all(parts):
-        raise ConfigError(one_line(f"{where}: expected section.key=value, e.g. model.num_layers=4"))
+        raise Problem("", "expected section.key=value, e.g. model.num_layers=4")
     section, name = parts[0], parts[1]
     if section not in SECTIONS:
         raise unknown_section(section)
@@ -68,30 +61,25 @@ def _apply_one(data: dict[str, dict[str, Any]], item: str, where: str) -> str:
 def apply_overrides(config: Config, overrides: Sequence[str], source: str = "--set") -> Config:
     """A new Config with `section.key=value` overrides applied (values read as YAML), validated as a whole.
 
-    `tokenizer.special_tokens.unk=<|unk|>` sets one special token (`=null` removes it). A malformed override,
-    an unknown key or a wrong type is a ConfigError naming that override: `--set model.heads=x: model.heads: ...`.
+    `tokenizer.special_tokens.unk=<|unk|>` sets one special token (`=null` removes it). A problem is a
+    ConfigError naming the override at fault (`--set model.heads=x: model.heads: ...`): for a rule between
+    keys, the last override that set one of them.
     """
     data = config_to_dict(config)
     keys: list[tuple[str, str]] = []  # (key path, the override as typed), to blame the right one at the end
     for item in overrides:
         where = f"{source} {clip(item, 80)}"
         try:
-            keys.append((_apply_one(data, item, where), item))
+            keys.append((_apply_one(data, item), item))
         except Problem as p:
             raise p.error(where) from None
     cfg = Config(**{s: SECTIONS[s](**data[s]) for s in SECTIONS})
     try:
         check(cfg)  # the base config too: it may have been built (wrongly) in Python
     except Problem as p:
-        # Blame the last override that set the key at fault (or one it involves); else the whole --set.
         involved = (p.key.split("[")[0], *p.related)
-        culprit = next(
-            (
-                item
-                for key, item in reversed(keys)
-                if any(k == key or k.startswith(key + ".") for k in involved)
-            ),
-            None,
-        )
-        raise p.error(f"{source} {clip(culprit, 80)}" if culprit else source) from None
+        for key, item in reversed(keys):
+            if any(k == key or k.startswith(key + ".") for k in involved):
+                raise p.error(f"{source} {clip(item, 80)}") from None
+        raise p.error(source) from None  # the base config was at fault
     return cfg
