@@ -51,9 +51,15 @@ def _check(paths: Sequence[str], overrides: list[str], as_yaml: bool) -> int:
             continue
         if as_yaml:
             sys.stdout.write(_show(cfg))
-        else:
-            print(f"{path}: ok ({count_parameters(cfg):,} parameters)")
-            _warn_if_too_big_here(path, cfg)
+            continue
+        print(f"{path}: ok ({count_parameters(cfg):,} parameters)")
+        est, here = estimate(cfg), host_memory()
+        if here is not None and est.total > here:  # meant for a bigger machine, maybe: the trainer decides
+            print(
+                f"warning: {path}: a training step needs about {human_bytes(est.total)}, more than this machine's "
+                f"{human_bytes(here)} of memory; it needs a larger device (the trainer checks the one it runs on)",
+                file=sys.stderr,
+            )
     return status
 
 
@@ -69,18 +75,6 @@ def _show(cfg: Config) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _warn_if_too_big_here(path: str, cfg: Config) -> None:
-    """A config may be meant for a bigger machine than this one: warn (stderr), the trainer refuses it on a
-    device that cannot hold a training step."""
-    est, here = estimate(cfg), host_memory()
-    if here is not None and est.total > here:
-        print(
-            f"warning: {path}: a training step needs about {human_bytes(est.total)}, more than this machine's "
-            f"{human_bytes(here)} of memory; it needs a larger device (the trainer checks the one it runs on)",
-            file=sys.stderr,
-        )
-
-
 def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
     parser = make_parser(prog, summary(__doc__))
     what = parser.add_mutually_exclusive_group(required=True)
@@ -88,11 +82,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
     what.add_argument(
         "--check", nargs="+", metavar="FILE", help="validate config files or presets (exit 2 on a problem)"
     )
-    what.add_argument(
-        "--show",
-        metavar="FILE",
-        help="print the config with its defaults as YAML (what model.arch fills in as comments)",
-    )
+    show_help = "print the config with its defaults as YAML (what model.arch fills in as comments)"
+    what.add_argument("--show", metavar="FILE", help=show_help)
     what.add_argument("--list", action="store_true", help="list the presets with their parameter counts")
     parser.add_argument("--markdown", action="store_true", help="with --describe: a Markdown table")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")

@@ -1,9 +1,6 @@
-"""The configuration schema: four dataclass sections (data, tokenizer, model, training) and their reference.
-
-Every field has a default, a one-line description and its allowed values in its metadata (``choices``,
-``ge``/``gt``/``le``/``lt``, ``allow_empty``); with the field's type, that one table drives the validation
-(``validation.py``), the messages and the reference ``describe()`` prints (docs/configuration.md).
-"""
+"""The configuration schema: four dataclass sections (data, tokenizer, model, training). Each field's type,
+default, help and limits (``choices``, ``ge``/``gt``/``le``/``lt``, ``allow_empty``) drive the validation, its
+messages and the reference ``describe()`` prints (docs/configuration.md)."""
 
 from __future__ import annotations
 
@@ -90,8 +87,6 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     ),
 }  # fmt: skip
 ROPE_THETA = 10000.0  # model.rope_theta null (nanochat's and transformers' base)
-NANOCHAT_ROPE_THETA = ROPE_THETA  # the names the current model classes import
-NANOCHAT_LOGIT_SOFTCAP = ARCH_DEFAULTS["nanochat"]["logit_softcap"]
 
 
 def _switch(name: str, help: str, **kw: Any) -> Any:
