@@ -106,15 +106,15 @@ _VALUES: dict[str, dict[Any, Any]] = {
 _DTYPES: dict[str, str | bool] = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16"}
 _DTYPES |= {"half": "fp16", "float32": False, "fp32": False, "float": False, "auto": True}
 _TARGET = {alias: target for target, aliases in ALIASES.items() for alias in aliases}
+StrPath = str | os.PathLike[str]
 
 
 def _same(a: Any, b: Any) -> bool:
     """Equal as settings: 256 and 256.0 are, true and 1 are not."""
     if isinstance(a, bool) or isinstance(b, bool):
         return a is b
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return a == b
-    return type(a) is type(b) and a == b
+    numbers = isinstance(a, (int, float)) and isinstance(b, (int, float))
+    return a == b if numbers else type(a) is type(b) and a == b
 
 
 def _role(name: Any) -> Any:
@@ -252,7 +252,7 @@ def convert(legacy: Any, source: str = "<json>", ignore: Sequence[str] = ()) -> 
     return cfg
 
 
-def read_legacy(path: str | os.PathLike[str]) -> Any:
+def read_legacy(path: StrPath) -> Any:
     """The parsed JSON of a legacy config; any problem is a one-line ConfigError naming the file."""
     source = os.fspath(path)
 
@@ -274,11 +274,7 @@ def read_legacy(path: str | os.PathLike[str]) -> Any:
 
 
 def convert_file(
-    input: str | os.PathLike[str],
-    output: str | os.PathLike[str],
-    *,
-    force: bool = False,
-    ignore: Sequence[str] = (),
+    input: StrPath, output: StrPath, *, force: bool = False, ignore: Sequence[str] = ()
 ) -> Config:
     """Convert the JSON config at `input` and write it as YAML to `output` (atomically)."""
     cfg = convert(read_legacy(input), os.fspath(input), ignore)

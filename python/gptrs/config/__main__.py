@@ -15,8 +15,7 @@ from collections.abc import Sequence
 
 from gptrs.cli import make_parser, run_main, setup_logging, summary
 from gptrs.config.budget import estimate, host_memory, human_bytes
-from gptrs.config.io import PRESETS_DIR, dump_yaml, load_config, preset_names
-from gptrs.config.overrides import apply_overrides
+from gptrs.config.io import PRESETS_DIR, apply_overrides, dump_yaml, load_config, preset_names
 from gptrs.config.problems import show
 from gptrs.config.schema import Config, config_to_dict, count_parameters, describe, resolve_model
 from gptrs.errors import GptrsError

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptrs.config.problems import Problem, show
-from gptrs.config.schema import Config, ModelConfig, count_parameters, resolve_model
+from gptrs.config.schema import Config, count_parameters, resolve_model
 
 BYTES_PER_PARAMETER = 16  # fp32 weight 4 + gradient 4 + AdamW exp_avg 4 + exp_avg_sq 4
 # Muon keeps one momentum buffer per matrix (the embeddings' AdamW two moments are counted as one too: errs low).
@@ -23,18 +23,6 @@ _BYTES_PER_PARAMETER_MUON = 12
 # No single machine holds this (16 TiB): a config past it is refused everywhere, whatever the device, so that
 # `--check` catches a typo'd width or layer count without knowing where the run will go.
 MAX_TRAINING_BYTES = 1 << 44
-
-
-def _activations(m: ModelConfig) -> tuple[int, int]:
-    """Elements one token saves for backward in one block, (without, with) gradient checkpointing: the two
-    norms' inputs and outputs (4d), queries (d), keys and values (2 kv), the attention output and its
-    projection (2d), the two residual sums (2d), the feed-forward hidden layer before and after the activation
-    (2ff), and with the reference attention each head's softmax row (heads x T). Rotary and QK-norm copies are
-    left out, erring low. Checkpointing keeps each block's input (d) and recomputes one block at a time."""
-    assert m.kv_heads is not None  # resolved
-    d, kv = m.embed_dim, m.kv_heads * (m.embed_dim // m.heads)
-    reference = m.heads * m.max_seq_len if m.attention == "reference" else 0
-    return 9 * d + 2 * kv + 2 * m.ff_dim + reference, d
 
 
 @dataclass(frozen=True)
@@ -55,12 +43,18 @@ def estimate(config: Config, vocab_size: int | None = None) -> Estimate:
     m, t = resolve_model(config.model), config.training
     params = count_parameters(config, vocab_size)
     vocab = m.vocab_size or vocab_size or config.tokenizer.vocab_size
-    per_block, checkpointed = _activations(m)
-    if m.gradient_checkpointing:  # every block's input, plus one block recomputed at a time
-        per_token = m.num_layers * checkpointed + per_block
+    assert m.kv_heads is not None  # resolved
+    # Elements one token saves for backward in one block: the two norms' inputs and outputs (4d), queries (d),
+    # keys and values (2 kv), the attention output and its projection (2d), the two residual sums (2d), the
+    # feed-forward hidden layer before and after the activation (2ff), and with the reference attention each
+    # head's softmax row (heads x T). Rotary and QK-norm copies are left out, erring low.
+    d, kv = m.embed_dim, m.kv_heads * (m.embed_dim // m.heads)
+    per_block = 9 * d + 2 * kv + 2 * m.ff_dim + (m.heads * m.max_seq_len if m.attention == "reference" else 0)
+    if m.gradient_checkpointing:  # every block's input (d), plus one block recomputed at a time
+        per_token = m.num_layers * d + per_block
     else:
         per_token = m.num_layers * per_block
-    per_token += 3 * m.embed_dim + 2 * vocab  # embeddings and final norm; logits and their log-softmax
+    per_token += 3 * d + 2 * vocab  # embeddings and final norm; logits and their log-softmax
     element = 4 if t.mixed_precision is False else 2  # errs low: 16-bit when autocast may be on
     tokens = t.batch_size * m.max_seq_len
     per_param = _BYTES_PER_PARAMETER_MUON if t.optimizer == "muon" else BYTES_PER_PARAMETER

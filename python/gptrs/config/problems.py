@@ -80,9 +80,7 @@ def what(value: Any) -> str:
 
 def name_of(key: Any) -> str:
     """A key as shown in a key path; odd ones (spaces, newlines, very long) are quoted."""
-    if isinstance(key, str) and re.fullmatch(r"[A-Za-z0-9_\-]{1,60}", key):
-        return key
-    return show(key)
+    return key if isinstance(key, str) and re.fullmatch(r"[A-Za-z0-9_\-]{1,60}", key) else show(key)
 
 
 def suggest(word: str, options: Iterable[str]) -> str | None:

@@ -266,12 +266,8 @@ def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
 
 
 def count_parameters(config: Config, vocab_size: int | None = None) -> int:
-    """Parameters of the model `config` builds, counted from its resolved switches.
-
-    Embedding rows as the model factory picks them: model.vocab_size when set, else `vocab_size` (the loaded
-    tokenizer's), else tokenizer.vocab_size. Every LayerNorm has gains (and biases per ``bias``); RMSNorm,
-    QK-norm (always RMS) and rotary positions have no parameters.
-    """
+    """Parameters of the model `config` builds, from its resolved switches; embedding rows as the model takes
+    them: model.vocab_size when set, else `vocab_size` (the loaded tokenizer's), else tokenizer.vocab_size."""
     m = resolve_model(config.model)
     vocab = m.vocab_size or vocab_size or config.tokenizer.vocab_size
     d, ff, b, hd = m.embed_dim, m.ff_dim, int(bool(m.bias)), m.embed_dim // m.heads
@@ -330,9 +326,6 @@ when it is loaded; a problem stops the run with one line naming the file and the
   (values are read as YAML: `data.paths=[a.txt,b.txt]`; `tokenizer.special_tokens.unk=<|unk|>` sets one token)
 - Show the resolved config: `python -m gptrs.config --show small --set model.num_layers=4`
 - Convert a legacy JSON config: `python -m gptrs.convert_config --input config.json --output config.yaml`
-
-The model's architecture is its switches (`positions` ... `init`); `model.arch` fills in those left null,
-so `arch: nanochat` with `activation: gelu` is nanochat's model with GELU.
 """
 
 

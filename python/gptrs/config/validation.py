@@ -106,10 +106,7 @@ def check_field(key: str, value: Any, meta: Mapping[str, Any]) -> None:
             raise Problem(where, f"contains a lone surrogate at index {lone.start()}; not valid Unicode text")
 
 
-# ----------------------------------------------------------------------------------------------------------
 # Building a Config from plain data (YAML, JSON, --set)
-
-
 def unknown_section(name: str) -> Problem:
     owners = [f"{s}.{name}" for s, cls in SECTIONS.items() if name in fields_of(cls)]
     if owners:  # a flat key at the top level, e.g. `embed_dim: 128`
@@ -136,9 +133,8 @@ def unknown_key(section: str, key: str) -> Problem:
 def build(data: Any) -> Config:
     """A Config from nested plain data, every value converted to its field's type; values not yet checked."""
     if not isinstance(data, Mapping):
-        raise Problem(
-            "", f"expected a mapping with sections {', '.join(SECTIONS)} at the top, got {what(data)}"
-        )
+        top = f"expected a mapping with sections {', '.join(SECTIONS)} at the top, got {what(data)}"
+        raise Problem("", top)
     sections = {}
     for name, body in data.items():
         if not isinstance(name, str):
@@ -160,19 +156,14 @@ def build(data: Any) -> Config:
     return Config(**sections)
 
 
-# ----------------------------------------------------------------------------------------------------------
 # The rules
-
-
 def _check_section(section: str, body: Any) -> None:
     """Every field of one section: its type (a config built in Python may hold anything), then its value."""
     cls = SECTIONS[section]
     if not isinstance(body, cls):
         raise Problem(section, f"expected a {cls.__name__}, got {what(body)}")
-    hints = hints_of(cls)
     for name, f in fields_of(cls).items():
-        coerce(f"{section}.{name}", getattr(body, name), hints[name], f.metadata)
-    for name, f in fields_of(cls).items():
+        coerce(f"{section}.{name}", getattr(body, name), hints_of(cls)[name], f.metadata)
         check_field(f"{section}.{name}", getattr(body, name), f.metadata)
 
 
