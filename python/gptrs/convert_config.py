@@ -20,9 +20,8 @@ from gptrs.config.schema import SECTIONS, SPECIAL_TOKEN_ROLES, Config, fields_of
 from gptrs.config.validation import build, check
 from gptrs.errors import ConfigError
 
-# Other projects' spellings of each setting; every setting also maps from its own name, but for
-# tokenizer.path (a flat "path" could mean anything) and model.vocab_size (a flat vocab_size is the
-# tokenizer's). A name may appear once only (a test checks it). nanoGPT decays the learning rate over
+# Other projects' spellings of each setting; every setting also maps from its own name (but for the two after
+# the table). A name may appear once only (a test checks it). nanoGPT decays the learning rate over
 # lr_decay_iters, gptrs over max_steps: so they must agree.
 _SPELLINGS = """
 data.source: data_source
@@ -72,25 +71,21 @@ training.early_stopping_patience: patience
 training.seed: random_seed
 """
 _EXTRA = dict(line.split(": ") for line in _SPELLINGS.strip().splitlines())
-_EVERY = [f"{s}.{k}" for s, cls in SECTIONS.items() for k in fields_of(cls)]
-_OWN = set(_EVERY) - {"tokenizer.path", "model.vocab_size"}
 ALIASES: dict[str, tuple[str, ...]] = {
-    t: (*([t.split(".")[1]] if t in _OWN else []), *_EXTRA.get(t, "").split())
-    for t in _EVERY
-    if t in _OWN or t in _EXTRA
+    f"{s}.{k}": (k, *_EXTRA.get(f"{s}.{k}", "").split())
+    for s, cls in SECTIONS.items()
+    for k in fields_of(cls)
 }
+ALIASES["tokenizer.path"] = tuple(_EXTRA["tokenizer.path"].split())  # a flat "path" could mean anything
+del ALIASES["model.vocab_size"]  # a flat vocab_size is the tokenizer's
 
 # Keys handled by hand below: they set part of a setting, or several, or depend on their value.
 SPECIAL = ("betas", "fp16", "bf16", "dtype", "decay_lr", "bos_token", "eos_token", "pad_token", "unk_token")
 # Keys dropped when their value is what gptrs does anyway; any other value is refused.
 HARMLESS: dict[str, tuple[Any, ...]] = {
-    "decay_lr": (True,),
-    "always_save_checkpoint": (True,),
-    "init_from": ("scratch",),
-    "wandb_log": (False,),
-    "eval_only": (False,),
-    "model_type": ("gpt", "gpt2"),
-}
+    "decay_lr": (True,), "always_save_checkpoint": (True,), "init_from": ("scratch",), "wandb_log": (False,),
+    "eval_only": (False,), "model_type": ("gpt", "gpt2"),
+}  # fmt: skip
 # Why some common keys have no place in a config file.
 _FLAGS = {"device": "--device", "out_dir": "--out", "output_dir": "--out", "resume": "--resume"}
 HINTS = {key: f"pass {flag} to python -m gptrs.train" for key, flag in _FLAGS.items()}

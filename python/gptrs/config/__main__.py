@@ -92,11 +92,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
     setup_logging(args.log_level)
 
     def body() -> int:
-        if args.describe:
-            sys.stdout.write(describe(markdown=args.markdown))
-            return 0
-        if args.list:
-            sys.stdout.write(list_presets())
+        if args.describe or args.list:
+            sys.stdout.write(describe(markdown=args.markdown) if args.describe else list_presets())
             return 0
         return _check(args.check or [args.show], args.set, as_yaml=bool(args.show))
 

@@ -33,9 +33,6 @@ MAX_INT_DIGITS = 100  # an integer literal longer than this is a mistake; Python
 class TooLargeError(yaml.constructor.ConstructorError):
     """A document refused for its size (expanded aliases, a recursive alias, an absurd number literal)."""
 
-    def __init__(self, why: str, mark: yaml.Mark) -> None:
-        super().__init__(None, None, why, mark)
-
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
     if isinstance(node, yaml.MappingNode):
@@ -53,19 +50,17 @@ def check_expanded_size(root: yaml.Node, limit: int = MAX_YAML_NODES) -> None:
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     while stack:
         node, done = stack.pop()
-        key = id(node)
         if done:
-            on_path.discard(key)
-            sizes[key] = size = 1 + sum(sizes[id(c)] for c in _children(node))
+            on_path.discard(id(node))
+            sizes[id(node)] = size = 1 + sum(sizes[id(c)] for c in _children(node))
             if size > limit:
                 why = f"the value here expands to more than {limit} values (aliases repeat it); refused"
-                raise TooLargeError(why, node.start_mark)
-            continue
-        if key in on_path:
+                raise TooLargeError(None, None, why, node.start_mark)
+        elif id(node) in on_path:
             why = "an alias refers to the value that contains it (a recursive value); refused"
-            raise TooLargeError(why, node.start_mark)
-        if key not in sizes:
-            on_path.add(key)
+            raise TooLargeError(None, None, why, node.start_mark)
+        elif id(node) not in sizes:
+            on_path.add(id(node))
             stack.append((node, True))
             stack += [(c, False) for c in _children(node) if id(c) not in sizes]
 
@@ -86,7 +81,7 @@ class Loader(yaml.SafeLoader):
         self.written += 1
         if self.written > MAX_YAML_NODES:
             why = f"the document holds more than {MAX_YAML_NODES} values; a config has a few dozen; refused"
-            raise TooLargeError(why, self.peek_event().start_mark)
+            raise TooLargeError(None, None, why, self.peek_event().start_mark)
         return super().compose_node(parent, index)  # type: ignore[misc]
 
 
@@ -116,7 +111,7 @@ def _construct_mapping(loader: Loader, node: yaml.MappingNode) -> dict[Any, Any]
 def _construct_int(loader: Loader, node: yaml.ScalarNode) -> int:
     if len(node.value) > MAX_INT_DIGITS:
         why = f"an integer written with {len(node.value)} characters is out of any range; refused"
-        raise TooLargeError(why, node.start_mark)
+        raise TooLargeError(None, None, why, node.start_mark)
     return int(loader.construct_yaml_int(node))
 
 
@@ -226,8 +221,7 @@ def save_config(config: Config, path: str | os.PathLike[str], comment: str | Non
 def _parse_value(raw: str, hint: Any) -> Any:
     """A --set value: YAML for numbers, bools and lists; strings as typed (YAML would strip `def ` to `def`)."""
     args = options(hint)
-    quoted = raw[:1] in ("'", '"')
-    if str in args and bool not in args and not quoted:
+    if str in args and bool not in args and raw[:1] not in ("'", '"'):
         if type(None) in args and raw.strip() in ("", "null", "~"):
             return None
         return raw
@@ -268,20 +262,16 @@ def _apply_one(data: dict[str, dict[str, Any]], item: str) -> str:
 
 
 def apply_overrides(config: Config, overrides: Sequence[str], source: str = "--set") -> Config:
-    """A new Config with `section.key=value` overrides applied (values read as YAML), validated as a whole.
-
-    `tokenizer.special_tokens.unk=<|unk|>` sets one special token (`=null` removes it). A problem is a
-    ConfigError naming the override at fault (`--set model.heads=x: model.heads: ...`): for a rule between
-    keys, the last override that set one of them.
-    """
+    """A new Config with `section.key=value` overrides applied (values read as YAML), validated as a whole;
+    `tokenizer.special_tokens.unk=<|unk|>` sets one special token (`=null` removes it). A problem names the
+    override at fault (`--set model.heads=x: model.heads: ...`), for a rule the last that set one of its keys."""
     data = config_to_dict(config)
     keys: list[tuple[str, str]] = []  # (key path, the override as typed), to blame the right one at the end
     for item in overrides:
-        where = f"{source} {clip(item, 80)}"
         try:
             keys.append((_apply_one(data, item), item))
         except Problem as p:
-            raise p.error(where) from None
+            raise p.error(f"{source} {clip(item, 80)}") from None
     cfg = Config(**{s: SECTIONS[s](**data[s]) for s in SECTIONS})
     try:
         check(cfg)  # the base config too: it may have been built (wrongly) in Python

@@ -241,11 +241,8 @@ class Config:
 
 
 SECTIONS: dict[str, type] = {
-    "data": DataConfig,
-    "tokenizer": TokenizerConfig,
-    "model": ModelConfig,
-    "training": TrainingConfig,
-}
+    "data": DataConfig, "tokenizer": TokenizerConfig, "model": ModelConfig, "training": TrainingConfig
+}  # fmt: skip
 SPECIAL_TOKEN_ROLES = ("bos", "eos", "pad", "unk")
 
 

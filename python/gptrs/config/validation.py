@@ -27,11 +27,11 @@ from gptrs.config.schema import (
 )
 
 _NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
+_NAMES |= {list: "a list of strings", dict: "a mapping of strings to strings"}  # list[str], dict[str, str]
 
 
 def _expected(hint: Any) -> str:
-    names = {list: "a list of strings", dict: "a mapping of strings to strings"}
-    return " or ".join(names.get(typing.get_origin(t), None) or _NAMES[t] for t in options(hint))
+    return " or ".join(_NAMES[typing.get_origin(t) or t] for t in options(hint))
 
 
 def _choices_problem(key: str, value: Any, choices: Sequence[Any]) -> Problem:
@@ -48,8 +48,7 @@ def _is(value: Any, t: Any) -> bool:
 
 
 def coerce(key: str, value: Any, hint: Any, meta: Mapping[str, Any] | None = None) -> Any:
-    """`value` as the field type `hint` names, or a Problem at the offending element (``data.paths[1]``,
-    ``tokenizer.special_tokens.bos``)."""
+    """`value` as the field type `hint` names, or a Problem at the offending element (``data.paths[1]``)."""
     for t in options(hint):
         origin = typing.get_origin(t)
         if origin is list and isinstance(value, list):
@@ -106,7 +105,6 @@ def check_field(key: str, value: Any, meta: Mapping[str, Any]) -> None:
             raise Problem(where, f"contains a lone surrogate at index {lone.start()}; not valid Unicode text")
 
 
-# Building a Config from plain data (YAML, JSON, --set)
 def unknown_section(name: str) -> Problem:
     owners = [f"{s}.{name}" for s, cls in SECTIONS.items() if name in fields_of(cls)]
     if owners:  # a flat key at the top level, e.g. `embed_dim: 128`
