@@ -28,12 +28,9 @@ def list_presets() -> str:
     rows = []
     for name in preset_names():
         cfg = load_config(PRESETS_DIR / f"{name}.yaml")
-        m = cfg.model
-        shape = (
-            f"{m.num_layers} layers x {m.embed_dim} wide, {m.heads} heads, context {m.max_seq_len}, "
-            f"vocab {m.vocab_size or cfg.tokenizer.vocab_size}"
-        )
-        rows.append((count_parameters(cfg), name, shape))
+        m, vocab = cfg.model, cfg.model.vocab_size or cfg.tokenizer.vocab_size
+        shape = f"{m.num_layers} layers x {m.embed_dim} wide, {m.heads} heads, context {m.max_seq_len}"
+        rows.append((count_parameters(cfg), name, f"{shape}, vocab {vocab}"))
     width = max((len(n) for _, n, _ in rows), default=0)
     return "".join(f"{name:<{width}}  {n:>13,} parameters  {shape}\n" for n, name, shape in sorted(rows))
 
