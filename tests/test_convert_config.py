@@ -235,6 +235,20 @@ def test_ignore_drops_keys() -> None:
     assert cfg.model.num_layers == 3
 
 
+@pytest.mark.parametrize(
+    ("legacy", "message"),
+    [
+        ({"dataset": {1: "x"}}, "c.json: dataset.1: keys must be strings, got 1"),
+        ({None: 4}, "c.json: null: keys must be strings, got null"),
+    ],
+)
+def test_non_string_keys_are_refused(legacy: dict, message: str) -> None:
+    """JSON keys are strings, but convert() may be given any mapping from Python: one line, no traceback."""
+    with pytest.raises(ConfigError) as info:
+        convert(legacy, "c.json")
+    assert str(info.value) == message
+
+
 def test_alias_table_is_consistent() -> None:
     seen: set[str] = set()
     for target, aliases in ALIASES.items():

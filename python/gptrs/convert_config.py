@@ -1,11 +1,7 @@
 """Convert a legacy JSON config to the gptrs YAML schema: ``python -m gptrs.convert_config --input config.json
---output config.yaml``.
-
-Accepts the flat layout (``{"embed_dim": 256, "batch_size": 16, ...}``), the sectioned one (``{"model": {...},
-"training": {...}}``) and the spellings other projects use for the same things (nanoGPT's ``n_layer``,
-``block_size``, ``max_iters``; Hugging Face's ``num_train_epochs``, ``per_device_train_batch_size``...). A key
-it cannot map, or two keys that map to one setting with different values, stop the conversion with one line
-naming the key; the result is validated like any config before it is written.
+--output config.yaml``. Flat (``{"embed_dim": 256, ...}``) or sectioned (``{"model": {...}, ...}``), in the
+schema's names or other projects' (nanoGPT's ``n_layer``, Hugging Face's ``num_train_epochs``...). A key it
+cannot map, or two keys setting one thing differently, stop it with one line naming the key.
 """
 
 from __future__ import annotations
@@ -19,21 +15,13 @@ from typing import Any
 
 from gptrs.cli import make_parser, run_main, setup_logging
 from gptrs.config.io import read_text, save_config
-from gptrs.config.problems import Problem, name_of, one_line, show, suggest
-from gptrs.config.schema import (
-    SECTIONS,
-    SPECIAL_TOKEN_ROLES,
-    Config,
-    TokenizerConfig,
-    TrainingConfig,
-    fields_of,
-)
+from gptrs.config.problems import Problem, name_of, one_line, show, suggest, what
+from gptrs.config.schema import SECTIONS, SPECIAL_TOKEN_ROLES, Config, fields_of
 from gptrs.config.validation import build, check
 from gptrs.errors import ConfigError
 
-# Other projects' spellings of each setting; every setting also maps from its own name, but for
-# tokenizer.path (a flat "path" could mean anything) and model.vocab_size (a flat vocab_size is the
-# tokenizer's). A name may appear once only (a test checks it). nanoGPT decays the learning rate over
+# Other projects' spellings of each setting; every setting also maps from its own name (but for the two after
+# the table). A name may appear once only (a test checks it). nanoGPT decays the learning rate over
 # lr_decay_iters, gptrs over max_steps: so they must agree.
 _SPELLINGS = """
 data.source: data_source
@@ -83,33 +71,25 @@ training.early_stopping_patience: patience
 training.seed: random_seed
 """
 _EXTRA = dict(line.split(": ") for line in _SPELLINGS.strip().splitlines())
-_EVERY = [f"{s}.{k}" for s, cls in SECTIONS.items() for k in fields_of(cls)]
-_OWN = set(_EVERY) - {"tokenizer.path", "model.vocab_size"}
 ALIASES: dict[str, tuple[str, ...]] = {
-    t: (*([t.split(".")[1]] if t in _OWN else []), *_EXTRA.get(t, "").split())
-    for t in _EVERY
-    if t in _OWN or t in _EXTRA
+    f"{s}.{k}": (k, *_EXTRA.get(f"{s}.{k}", "").split())
+    for s, cls in SECTIONS.items()
+    for k in fields_of(cls)
 }
+ALIASES["tokenizer.path"] = tuple(_EXTRA["tokenizer.path"].split())  # a flat "path" could mean anything
+del ALIASES["model.vocab_size"]  # a flat vocab_size is the tokenizer's
 
 # Keys handled by hand below: they set part of a setting, or several, or depend on their value.
 SPECIAL = ("betas", "fp16", "bf16", "dtype", "decay_lr", "bos_token", "eos_token", "pad_token", "unk_token")
 # Keys dropped when their value is what gptrs does anyway; any other value is refused.
 HARMLESS: dict[str, tuple[Any, ...]] = {
-    "decay_lr": (True,),
-    "always_save_checkpoint": (True,),
-    "init_from": ("scratch",),
-    "wandb_log": (False,),
-    "eval_only": (False,),
-    "model_type": ("gpt", "gpt2"),
-}
+    "decay_lr": (True,), "always_save_checkpoint": (True,), "init_from": ("scratch",), "wandb_log": (False,),
+    "eval_only": (False,), "model_type": ("gpt", "gpt2"),
+}  # fmt: skip
 # Why some common keys have no place in a config file.
-HINTS = {
-    "device": "pass --device to python -m gptrs.train",
-    "out_dir": "pass --out to python -m gptrs.train",
-    "output_dir": "pass --out to python -m gptrs.train",
-    "resume": "pass --resume to python -m gptrs.train",
-    "dataset": "for a Hub dataset use dataset_name, for local files data_files",
-}
+_FLAGS = {"device": "--device", "out_dir": "--out", "output_dir": "--out", "resume": "--resume"}
+HINTS = {key: f"pass {flag} to python -m gptrs.train" for key, flag in _FLAGS.items()}
+HINTS["dataset"] = "for a Hub dataset use dataset_name, for local files data_files"
 SECTION_NAMES = {"data": "data", "dataset": "data", "tokenizer": "tokenizer", "model": "model"}
 SECTION_NAMES |= dict.fromkeys(("training", "train", "trainer", "optimizer"), "training")
 # Other projects' values for the same setting.
@@ -118,24 +98,18 @@ _VALUES: dict[str, dict[Any, Any]] = {
     "model.attention": {"flash": "sdpa", "eager": "reference"},
     "model.positions": {"absolute": "learned"},
 }
-_DTYPES: dict[str, str | bool] = {
-    "bfloat16": "bf16",
-    "bf16": "bf16",
-    "float16": "fp16",
-    "fp16": "fp16",
-    "half": "fp16",
-}
-_DTYPES |= {"float32": False, "fp32": False, "float": False, "auto": True}
+_DTYPES: dict[str, str | bool] = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16"}
+_DTYPES |= {"half": "fp16", "float32": False, "fp32": False, "float": False, "auto": True}
 _TARGET = {alias: target for target, aliases in ALIASES.items() for alias in aliases}
+StrPath = str | os.PathLike[str]
 
 
 def _same(a: Any, b: Any) -> bool:
     """Equal as settings: 256 and 256.0 are, true and 1 are not."""
     if isinstance(a, bool) or isinstance(b, bool):
         return a is b
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return a == b
-    return type(a) is type(b) and a == b
+    numbers = isinstance(a, (int, float)) and isinstance(b, (int, float))
+    return a == b if numbers else type(a) is type(b) and a == b
 
 
 def _role(name: Any) -> Any:
@@ -162,15 +136,16 @@ class _Converter:
 
     def key(self, section: str | None, key: str, value: Any, origin: str) -> None:
         """Record one legacy key (`section`: the schema section it sat in, if any)."""
+        if not isinstance(key, str):  # JSON's never are; a mapping given in Python may hold any
+            raise self.refuse(origin, f"keys must be strings, got {what(key)}")
         if key in self.ignore or origin in self.ignore:
             return
         in_section = section is not None and key in fields_of(SECTIONS[section])
         target = f"{section}.{key}" if in_section else _TARGET.get(key, "")
         if target == "data.paths" and isinstance(value, Mapping):  # Hugging Face style {"train": [...]}
             if set(value) != {"train"}:
-                raise self.refuse(
-                    origin, "only a 'train' split can be mapped; gptrs holds out data.validation_split"
-                )
+                why = "only a 'train' split can be mapped; gptrs holds out data.validation_split"
+                raise self.refuse(origin, why)
             value = value["train"]
         if target == "data.paths" and isinstance(value, str):
             value = [value]
@@ -217,14 +192,11 @@ class _Converter:
         v, origin = self.values, self.origin
         specials = {k.split(".", 1)[1]: val for k, val in v.items() if k.startswith("_special.")}
         if specials:
-            v["tokenizer.special_tokens"] = {
-                **v.get("tokenizer.special_tokens", TokenizerConfig().special_tokens),
-                **specials,
-            }
+            v.setdefault("tokenizer.special_tokens", Config().tokenizer.special_tokens).update(specials)
         if any(k.startswith("_off.") for k in v):
             v.setdefault("training.mixed_precision", False)
         if v.get("_constant_lr"):  # nanoGPT's decay_lr: false keeps the peak rate: a cosine from lr to lr
-            v["training.min_lr"] = v.get("training.learning_rate", TrainingConfig().learning_rate)
+            v["training.min_lr"] = v.get("training.learning_rate", Config().training.learning_rate)
         if "model.vocab_size" in v and "tokenizer.vocab_size" not in v:  # the seed kept it under model
             v["tokenizer.vocab_size"] = v.pop("model.vocab_size")
             origin["tokenizer.vocab_size"] = origin["model.vocab_size"]
@@ -234,9 +206,8 @@ class _Converter:
             origin["model.ff_dim"] = origin["model.embed_dim"]
         if "data.source" not in v:
             if "data.dataset_name" in v and "data.paths" in v:
-                raise self.refuse(
-                    origin["data.paths"], "both files and a Hub dataset given; set source to choose"
-                )
+                why = "both files and a Hub dataset given; set source to choose"
+                raise self.refuse(origin["data.paths"], why)
             if "data.dataset_name" in v:
                 v["data.source"] = "hub"
             elif "data.paths" in v:
@@ -276,37 +247,29 @@ def convert(legacy: Any, source: str = "<json>", ignore: Sequence[str] = ()) -> 
     return cfg
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ConfigError(f"invalid JSON: duplicate key {show(key)}")
-        result[key] = value
-    return result
-
-
-def read_legacy(path: str | os.PathLike[str]) -> Any:
+def read_legacy(path: StrPath) -> Any:
     """The parsed JSON of a legacy config; any problem is a one-line ConfigError naming the file."""
     source = os.fspath(path)
-    text = read_text(path, source)
+
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in result:
+                raise ConfigError(f"{source}: invalid JSON: duplicate key {show(key)}")
+            result[key] = value
+        return result
+
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates)
+        return json.loads(read_text(path, source), object_pairs_hook=no_duplicates)
     except json.JSONDecodeError as e:
-        raise ConfigError(
-            one_line(f"{source}: line {e.lineno}, column {e.colno}: invalid JSON: {e.msg}")
-        ) from None
-    except ConfigError as e:
-        raise ConfigError(one_line(f"{source}: {e}")) from None
+        where = f"line {e.lineno}, column {e.colno}"
+        raise ConfigError(one_line(f"{source}: {where}: invalid JSON: {e.msg}")) from None
     except RecursionError:
         raise ConfigError(f"{source}: invalid JSON: nested too deeply") from None
 
 
 def convert_file(
-    input: str | os.PathLike[str],
-    output: str | os.PathLike[str],
-    *,
-    force: bool = False,
-    ignore: Sequence[str] = (),
+    input: StrPath, output: StrPath, *, force: bool = False, ignore: Sequence[str] = ()
 ) -> Config:
     """Convert the JSON config at `input` and write it as YAML to `output` (atomically)."""
     cfg = convert(read_legacy(input), os.fspath(input), ignore)

@@ -5,12 +5,9 @@
     save_config(cfg, "run/config.yaml")                      # atomic: temp file, fsync, rename
     mc = resolve_model(cfg.model)                            # every model switch concrete (model.arch's)
 
-Every problem is one line, ``<file>: <section>.<key>: <what is wrong>``.
-
-The package, in reading order: ``schema`` (the dataclasses with each field's help and limits, the model
-switches and ``ARCH_DEFAULTS``, ``count_parameters``, the reference), ``problems`` (how a problem is worded),
-``validation`` (every rule, once), ``budget`` (the memory of a training step), ``io`` (YAML files, presets),
-``overrides`` (``--set``), and ``__main__`` (``python -m gptrs.config --describe/--check/--show/--list``).
+In reading order: ``schema`` (the fields, the model switches, the reference), ``problems`` (how a problem is
+worded), ``validation`` (every rule, once), ``budget`` (the memory of a training step), ``io`` (YAML files, presets,
+``--set``), ``__main__`` (``python -m gptrs.config --describe/--check/--show/--list``).
 """
 
 from __future__ import annotations
@@ -18,12 +15,12 @@ from __future__ import annotations
 from gptrs.config.io import (
     MAX_CONFIG_BYTES,
     PRESETS_DIR,
+    apply_overrides,
     load_config,
     preset_names,
     resolve_config_path,
     save_config,
 )
-from gptrs.config.overrides import apply_overrides
 from gptrs.config.schema import (
     ARCH_DEFAULTS,
     SECTIONS,
@@ -41,26 +38,8 @@ from gptrs.config.schema import (
 from gptrs.config.validation import check_model, config_from_dict, validate
 
 __all__ = [
-    "ARCH_DEFAULTS",
-    "MAX_CONFIG_BYTES",
-    "PRESETS_DIR",
-    "SECTIONS",
-    "SPECIAL_TOKEN_ROLES",
-    "Config",
-    "DataConfig",
-    "ModelConfig",
-    "TokenizerConfig",
-    "TrainingConfig",
-    "apply_overrides",
-    "check_model",
-    "config_from_dict",
-    "config_to_dict",
-    "count_parameters",
-    "describe",
-    "load_config",
-    "preset_names",
-    "resolve_config_path",
-    "resolve_model",
-    "save_config",
-    "validate",
-]
+    "ARCH_DEFAULTS", "MAX_CONFIG_BYTES", "PRESETS_DIR", "SECTIONS", "SPECIAL_TOKEN_ROLES", "Config",
+    "DataConfig", "ModelConfig", "TokenizerConfig", "TrainingConfig", "apply_overrides", "check_model",
+    "config_from_dict", "config_to_dict", "count_parameters", "describe", "load_config", "preset_names",
+    "resolve_config_path", "resolve_model", "save_config", "validate",
+]  # fmt: skip

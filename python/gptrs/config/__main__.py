@@ -15,8 +15,7 @@ from collections.abc import Sequence
 
 from gptrs.cli import make_parser, run_main, setup_logging, summary
 from gptrs.config.budget import estimate, host_memory, human_bytes
-from gptrs.config.io import PRESETS_DIR, dump_yaml, load_config, preset_names
-from gptrs.config.overrides import apply_overrides
+from gptrs.config.io import PRESETS_DIR, apply_overrides, dump_yaml, load_config, preset_names
 from gptrs.config.problems import show
 from gptrs.config.schema import Config, config_to_dict, count_parameters, describe, resolve_model
 from gptrs.errors import GptrsError
@@ -29,12 +28,9 @@ def list_presets() -> str:
     rows = []
     for name in preset_names():
         cfg = load_config(PRESETS_DIR / f"{name}.yaml")
-        m = cfg.model
-        shape = (
-            f"{m.num_layers} layers x {m.embed_dim} wide, {m.heads} heads, context {m.max_seq_len}, "
-            f"vocab {m.vocab_size or cfg.tokenizer.vocab_size}"
-        )
-        rows.append((count_parameters(cfg), name, shape))
+        m, vocab = cfg.model, cfg.model.vocab_size or cfg.tokenizer.vocab_size
+        shape = f"{m.num_layers} layers x {m.embed_dim} wide, {m.heads} heads, context {m.max_seq_len}"
+        rows.append((count_parameters(cfg), name, f"{shape}, vocab {vocab}"))
     width = max((len(n) for _, n, _ in rows), default=0)
     return "".join(f"{name:<{width}}  {n:>13,} parameters  {shape}\n" for n, name, shape in sorted(rows))
 
@@ -51,9 +47,15 @@ def _check(paths: Sequence[str], overrides: list[str], as_yaml: bool) -> int:
             continue
         if as_yaml:
             sys.stdout.write(_show(cfg))
-        else:
-            print(f"{path}: ok ({count_parameters(cfg):,} parameters)")
-            _warn_if_too_big_here(path, cfg)
+            continue
+        print(f"{path}: ok ({count_parameters(cfg):,} parameters)")
+        est, here = estimate(cfg), host_memory()
+        if here is not None and est.total > here:  # meant for a bigger machine, maybe: the trainer decides
+            print(
+                f"warning: {path}: a training step needs about {human_bytes(est.total)}, more than this machine's "
+                f"{human_bytes(here)} of memory; it needs a larger device (the trainer checks the one it runs on)",
+                file=sys.stderr,
+            )
     return status
 
 
@@ -69,18 +71,6 @@ def _show(cfg: Config) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _warn_if_too_big_here(path: str, cfg: Config) -> None:
-    """A config may be meant for a bigger machine than this one: warn (stderr), the trainer refuses it on a
-    device that cannot hold a training step."""
-    est, here = estimate(cfg), host_memory()
-    if here is not None and est.total > here:
-        print(
-            f"warning: {path}: a training step needs about {human_bytes(est.total)}, more than this machine's "
-            f"{human_bytes(here)} of memory; it needs a larger device (the trainer checks the one it runs on)",
-            file=sys.stderr,
-        )
-
-
 def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
     parser = make_parser(prog, summary(__doc__))
     what = parser.add_mutually_exclusive_group(required=True)
@@ -88,11 +78,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
     what.add_argument(
         "--check", nargs="+", metavar="FILE", help="validate config files or presets (exit 2 on a problem)"
     )
-    what.add_argument(
-        "--show",
-        metavar="FILE",
-        help="print the config with its defaults as YAML (what model.arch fills in as comments)",
-    )
+    show_help = "print the config with its defaults as YAML (what model.arch fills in as comments)"
+    what.add_argument("--show", metavar="FILE", help=show_help)
     what.add_argument("--list", action="store_true", help="list the presets with their parameter counts")
     parser.add_argument("--markdown", action="store_true", help="with --describe: a Markdown table")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key")
@@ -102,11 +89,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
     setup_logging(args.log_level)
 
     def body() -> int:
-        if args.describe:
-            sys.stdout.write(describe(markdown=args.markdown))
-            return 0
-        if args.list:
-            sys.stdout.write(list_presets())
+        if args.describe or args.list:
+            sys.stdout.write(describe(markdown=args.markdown) if args.describe else list_presets())
             return 0
         return _check(args.check or [args.show], args.set, as_yaml=bool(args.show))
 

@@ -1,27 +1,21 @@
 """What a config costs before anything is allocated: its parameters, and the memory of one training step.
 
-    est = estimate(cfg)                      # pure arithmetic on the config: nothing is built or allocated
-    est.parameters, est.total                # parameters; bytes of weights + grads + AdamW state + activations
-    check_absolute(cfg)                      # a Problem when no machine could train it (validation calls this)
-    check_fits(cfg, available, "cuda:0")     # a ConfigError when the device's memory cannot hold a step
-
-The estimate is rough on purpose and errs low, so that a refusal is never wrong: fp32 weights, gradients and
-the two AdamW moments (16 bytes a parameter, what the trainer keeps whatever the autocast dtype), plus the
-activations one micro-batch (``training.batch_size`` x ``model.max_seq_len`` tokens) saves for backward, counted
-in 16-bit elements when mixed precision is on. Allocator slack, the CUDA context and fragmentation only add.
-
-The parameter count is ``schema.count_parameters`` (tested against the real model); both read the model's
-resolved switches.
+The estimate is arithmetic on the config and errs low, so that a refusal is never wrong: fp32 weights,
+gradients and the two AdamW moments (what the trainer keeps whatever the autocast dtype), plus the activations
+one micro-batch (``training.batch_size`` x ``model.max_seq_len`` tokens) saves for backward, counted in 16-bit
+elements when mixed precision is on. Allocator slack, the CUDA context and fragmentation only add.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from gptrs.config.problems import Problem, show
-from gptrs.config.schema import Config, ModelConfig, count_parameters, resolve_model
+from gptrs.config.schema import Config, count_parameters, resolve_model
 
 BYTES_PER_PARAMETER = 16  # fp32 weight 4 + gradient 4 + AdamW exp_avg 4 + exp_avg_sq 4
 # Muon keeps one momentum buffer per matrix (the embeddings' AdamW two moments are counted as one too: errs low).
@@ -31,24 +25,9 @@ _BYTES_PER_PARAMETER_MUON = 12
 MAX_TRAINING_BYTES = 1 << 44
 
 
-def _activations(m: ModelConfig) -> tuple[int, int]:
-    """Elements one token saves for backward in one block, (without, with) gradient checkpointing.
-
-    Per block: the two norms' inputs and outputs (4d), queries (d) and keys and values (2 x kv_heads x head
-    size), the attention output and its projection (2d), the two residual sums (2d), and the feed-forward
-    hidden layer before and after the activation (2ff). The reference attention also keeps each head's softmax
-    row (heads x T); fused attention does not. Rotary and QK-norm copies are left out, erring low.
-    Checkpointing keeps only each block's input (d) and recomputes the rest, one block at a time.
-    """
-    assert m.kv_heads is not None  # resolved
-    d, kv = m.embed_dim, m.kv_heads * (m.embed_dim // m.heads)
-    reference = m.heads * m.max_seq_len if m.attention == "reference" else 0
-    return 9 * d + 2 * kv + 2 * m.ff_dim + reference, d
-
-
 @dataclass(frozen=True)
 class Estimate:
-    """Bytes of one training step, by what holds them (see the module docstring)."""
+    """Bytes of one training step, by what holds them."""
 
     parameters: int
     weights: int  # fp32 weights + gradients + AdamW moments
@@ -60,17 +39,22 @@ class Estimate:
 
 
 def estimate(config: Config, vocab_size: int | None = None) -> Estimate:
-    """The parameters and training-step memory of `config`, by arithmetic alone (vocabulary as
-    ``count_parameters`` picks it: model.vocab_size, else `vocab_size`, else tokenizer.vocab_size)."""
+    """The parameters and training-step memory of `config` (`vocab_size` as ``count_parameters`` takes it)."""
     m, t = resolve_model(config.model), config.training
     params = count_parameters(config, vocab_size)
     vocab = m.vocab_size or vocab_size or config.tokenizer.vocab_size
-    per_block, checkpointed = _activations(m)
-    if m.gradient_checkpointing:  # every block's input, plus one block recomputed at a time
-        per_token = m.num_layers * checkpointed + per_block
+    assert m.kv_heads is not None  # resolved
+    # Elements one token saves for backward in one block: the two norms' inputs and outputs (4d), queries (d),
+    # keys and values (2 kv), the attention output and its projection (2d), the two residual sums (2d), the
+    # feed-forward hidden layer before and after the activation (2ff), and with the reference attention each
+    # head's softmax row (heads x T). Rotary and QK-norm copies are left out, erring low.
+    d, kv = m.embed_dim, m.kv_heads * (m.embed_dim // m.heads)
+    per_block = 9 * d + 2 * kv + 2 * m.ff_dim + (m.heads * m.max_seq_len if m.attention == "reference" else 0)
+    if m.gradient_checkpointing:  # every block's input (d), plus one block recomputed at a time
+        per_token = m.num_layers * d + per_block
     else:
         per_token = m.num_layers * per_block
-    per_token += 3 * m.embed_dim + 2 * vocab  # embeddings and final norm; logits and their log-softmax
+    per_token += 3 * d + 2 * vocab  # embeddings and final norm; logits and their log-softmax
     element = 4 if t.mixed_precision is False else 2  # errs low: 16-bit when autocast may be on
     tokens = t.batch_size * m.max_seq_len
     per_param = _BYTES_PER_PARAMETER_MUON if t.optimizer == "muon" else BYTES_PER_PARAMETER
@@ -100,27 +84,19 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} {unit}" if n < 10 else f"{n:,.0f} {unit}"
 
 
-# The keys a size comes from, with the preset-scale value each is measured against: the key furthest past
-# its scale is the one named (a layer count of 10**6 is the mistake, not the width next to it).
-_SCALES = {"model.num_layers": 24, "model.embed_dim": 1024, "model.ff_dim": 4096, "model.vocab_size": 65536}
-_ACTIVATION_SCALES = {"model.max_seq_len": 1024, "training.batch_size": 16}  # they cost no parameters
-
-
-def _culprit(config: Config, activations_dominate: bool) -> str:
-    scales = {**_SCALES, **(_ACTIVATION_SCALES if activations_dominate else {})}
-    vocab_key = "model.vocab_size" if config.model.vocab_size is not None else "tokenizer.vocab_size"
-    keys = {k: vocab_key if k == "model.vocab_size" else k for k in scales}
-    ratio = {k: math.log(max(_value(config, keys[k]), 1)) - math.log(scale) for k, scale in scales.items()}
-    return keys[max(ratio, key=ratio.__getitem__)]
-
-
 def _value(config: Config, key: str) -> int:
     section, name = key.split(".")
     return getattr(getattr(config, section), name)
 
 
 def _too_big(config: Config, est: Estimate, room: str) -> Problem:
-    key = _culprit(config, est.activations > est.weights)
+    # The keys a size comes from, each with its preset-scale value: the one furthest past its scale is named
+    # (a layer count of 10**6 is the mistake, not the width next to it).
+    vocab = "model.vocab_size" if config.model.vocab_size is not None else "tokenizer.vocab_size"
+    scales = {"model.num_layers": 24, "model.embed_dim": 1024, "model.ff_dim": 4096, vocab: 65536}
+    if est.activations > est.weights:  # these two cost no parameters
+        scales |= {"model.max_seq_len": 1024, "training.batch_size": 16}
+    key = max(scales, key=lambda k: math.log(max(_value(config, k), 1)) - math.log(scales[k]))
     return Problem(
         key,
         f"{show(_value(config, key))} makes a model of {human_count(est.parameters)} parameters that needs about "
@@ -135,9 +111,8 @@ def check_absolute(config: Config) -> None:
     ``MAX_TRAINING_BYTES``. Config validation calls it, so `--check` refuses such a file without a device."""
     est = estimate(config)
     if est.total > MAX_TRAINING_BYTES:
-        raise _too_big(
-            config, est, f"no single machine has that (the limit is {human_bytes(MAX_TRAINING_BYTES)})"
-        )
+        room = f"no single machine has that (the limit is {human_bytes(MAX_TRAINING_BYTES)})"
+        raise _too_big(config, est, room)
 
 
 def check_fits(config: Config, available: int | None, device: str, vocab_size: int | None = None) -> None:
@@ -152,25 +127,16 @@ def check_fits(config: Config, available: int | None, device: str, vocab_size: i
 def host_memory() -> int | None:
     """Bytes this process may use on the host: physical RAM, lowered by a cgroup limit or RLIMIT_AS when set."""
     limits = []
-    try:
+    with contextlib.suppress(ValueError, OSError, AttributeError):
         limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        pass
-    try:
-        with open("/sys/fs/cgroup/memory.max") as f:
-            text = f.read().strip()
-        if text.isdigit():
-            limits.append(int(text))
-    except OSError:
-        pass
-    try:
+    with contextlib.suppress(OSError):
+        text = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        limits += [int(text)] if text.isdigit() else []
+    with contextlib.suppress(ImportError, ValueError, OSError):
         import resource
 
         soft = resource.getrlimit(resource.RLIMIT_AS)[0]
-        if soft != resource.RLIM_INFINITY and soft > 0:
-            limits.append(soft)
-    except (ImportError, ValueError, OSError):
-        pass
+        limits += [soft] if soft != resource.RLIM_INFINITY and soft > 0 else []
     return min(limits) if limits else None
 
 

@@ -1,12 +1,6 @@
-"""Config files: reading YAML (safely, with one-line errors), writing it atomically, and the packaged presets.
-
-    cfg = load_config("configs/small.yaml")     # a path; ConfigError names the file and the key path
-    cfg = load_config("small")                  # a preset shipped in the package (presets/<name>.yaml)
-    save_config(cfg, "run/config.yaml")         # atomic and durable (gptrs.files.atomic_path)
-
-The presets live in ``gptrs/config/presets/`` so they are in the wheel; ``configs/`` in the repository
-links to them.
-"""
+"""Config files and ``--set``: reading YAML (safely, with one-line errors), writing it atomically, the packaged
+presets (in ``gptrs/config/presets/`` so that they are in the wheel; ``configs/`` in the repository links to
+them), and command-line overrides (``--set section.key=value``, the result validated as a whole)."""
 
 from __future__ import annotations
 
@@ -14,14 +8,16 @@ import contextlib
 import os
 import re
 import stat
+import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from gptrs.config.problems import one_line, show
-from gptrs.config.schema import Config, config_to_dict
-from gptrs.config.validation import config_from_dict, validate
+from gptrs.config.problems import Problem, clip, name_of, one_line, show
+from gptrs.config.schema import SECTIONS, Config, config_to_dict, fields_of, hints_of, options
+from gptrs.config.validation import check, coerce, config_from_dict, unknown_key, unknown_section, validate
 from gptrs.errors import ConfigError
 from gptrs.files import atomic_write_text
 
@@ -54,21 +50,17 @@ def check_expanded_size(root: yaml.Node, limit: int = MAX_YAML_NODES) -> None:
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     while stack:
         node, done = stack.pop()
-        key = id(node)
         if done:
-            on_path.discard(key)
-            sizes[key] = size = 1 + sum(sizes[id(c)] for c in _children(node))
+            on_path.discard(id(node))
+            sizes[id(node)] = size = 1 + sum(sizes[id(c)] for c in _children(node))
             if size > limit:
                 why = f"the value here expands to more than {limit} values (aliases repeat it); refused"
                 raise TooLargeError(None, None, why, node.start_mark)
-            continue
-        if key in on_path:
-            raise TooLargeError(
-                None, None, "an alias refers to the value that contains it (a recursive value); refused",
-                node.start_mark,
-            )  # fmt: skip
-        if key not in sizes:
-            on_path.add(key)
+        elif id(node) in on_path:
+            why = "an alias refers to the value that contains it (a recursive value); refused"
+            raise TooLargeError(None, None, why, node.start_mark)
+        elif id(node) not in sizes:
+            on_path.add(id(node))
             stack.append((node, True))
             stack += [(c, False) for c in _children(node) if id(c) not in sizes]
 
@@ -97,12 +89,9 @@ class _Dumper(yaml.SafeDumper):
     """SafeDumper that quotes the strings Loader would read as floats ('1e5')."""
 
 
+_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
 for _cls in (Loader, _Dumper):
-    _cls.add_implicit_resolver(
-        "tag:yaml.org,2002:float",
-        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-        list("-+0123456789"),
-    )
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789"))
 
 
 def _construct_mapping(loader: Loader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -113,26 +102,20 @@ def _construct_mapping(loader: Loader, node: yaml.MappingNode) -> dict[Any, Any]
         key = loader.construct_object(key_node, deep=True)
         with contextlib.suppress(TypeError):  # unhashable keys: the base constructor reports them
             if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {show(key)}", key_node.start_mark
-                )
+                why = f"duplicate key {show(key)}"
+                raise yaml.constructor.ConstructorError(None, None, why, key_node.start_mark)
             seen.add(key)
     return loader.construct_mapping(node, deep=True)
 
 
-Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
-
-
 def _construct_int(loader: Loader, node: yaml.ScalarNode) -> int:
-    text = str(node.value)
-    if len(text) > MAX_INT_DIGITS:
-        raise TooLargeError(
-            None, None, f"an integer written with {len(text)} characters is out of any range; refused",
-            node.start_mark,
-        )  # fmt: skip
+    if len(node.value) > MAX_INT_DIGITS:
+        why = f"an integer written with {len(node.value)} characters is out of any range; refused"
+        raise TooLargeError(None, None, why, node.start_mark)
     return int(loader.construct_yaml_int(node))
 
 
+Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
 Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
@@ -188,7 +171,7 @@ def read_text(path: str | os.PathLike[str], source: str, limit: int = MAX_CONFIG
 
 
 def preset_names() -> list[str]:
-    """The presets shipped in the package: small, default, large."""
+    """The presets shipped in the package (small, nanochat-small, ...)."""
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
@@ -209,8 +192,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate a YAML config (a path, or a preset name such as "small"); any problem is a one-line
     ConfigError naming the file and key path."""
     source = os.fspath(path)
-    resolved = resolve_config_path(path)
-    data = _parse_yaml(read_text(resolved, source), source)
+    data = _parse_yaml(read_text(resolve_config_path(path), source), source)
     if data is None:
         raise ConfigError(f"{source}: the file has no settings, only comments")
     return config_from_dict(data, source)
@@ -225,15 +207,78 @@ def dump_yaml(data: dict[str, Any]) -> str:
 
 
 def save_config(config: Config, path: str | os.PathLike[str], comment: str | None = None) -> None:
-    """Write `config` as YAML, atomically and durably: never half-written.
-
-    It is validated first (ConfigError naming `path`), so an invalid file is never written.
-    """
+    """Write `config` as YAML, atomically and durably, after validating it (ConfigError naming `path`)."""
     path = Path(path)
     validate(config, source=str(path))
     header = "# gptrs configuration; `python -m gptrs.config --describe` explains every key.\n"
     if comment:
         header += "".join(f"# {line}\n" for line in comment.splitlines())
-    body = dump_yaml(config_to_dict(config))
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, header + body)
+    atomic_write_text(path, header + dump_yaml(config_to_dict(config)))
+
+
+# Command-line overrides (--set)
+def _parse_value(raw: str, hint: Any) -> Any:
+    """A --set value: YAML for numbers, bools and lists; strings as typed (YAML would strip `def ` to `def`)."""
+    args = options(hint)
+    if str in args and bool not in args and raw[:1] not in ("'", '"'):
+        if type(None) in args and raw.strip() in ("", "null", "~"):
+            return None
+        return raw
+    return yaml.load(raw, Loader=Loader) if raw.strip() else None
+
+
+def _apply_one(data: dict[str, dict[str, Any]], item: str) -> str:
+    """Set one `section.key[.sub]=value` in `data` (typed, not yet checked); return the key path it set."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    parts = key.split(".")
+    if not sep or len(parts) not in (2, 3) or not all(parts):
+        raise Problem("", "expected section.key=value, e.g. model.num_layers=4")
+    section, name = parts[0], parts[1]
+    if section not in SECTIONS:
+        raise unknown_section(section)
+    fields = fields_of(SECTIONS[section])
+    if name not in fields:
+        raise unknown_key(section, name)
+    hint, meta = hints_of(SECTIONS[section])[name], fields[name].metadata
+    if len(parts) == 3 and typing.get_origin(hint) is not dict:
+        raise Problem(f"{section}.{name}", f"has no sub-key {name_of(parts[2])}")
+    target_hint = typing.get_args(hint)[1] | None if len(parts) == 3 else hint
+    try:
+        value = _parse_value(raw, target_hint)
+    except (yaml.YAMLError, RecursionError) as e:
+        problem = getattr(e, "problem", None) or str(e)
+        raise Problem(key, f"cannot read value {show(raw)} as YAML: {problem}") from None
+    if len(parts) == 3:  # one entry of a mapping (a special token): null removes it
+        table = dict(data[section][name])
+        if value is None:
+            table.pop(parts[2], None)
+        else:
+            table[parts[2]] = coerce(key, value, str)
+        value, key = table, f"{section}.{name}"
+    data[section][name] = coerce(key, value, hint, meta)
+    return key
+
+
+def apply_overrides(config: Config, overrides: Sequence[str], source: str = "--set") -> Config:
+    """A new Config with `section.key=value` overrides applied (values read as YAML), validated as a whole;
+    `tokenizer.special_tokens.unk=<|unk|>` sets one special token (`=null` removes it). A problem names the
+    override at fault (`--set model.heads=x: model.heads: ...`), for a rule the last that set one of its keys."""
+    data = config_to_dict(config)
+    keys: list[tuple[str, str]] = []  # (key path, the override as typed), to blame the right one at the end
+    for item in overrides:
+        try:
+            keys.append((_apply_one(data, item), item))
+        except Problem as p:
+            raise p.error(f"{source} {clip(item, 80)}") from None
+    cfg = Config(**{s: SECTIONS[s](**data[s]) for s in SECTIONS})
+    try:
+        check(cfg)  # the base config too: it may have been built (wrongly) in Python
+    except Problem as p:
+        involved = (p.key.split("[")[0], *p.related)
+        for key, item in reversed(keys):
+            if any(k == key or k.startswith(key + ".") for k in involved):
+                raise p.error(f"{source} {clip(item, 80)}") from None
+        raise p.error(source) from None  # the base config was at fault
+    return cfg

@@ -1,9 +1,5 @@
-"""How a configuration problem is shown: a ``Problem`` at a key path, and values spelled as YAML writes them.
-
-A message is one line, ``<source>: <section>.<key>: <what is wrong>`` (``source`` is the file or the ``--set``;
-a model built without a config has none). Values are quoted as the user wrote them (``5``, ``true``, ``null``,
-``'text'``), bounded in length however big the value, and unknown names get a "did you mean".
-"""
+"""How a configuration problem is shown: one line, ``<source>: <section>.<key>: <what is wrong>`` (``source``
+is the file or the ``--set``; a model built without a config has none), values spelled as YAML writes them."""
 
 from __future__ import annotations
 
@@ -47,17 +43,15 @@ class _BoundedRepr(reprlib.Repr):
     """repr() bounded to a few hundred characters: a value built from nested YAML aliases may stand for
     billions of elements, and quoting it whole would take minutes."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.maxlevel = 4
-        self.maxlist = self.maxtuple = self.maxset = self.maxdict = 30
-        self.maxstring = self.maxother = self.maxlong = 200
-
     def repr_int(self, x: int, level: int) -> str:
         return clip(_int_text(x), self.maxlong)
 
 
-brief = _BoundedRepr().repr  # repr(value), Python spelling, bounded
+_bounded = _BoundedRepr()
+_bounded.maxlevel = 4
+_bounded.maxlist = _bounded.maxtuple = _bounded.maxset = _bounded.maxdict = 30
+_bounded.maxstring = _bounded.maxother = _bounded.maxlong = 200
+brief = _bounded.repr  # repr(value), Python spelling, bounded
 
 
 def show(value: Any) -> str:
@@ -86,9 +80,7 @@ def what(value: Any) -> str:
 
 def name_of(key: Any) -> str:
     """A key as shown in a key path; odd ones (spaces, newlines, very long) are quoted."""
-    if isinstance(key, str) and re.fullmatch(r"[A-Za-z0-9_\-]{1,60}", key):
-        return key
-    return show(key)
+    return key if isinstance(key, str) and re.fullmatch(r"[A-Za-z0-9_\-]{1,60}", key) else show(key)
 
 
 def suggest(word: str, options: Iterable[str]) -> str | None:

@@ -1,9 +1,6 @@
-"""The configuration schema: four dataclass sections (data, tokenizer, model, training) and their reference.
-
-Every field has a default, a one-line description and its allowed values in its metadata (``choices``,
-``ge``/``gt``/``le``/``lt``, ``allow_empty``); with the field's type, that one table drives the validation
-(``validation.py``), the messages and the reference ``describe()`` prints (docs/configuration.md).
-"""
+"""The configuration schema: four dataclass sections (data, tokenizer, model, training). Each field's type,
+default, help and limits (``choices``, ``ge``/``gt``/``le``/``lt``, ``allow_empty``) drive the validation, its
+messages and the reference ``describe()`` prints (docs/configuration.md)."""
 
 from __future__ import annotations
 
@@ -90,8 +87,6 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     ),
 }  # fmt: skip
 ROPE_THETA = 10000.0  # model.rope_theta null (nanochat's and transformers' base)
-NANOCHAT_ROPE_THETA = ROPE_THETA  # the names the current model classes import
-NANOCHAT_LOGIT_SOFTCAP = ARCH_DEFAULTS["nanochat"]["logit_softcap"]
 
 
 def _switch(name: str, help: str, **kw: Any) -> Any:
@@ -246,11 +241,8 @@ class Config:
 
 
 SECTIONS: dict[str, type] = {
-    "data": DataConfig,
-    "tokenizer": TokenizerConfig,
-    "model": ModelConfig,
-    "training": TrainingConfig,
-}
+    "data": DataConfig, "tokenizer": TokenizerConfig, "model": ModelConfig, "training": TrainingConfig
+}  # fmt: skip
 SPECIAL_TOKEN_ROLES = ("bos", "eos", "pad", "unk")
 
 
@@ -271,12 +263,8 @@ def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
 
 
 def count_parameters(config: Config, vocab_size: int | None = None) -> int:
-    """Parameters of the model `config` builds, counted from its resolved switches.
-
-    Embedding rows as the model factory picks them: model.vocab_size when set, else `vocab_size` (the loaded
-    tokenizer's), else tokenizer.vocab_size. Every LayerNorm has gains (and biases per ``bias``); RMSNorm,
-    QK-norm (always RMS) and rotary positions have no parameters.
-    """
+    """Parameters of the model `config` builds, from its resolved switches; embedding rows as the model takes
+    them: model.vocab_size when set, else `vocab_size` (the loaded tokenizer's), else tokenizer.vocab_size."""
     m = resolve_model(config.model)
     vocab = m.vocab_size or vocab_size or config.tokenizer.vocab_size
     d, ff, b, hd = m.embed_dim, m.ff_dim, int(bool(m.bias)), m.embed_dim // m.heads
@@ -335,9 +323,6 @@ when it is loaded; a problem stops the run with one line naming the file and the
   (values are read as YAML: `data.paths=[a.txt,b.txt]`; `tokenizer.special_tokens.unk=<|unk|>` sets one token)
 - Show the resolved config: `python -m gptrs.config --show small --set model.num_layers=4`
 - Convert a legacy JSON config: `python -m gptrs.convert_config --input config.json --output config.yaml`
-
-The model's architecture is its switches (`positions` ... `init`); `model.arch` fills in those left null,
-so `arch: nanochat` with `activation: gelu` is nanochat's model with GELU.
 """
 
 

@@ -1,15 +1,14 @@
 """Validation: plain data (YAML, JSON, ``--set``) to a typed Config, and every rule a config must follow, once.
 
-Types come from the dataclass fields (``coerce``), ranges and choices from their metadata (``check_field``),
-and the rules between fields are ``check_relations``; the model's shape rules, checked on the resolved
-switches, are :func:`check_model`, which the model also runs when it is built. A broken rule is a ``Problem``
-at a key path; with its source it becomes one line: ``configs/x.yaml: model.heads: 5 does not divide
-model.embed_dim (128)``.
+Types come from the dataclass fields (``coerce``), ranges and choices from their metadata (``check_field``), the
+rules between fields are ``check_relations``, and the model's shape rules (``check_model``, which the model runs
+too) are checked on the resolved switches. A broken rule is a ``Problem`` at a key path.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,11 +27,11 @@ from gptrs.config.schema import (
 )
 
 _NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
+_NAMES |= {list: "a list of strings", dict: "a mapping of strings to strings"}  # list[str], dict[str, str]
 
 
 def _expected(hint: Any) -> str:
-    names = {list: "a list of strings", dict: "a mapping of strings to strings"}
-    return " or ".join(names.get(typing.get_origin(t), None) or _NAMES[t] for t in options(hint))
+    return " or ".join(_NAMES[typing.get_origin(t) or t] for t in options(hint))
 
 
 def _choices_problem(key: str, value: Any, choices: Sequence[Any]) -> Problem:
@@ -49,8 +48,7 @@ def _is(value: Any, t: Any) -> bool:
 
 
 def coerce(key: str, value: Any, hint: Any, meta: Mapping[str, Any] | None = None) -> Any:
-    """`value` as the field type `hint` names, or a Problem at the offending element (``data.paths[1]``,
-    ``tokenizer.special_tokens.bos``)."""
+    """`value` as the field type `hint` names, or a Problem at the offending element (``data.paths[1]``)."""
     for t in options(hint):
         origin = typing.get_origin(t)
         if origin is list and isinstance(value, list):
@@ -99,56 +97,42 @@ def check_field(key: str, value: Any, meta: Mapping[str, Any]) -> None:
     elif isinstance(value, dict):
         strings = [(f"{key}.{name_of(k)}", s) for k, v in value.items() for s in (k, v)]
     else:
-        strings = [(key, value)]
-    for where, s in strings:
-        if not isinstance(s, str):
-            continue
+        strings = [(key, value)] if isinstance(value, str) else []
+    for where, s in strings:  # every element is a string by now (coerce)
         if not s and not meta.get("allow_empty"):
             raise Problem(where, "must not be empty")
-        try:
-            s.encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise Problem(
-                where, f"contains a lone surrogate at index {e.start}; not valid Unicode text"
-            ) from None
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Building a Config from plain data (YAML, JSON, --set)
+        if lone := re.search(r"[\ud800-\udfff]", s):
+            raise Problem(where, f"contains a lone surrogate at index {lone.start()}; not valid Unicode text")
 
 
 def unknown_section(name: str) -> Problem:
     owners = [f"{s}.{name}" for s, cls in SECTIONS.items() if name in fields_of(cls)]
     if owners:  # a flat key at the top level, e.g. `embed_dim: 128`
-        return Problem(
-            name_of(name), f"unknown section; did you mean {owners[0]}? (keys go under their section)"
-        )
-    hint = suggest(name, SECTIONS)
-    if hint:
-        return Problem(name_of(name), f"unknown section; did you mean {hint}?")
-    return Problem(name_of(name), f"unknown section (sections: {', '.join(SECTIONS)})")
+        tail = f"; did you mean {owners[0]}? (keys go under their section)"
+    elif hint := suggest(name, SECTIONS):
+        tail = f"; did you mean {hint}?"
+    else:
+        tail = f" (sections: {', '.join(SECTIONS)})"
+    return Problem(name_of(name), f"unknown section{tail}")
 
 
 def unknown_key(section: str, key: str) -> Problem:
-    path = f"{section}.{name_of(key)}"
-    hint = suggest(key, fields_of(SECTIONS[section]))
-    if hint:
-        return Problem(path, f"unknown key; did you mean {section}.{hint}?")
-    elsewhere = {
-        f: f"{s}.{f}" for s, cls in reversed(SECTIONS.items()) if s != section for f in fields_of(cls)
-    }
-    hint = key if key in elsewhere else suggest(key, elsewhere)
-    if hint:
-        return Problem(path, f"unknown key; did you mean {elsewhere[hint]}?")
-    return Problem(path, f"unknown key ({section} keys: {', '.join(fields_of(SECTIONS[section]))})")
+    fields = fields_of(SECTIONS[section])
+    others = {f: f"{s}.{f}" for s, cls in reversed(SECTIONS.items()) if s != section for f in fields_of(cls)}
+    if hint := suggest(key, fields):
+        tail = f"; did you mean {section}.{hint}?"
+    elif hint := (key if key in others else suggest(key, others)):
+        tail = f"; did you mean {others[hint]}?"
+    else:
+        tail = f" ({section} keys: {', '.join(fields)})"
+    return Problem(f"{section}.{name_of(key)}", f"unknown key{tail}")
 
 
 def build(data: Any) -> Config:
     """A Config from nested plain data, every value converted to its field's type; values not yet checked."""
     if not isinstance(data, Mapping):
-        raise Problem(
-            "", f"expected a mapping with sections {', '.join(SECTIONS)} at the top, got {what(data)}"
-        )
+        top = f"expected a mapping with sections {', '.join(SECTIONS)} at the top, got {what(data)}"
+        raise Problem("", top)
     sections = {}
     for name, body in data.items():
         if not isinstance(name, str):
@@ -170,19 +154,14 @@ def build(data: Any) -> Config:
     return Config(**sections)
 
 
-# ----------------------------------------------------------------------------------------------------------
 # The rules
-
-
 def _check_section(section: str, body: Any) -> None:
     """Every field of one section: its type (a config built in Python may hold anything), then its value."""
     cls = SECTIONS[section]
     if not isinstance(body, cls):
         raise Problem(section, f"expected a {cls.__name__}, got {what(body)}")
-    hints = hints_of(cls)
     for name, f in fields_of(cls).items():
-        coerce(f"{section}.{name}", getattr(body, name), hints[name], f.metadata)
-    for name, f in fields_of(cls).items():
+        coerce(f"{section}.{name}", getattr(body, name), hints_of(cls)[name], f.metadata)
         check_field(f"{section}.{name}", getattr(body, name), f.metadata)
 
 
@@ -193,26 +172,14 @@ def _rule(holds: bool, key: str, message: str, *related: str) -> None:
 
 
 def _check_shape(mc: ModelConfig) -> None:
-    """The model's shape, on its resolved switches: heads split the width, key/value heads share the heads
-    evenly, and rotary positions rotate pairs within a head."""
+    """The model's shape, on its resolved switches."""
     m = resolve_model(mc)
-    h, kv, hd = m.heads, m.kv_heads or m.heads, m.embed_dim // m.heads
-    _rule(
-        m.embed_dim % h == 0,
-        "model.heads",
-        f"{h} does not divide model.embed_dim ({m.embed_dim})",
-        "model.embed_dim",
-    )
+    h, kv, width, hd = m.heads, m.kv_heads or m.heads, m.embed_dim, m.embed_dim // m.heads
+    _rule(width % h == 0, "model.heads", f"{h} does not divide model.embed_dim ({width})", "model.embed_dim")
     _rule(h % kv == 0, "model.kv_heads", f"{kv} does not divide model.heads ({h})", "model.heads")
     odd = f"{h} heads make an odd head size ({hd}); rotary positions need an even one"
-    _rule(
-        m.positions != "rotary" or hd % 2 == 0,
-        "model.heads",
-        odd,
-        "model.embed_dim",
-        "model.positions",
-        "model.arch",
-    )
+    rotary = ("model.embed_dim", "model.positions", "model.arch")
+    _rule(m.positions != "rotary" or hd % 2 == 0, "model.heads", odd, *rotary)
 
 
 def check_model(mc: ModelConfig) -> None:
@@ -236,13 +203,9 @@ def check_relations(cfg: Config) -> None:
         _rule(d.source != source or given, key, f"data.source {source!r} needs {needs}", "data.source")
         only = f"only used with data.source {source!r} (it is {d.source!r})"
         _rule(d.source == source or not given, key, only, "data.source")
-    window = f"less than one evaluation window (model.max_seq_len + 1 = {m.max_seq_len + 1})"
-    _rule(
-        d.max_eval_tokens > m.max_seq_len,
-        "data.max_eval_tokens",
-        f"{d.max_eval_tokens} is {window}",
-        "model.max_seq_len",
-    )
+    tokens, window = d.max_eval_tokens, m.max_seq_len + 1
+    too_few = f"{tokens} is less than one evaluation window (model.max_seq_len + 1 = {window})"
+    _rule(tokens >= window, "data.max_eval_tokens", too_few, "model.max_seq_len")
     seen: dict[str, str] = {}
     for role, token in tok.special_tokens.items():
         key, hint = f"tokenizer.special_tokens.{name_of(role)}", suggest(role, SPECIAL_TOKEN_ROLES)
@@ -252,38 +215,26 @@ def check_relations(cfg: Config) -> None:
         seen[token] = role
     separator = f"{d.separator!r} needs a tokenizer.special_tokens.{d.separator} token"
     _rule(d.separator in tok.special_tokens, "data.separator", separator, "tokenizer.special_tokens")
-    # The vocabulary holds 256 bytes, the special tokens and at least one merge.
-    least = 256 + len(tok.special_tokens) + 1
-    small = f"is too small: needs at least {least} (256 bytes + {len(tok.special_tokens)} special tokens + 1 merge)"
+    specials = len(tok.special_tokens)
+    least = 256 + specials + 1  # 256 bytes, the special tokens and at least one merge
+    small = f"is too small: needs at least {least} (256 bytes + {specials} special tokens + 1 merge)"
     _rule(tok.vocab_size >= least, "tokenizer.vocab_size", f"{tok.vocab_size} {small}")
     _check_shape(m)
     if m.vocab_size is not None:
         _rule(m.vocab_size >= least, "model.vocab_size", f"{m.vocab_size} {small}")
         smaller = f"{m.vocab_size} is smaller than tokenizer.vocab_size ({tok.vocab_size})"
-        _rule(
-            tok.path is not None or m.vocab_size >= tok.vocab_size,
-            "model.vocab_size",
-            smaller,
-            "tokenizer.vocab_size",
-        )
+        fits = tok.path is not None or m.vocab_size >= tok.vocab_size
+        _rule(fits, "model.vocab_size", smaller, "tokenizer.vocab_size")
     epochs = f"needs data.sampling 'epochs' (it is {d.sampling!r})"
     _rule(t.epochs is None or d.sampling == "epochs", "training.epochs", epochs, "data.sampling")
     warmup = f"{t.warmup_steps} must be less than training.max_steps ({t.max_steps})"
-    _rule(
-        t.epochs is not None or t.warmup_steps < t.max_steps,
-        "training.warmup_steps",
-        warmup,
-        "training.max_steps",
-    )
+    warm = t.epochs is not None or t.warmup_steps < t.max_steps
+    _rule(warm, "training.warmup_steps", warmup, "training.max_steps")
     min_lr = f"{show(t.min_lr)} is greater than training.learning_rate ({show(t.learning_rate)})"
     _rule(t.min_lr <= t.learning_rate, "training.min_lr", min_lr, "training.learning_rate")
     prompt = "must not be empty when training.sample_tokens > 0 (set it to 0 to skip the sample)"
-    _rule(
-        t.sample_tokens == 0 or bool(t.sample_prompt),
-        "training.sample_prompt",
-        prompt,
-        "training.sample_tokens",
-    )
+    has_prompt = t.sample_tokens == 0 or bool(t.sample_prompt)
+    _rule(has_prompt, "training.sample_prompt", prompt, "training.sample_tokens")
 
 
 def check(config: Any) -> None:
