@@ -167,6 +167,23 @@ class ModelConfig:
         "final logits become c * tanh(logits / c); 0: no cap; null: from arch (gpt2 0, nanochat 15)",
         ge=0,
     )
+    value_embeds: int = _f(
+        0,
+        "value embeddings (modded-nanogpt record #12, Oct 2024): N extra embedding tables whose rows are "
+        "mixed into attention's values, table i in layer i and in layer num_layers - N + i, by two learned "
+        "scalars per layer (v = a v + b ve); 0: off. At most num_layers / 2",
+        ge=0,
+    )
+    skip_connections: bool = _f(
+        False,
+        "U-net skips (modded-nanogpt record #11, Oct 2024): the output of block i of the first half is "
+        "added, times a learned scalar, to the input of its mirror block in the second half",
+    )
+    x0_mix: bool = _f(
+        False,
+        "learned residual scalars (modded-nanogpt record #12; nanochat's resid/x0 lambdas): each block's "
+        "input is a x + b x0, x0 the embedding output, a = 1 and b = 0.1 at init",
+    )
 
 
 # What ``model.arch`` stands for: the value of every switch it leaves null.
@@ -307,6 +324,9 @@ def count_parameters(config: Config, vocab_size: int | None = None) -> int:
     For arch nanochat (no biases, parameter-free norms, no position table, untied LM head): token embedding
     V*d + LM head V*d + per block: queries and attention out (2 d^2), keys and values (2 d * kv_heads *
     head_dim), fc and fc out (2 d*ff).
+
+    The speedrun switches add: value_embeds N tables of V * kv_heads * head_dim and two scalars in each of
+    the 2N layers using them; skip_connections one scalar per skip (num_layers // 2); x0_mix two per block.
     """
     m = resolve_model(config.model)
     vocab = m.vocab_size or vocab_size or config.tokenizer.vocab_size
@@ -318,7 +338,10 @@ def count_parameters(config: Config, vocab_size: int | None = None) -> int:
     embed = vocab * d * (1 if m.tie_embeddings else 2) + (
         m.max_seq_len * d if m.positions == "learned" else 0
     )
-    return embed + m.num_layers * block + norm + (norm if m.embed_norm else 0)
+    kv_dim = m.kv_heads * (d // m.heads)
+    speedrun = m.value_embeds * (vocab * kv_dim + 4)  # tables, and (a, b) in two layers per table
+    speedrun += (m.num_layers // 2 if m.skip_connections else 0) + (2 * m.num_layers if m.x0_mix else 0)
+    return embed + m.num_layers * block + norm + (norm if m.embed_norm else 0) + speedrun
 
 
 # ----------------------------------------------------------------------------------------------------------
