@@ -21,6 +21,7 @@ from gptrs.data import RandomBatches
 from gptrs.errors import ConfigError
 from gptrs.model import GPT, hf
 from gptrs.training import Trainer, TrainingInterrupted
+from gptrs.training.muon import POLAR_EXPRESS, POLAR_EXPRESS_SAFETY, _normuon, build_optimizer, orthogonalize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -218,8 +219,8 @@ def _losses(run_dir: Path) -> list[float]:
 
 @pytest.mark.parametrize(
     "switches, training",
-    [(SWITCHES[-1], {})],
-    ids=["model-switches"],
+    [(SWITCHES[-1], {}), ({}, dict(muon_ns="polar_express", normuon=True))],
+    ids=["model-switches", "muon-switches"],
 )
 def test_resume_is_bitwise_identical(tmp_path: Path, switches: dict, training: dict) -> None:
     cfg = _config(switches, **training)
@@ -241,3 +242,61 @@ def test_resume_is_bitwise_identical(tmp_path: Path, switches: dict, training: d
     assert _losses(broken) == _losses(full) and len(_losses(full)) == cfg.training.max_steps
     a = (full / "checkpoints/last/model.safetensors").read_bytes()
     assert a == (broken / "checkpoints/last/model.safetensors").read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------- Muon
+
+QUINTIC = (3.4445, -4.7750, 2.0315)  # torch.optim.Muon's default
+
+
+@settings(max_examples=20, deadline=None)
+@given(rows=st.integers(8, 96), cols=st.integers(8, 96), decades=st.integers(1, 3), seed=st.integers(0, 10**6))
+def test_polar_express_orthogonalises_closer_than_the_quintic(rows: int, cols: int, decades: int, seed: int) -> None:
+    """Singular values after five steps (fp32), for matrices whose singular values span ``decades`` (a
+    spread: one repeated value maps to one point, which either polynomial may land nearer by chance): Polar
+    Express stays below 1.15 and lands nearer 1 on average than the fixed quintic."""
+    g = torch.Generator().manual_seed(seed)
+    u, _, v = torch.linalg.svd(torch.randn(rows, cols, generator=g), full_matrices=False)
+    s = torch.logspace(-decades, 0, min(rows, cols))
+    m = u @ torch.diag(s) @ v
+    pe = torch.linalg.svdvals(orthogonalize(m, POLAR_EXPRESS, 5, 1e-7, torch.float32, POLAR_EXPRESS_SAFETY))
+    qu = torch.linalg.svdvals(orthogonalize(m, QUINTIC, 5, 1e-7, torch.float32))
+    assert float(pe.max()) < 1.15
+    assert float((pe - 1).abs().mean()) < float((qu - 1).abs().mean())
+
+
+@settings(max_examples=20, deadline=None)
+@given(rows=st.integers(2, 40), cols=st.integers(2, 40), seed=st.integers(0, 10**6))
+def test_normuon_equalises_the_neurons_and_keeps_the_norm(rows: int, cols: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(rows, cols, generator=g) * (0.1 + torch.rand(rows, 1, generator=g)) ** 2  # uneven rows
+    state: dict = {}
+    out = _normuon(u, state, "v", 0.95)
+    dim = -1 if rows >= cols else -2  # rows of a tall matrix, columns of a wide one
+    ms = out.square().mean(dim)
+    torch.testing.assert_close(ms, ms.mean().expand_as(ms), rtol=1e-4, atol=1e-8)  # one EMA step: all alike
+    torch.testing.assert_close(out.norm(), u.norm(), rtol=1e-5, atol=1e-6)
+    assert state["v"].shape == ((rows, 1) if dim == -1 else (1, cols))
+
+
+def test_muon_switches_change_the_step_and_their_state_round_trips() -> None:
+    """Each switch changes the update (it is wired through), and NorMuon's buffers live in the optimizer
+    state that checkpoints save."""
+    def step(**kw: object) -> tuple[GPT, object]:
+        m = tiny("nanochat", {})
+        opt = build_optimizer(m, optimizer="muon", lr=1e-2, **kw)  # type: ignore[arg-type]
+        x = prompts(2, CTX)
+        m(x, x)[1].backward()  # type: ignore[union-attr]
+        opt.step()
+        return m, opt
+
+    base, _ = step()
+    pe, _ = step(muon_ns="polar_express")
+    nm, opt = step(normuon=True)
+    w = "transformer.h.0.mlp.c_fc.weight"
+    assert not torch.equal(base.get_parameter(w), pe.get_parameter(w))
+    assert not torch.equal(base.get_parameter(w), nm.get_parameter(w))
+    state = opt.state_dict()["muon"]["state"]  # type: ignore[attr-defined]
+    assert any(k.startswith("normuon_v") for s in state.values() for k in s)
+    with pytest.raises(ValueError, match="training.muon_ns must be one of quintic, polar_express, got 'cubic'"):
+        build_optimizer(base, optimizer="muon", lr=1e-2, muon_ns="cubic")

@@ -276,6 +276,17 @@ class TrainingConfig:
     )
     sample_tokens: int = _f(200, "tokens generated as a sample at the end of training", ge=0)
     sample_prompt: str = _f("def ", "prompt for the end-of-training sample", allow_empty=True)
+    muon_ns: str = _f(
+        "quintic",
+        "optimizer muon: orthogonalisation by 'quintic' (Newton-Schulz: one fixed polynomial, 5 steps) or "
+        "'polar_express' (Polar Express: a tuned polynomial per step; modded-nanogpt record of Sep 2025)",
+        choices=("quintic", "polar_express"),
+    )
+    normuon: bool = _f(
+        False,
+        "optimizer muon: NorMuon per-neuron normalisation of the orthogonalised update (second-moment EMA "
+        "with beta2 per row; modded-nanogpt record of Oct 2025, nanochat)",
+    )
 
 
 @dataclass
