@@ -31,7 +31,8 @@ SWITCHES = [
     dict(value_embeds=2),
     dict(skip_connections=True),
     dict(x0_mix=True),
-    dict(value_embeds=1, skip_connections=True, x0_mix=True),
+    dict(window_pattern="SL", short_window=3),
+    dict(value_embeds=1, skip_connections=True, x0_mix=True, window_pattern="SSL", short_window=4),
 ]
 ARCHS = pytest.mark.parametrize("arch", ["gpt2", "nanochat"])
 EACH = pytest.mark.parametrize("switches", SWITCHES, ids=lambda kw: "+".join(kw))
@@ -85,6 +86,9 @@ def test_every_switch_parameter_learns_and_changes_the_output(arch: str, switche
     assert loss is not None
     loss.backward()
     new = [(n, p) for n, p in m.named_parameters() if "value_embeds" in n or n.endswith(("lambdas", "skip_weights"))]
+    if set(switches) <= {"window_pattern", "short_window"}:
+        assert not new  # windows add no parameters; test_short_windows_limit_what_a_layer_sees covers them
+        return
     assert new, "the switch added no parameters"
     for name, p in new:
         assert p.grad is not None and p.grad.abs().sum() > 0, name
@@ -160,13 +164,53 @@ def test_save_load_round_trip(tmp_path: Path, switches: dict) -> None:
     assert torch.equal(back(x)[0], m(x)[0])  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("option, value", [("value_embeds", 1), ("skip_connections", True), ("x0_mix", True)])
+@pytest.mark.parametrize(
+    "option, value",
+    [("value_embeds", 1), ("skip_connections", True), ("x0_mix", True), ("window_pattern", "SSSL")],
+)
 @ARCHS
 def test_export_refuses_each_switch_by_name(arch: str, option: str, value: object) -> None:
     cfg = ModelConfig(arch=arch, embed_dim=32, heads=4, vocab_size=300, **{option: value})
     with pytest.raises(hf.ExportError, match=f"^model.{option}={value!r} cannot be exported"):
         hf.target(resolve_model(cfg))
     assert hf.target(resolve_model(ModelConfig(arch=arch, vocab_size=300))) == arch
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "nanochat"])
+@pytest.mark.parametrize("attention", ["sdpa", "reference"])
+def test_short_windows_limit_what_a_layer_sees(arch: str, attention: str) -> None:
+    """Layer 0 with window w: its output at position t changes with token t - w + 1 and not with t - w (nor
+    anything before), in a full forward; the last layer is always the whole context."""
+    w, t = 4, 10
+    m = tiny(arch, dict(window_pattern="S", short_window=w), attention=attention).eval()
+    assert m.layer_windows == [w] * 4 + [CTX]
+    seen: list[torch.Tensor] = []
+    m.transformer.h[0].register_forward_hook(lambda mod, args, out: seen.append(out[0, t].detach()))
+
+    def layer0_at_t(ids: torch.Tensor) -> torch.Tensor:
+        seen.clear()
+        with torch.no_grad():
+            m(ids[None])
+        return seen[0]
+
+    x = prompts(1, CTX)[0]
+    base = layer0_at_t(x)
+    for j in range(t + 1):
+        y = x.clone()
+        y[j] = (y[j] % (V - 1)) + 1  # another token
+        changed = not torch.allclose(layer0_at_t(y), base)
+        assert changed == (j > t - w), j
+
+
+@pytest.mark.parametrize("pattern, short, want", [("", None, [12] * 5), ("SL", None, [6, 12, 6, 12, 12]),
+                                                  ("s", 20, [12] * 5), ("LS", 2, [12, 2, 12, 2, 12])])  # fmt: skip
+def test_layer_windows(pattern: str, short: int | None, want: list[int]) -> None:
+    assert tiny("nanochat", dict(window_pattern=pattern, short_window=short)).layer_windows == want
+
+
+def test_a_bad_window_pattern_is_named() -> None:
+    with pytest.raises(ConfigError, match="model.window_pattern must be letters S and L, got 'SX'"):
+        tiny("nanochat", dict(window_pattern="SX"))
 
 
 # ---------------------------------------------------------------------------------------------- training

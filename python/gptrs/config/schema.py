@@ -184,6 +184,16 @@ class ModelConfig:
         "learned residual scalars (modded-nanogpt record #12; nanochat's resid/x0 lambdas): each block's "
         "input is a x + b x0, x0 the embedding output, a = 1 and b = 0.1 at init",
     )
+    window_pattern: str = _f(
+        "",
+        "sliding attention windows per layer (modded-nanogpt records #16-#17 and nanochat's 'SSSL'): one "
+        "letter per layer, repeated over the layers, 'S' a short window (model.short_window tokens), 'L' "
+        "the whole context; the last layer is always 'L'. Empty: every layer 'L'",
+        allow_empty=True,
+    )
+    short_window: int | None = _f(
+        None, "tokens an 'S' layer of model.window_pattern sees (itself included); null: max_seq_len // 2", ge=1
+    )
 
 
 # What ``model.arch`` stands for: the value of every switch it leaves null.

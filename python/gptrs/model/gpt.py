@@ -123,6 +123,20 @@ class Trunk(nn.Module):
         self.x0_lambdas = nn.Parameter(torch.full((cfg.num_layers,), 0.1)) if cfg.x0_mix else None
 
 
+def layer_windows(cfg: ModelConfig) -> list[int]:
+    """The tokens each layer attends to (itself included): ``model.window_pattern`` repeated over the layers,
+    'S' ``model.short_window`` (null: max_seq_len // 2), 'L' and the last layer ``max_seq_len``."""
+    pattern, W = cfg.window_pattern.upper(), cfg.max_seq_len
+    if set(pattern) - {"S", "L"}:
+        raise ConfigError(f"model.window_pattern must be letters S and L, got {cfg.window_pattern!r}")
+    if not pattern:
+        return [W] * cfg.num_layers
+    short = min(W, cfg.short_window or max(1, W // 2))
+    windows = [short if pattern[i % len(pattern)] == "S" else W for i in range(cfg.num_layers)]
+    windows[-1] = W  # the last layer sees the whole context (nanochat)
+    return windows
+
+
 def resolve_vocab(mc: ModelConfig, vocab_size: int | None) -> int:
     """Embedding rows: ``model.vocab_size`` when set (it may exceed the tokenizer's, e.g. rounded up to a
     multiple of 64 for speed), else ``vocab_size`` (the tokenizer's)."""
@@ -182,6 +196,7 @@ class GPT(nn.Module):
             )
         self._cfg = cfg
         self.pad_token_id = pad_token_id
+        self.layer_windows = layer_windows(cfg)  # tokens each layer attends to (model.window_pattern)
         self.gradient_checkpointing = cfg.gradient_checkpointing
         # Under autocast keep the residual stream in bf16/fp16 (measured 5-10% faster per training step on
         # CPU for the GPT-2 recipe); the RMSNorm recipe was tuned with an fp32 residual and keeps it.
@@ -352,6 +367,12 @@ class GPT(nn.Module):
             padded = valid is not None and not bool(valid.all())
             pos = row_positions(valid if padded else None, T, device)
             attn_mask = causal_mask(pos, pos, W, valid if padded else None) if padded or T > W else None
+        masks = {W: attn_mask}  # by window: a shorter one (model.window_pattern) masks older keys too
+        for w in set(self.layer_windows) - {W}:
+            if kv_cache is not None:
+                masks[w] = kv_cache.window_mask(w)
+            else:
+                masks[w] = causal_mask(pos, pos, w, valid if padded else None) if padded or T > w else None
         x = self._embed(input_ids, pos)
         rope = None
         if self.rotary is not None:
@@ -371,10 +392,11 @@ class GPT(nn.Module):
             if t.skip_weights is not None and i >= L - n_skip:  # the mirror of block L - 1 - i
                 x = x + t.skip_weights[i - (L - n_skip)].to(x.dtype) * skips.pop()
             ve = ves[block.attn.ve_table] if block.attn.ve_table is not None else None
+            mask = masks[self.layer_windows[i]]
             if checkpointing:
-                x = checkpoint(block, x, rope, attn_mask, None, ve, use_reentrant=False)
+                x = checkpoint(block, x, rope, mask, None, ve, use_reentrant=False)
             else:
-                x = block(x, rope, attn_mask, kv_cache, ve)
+                x = block(x, rope, mask, kv_cache, ve)
             if i < n_skip:
                 skips.append(x)
         if kv_cache is not None:

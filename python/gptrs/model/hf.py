@@ -42,6 +42,7 @@ _SPEEDRUN: dict[str, tuple[Any, str]] = {
     "value_embeds": (lambda v: not v, "0"),
     "skip_connections": (lambda v: not v, "false"),
     "x0_mix": (lambda v: not v, "false"),
+    "window_pattern": (lambda v: "S" not in v.upper(), "no 'S' (one window for every layer)"),
 }
 # What each class can express: switch -> (test on the resolved value, what the class needs). The target is
 # chosen by model.positions; any other switch that fails its test is refused by name.
