@@ -85,7 +85,11 @@ def test_every_switch_parameter_learns_and_changes_the_output(arch: str, switche
     _, loss = m(x, x)
     assert loss is not None
     loss.backward()
-    new = [(n, p) for n, p in m.named_parameters() if "value_embeds" in n or n.endswith(("lambdas", "skip_weights"))]
+    new = [
+        (n, p)
+        for n, p in m.named_parameters()
+        if "value_embeds" in n or n.endswith(("lambdas", "skip_weights"))
+    ]
     if set(switches) <= {"window_pattern", "short_window"}:
         assert not new  # windows add no parameters; test_short_windows_limit_what_a_layer_sees covers them
         return
@@ -123,7 +127,9 @@ def test_cached_logits_equal_one_full_forward(arch: str, switches: dict) -> None
     with torch.no_grad():
         full, _ = m(x)
         cache = m.new_kv_cache(2)
-        steps = [m(x[:, :5], kv_cache=cache)[0]] + [m(x[:, i : i + 1], kv_cache=cache)[0] for i in range(5, CTX)]
+        steps = [m(x[:, :5], kv_cache=cache)[0]] + [
+            m(x[:, i : i + 1], kv_cache=cache)[0] for i in range(5, CTX)
+        ]
     assert full is not None
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)  # type: ignore[arg-type]
 
@@ -209,7 +215,7 @@ def test_layer_windows(pattern: str, short: int | None, want: list[int]) -> None
 
 
 def test_a_bad_window_pattern_is_named() -> None:
-    with pytest.raises(ConfigError, match="model.window_pattern must be letters S and L, got 'SX'"):
+    with pytest.raises(ConfigError, match=r"model\.window_pattern must be letters S and L, got 'SX'"):
         tiny("nanochat", dict(window_pattern="SX"))
 
 
@@ -294,8 +300,12 @@ QUINTIC = (3.4445, -4.7750, 2.0315)  # torch.optim.Muon's default
 
 
 @settings(max_examples=20, deadline=None)
-@given(rows=st.integers(8, 96), cols=st.integers(8, 96), decades=st.integers(1, 3), seed=st.integers(0, 10**6))
-def test_polar_express_orthogonalises_closer_than_the_quintic(rows: int, cols: int, decades: int, seed: int) -> None:
+@given(
+    rows=st.integers(8, 96), cols=st.integers(8, 96), decades=st.integers(1, 3), seed=st.integers(0, 10**6)
+)
+def test_polar_express_orthogonalises_closer_than_the_quintic(
+    rows: int, cols: int, decades: int, seed: int
+) -> None:
     """Singular values after five steps (fp32), for matrices whose singular values span ``decades`` (a
     spread: one repeated value maps to one point, which either polynomial may land nearer by chance): Polar
     Express stays below 1.15 and lands nearer 1 on average than the fixed quintic."""
@@ -326,6 +336,7 @@ def test_normuon_equalises_the_neurons_and_keeps_the_norm(rows: int, cols: int, 
 def test_muon_switches_change_the_step_and_their_state_round_trips() -> None:
     """Each switch changes the update (it is wired through), and NorMuon's buffers live in the optimizer
     state that checkpoints save."""
+
     def step(**kw: object) -> tuple[GPT, object]:
         m = tiny("nanochat", {})
         opt = build_optimizer(m, optimizer="muon", lr=1e-2, **kw)  # type: ignore[arg-type]
@@ -342,5 +353,7 @@ def test_muon_switches_change_the_step_and_their_state_round_trips() -> None:
     assert not torch.equal(base.get_parameter(w), nm.get_parameter(w))
     state = opt.state_dict()["muon"]["state"]  # type: ignore[attr-defined]
     assert any(k.startswith("normuon_v") for s in state.values() for k in s)
-    with pytest.raises(ValueError, match="training.muon_ns must be one of quintic, polar_express, got 'cubic'"):
+    with pytest.raises(
+        ValueError, match=r"training\.muon_ns must be one of quintic, polar_express, got 'cubic'"
+    ):
         build_optimizer(base, optimizer="muon", lr=1e-2, muon_ns="cubic")

@@ -192,7 +192,9 @@ class ModelConfig:
         allow_empty=True,
     )
     short_window: int | None = _f(
-        None, "tokens an 'S' layer of model.window_pattern sees (itself included); null: max_seq_len // 2", ge=1
+        None,
+        "tokens an 'S' layer of model.window_pattern sees (itself included); null: max_seq_len // 2",
+        ge=1,
     )
 
 

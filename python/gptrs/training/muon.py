@@ -23,7 +23,7 @@ import functools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -92,13 +92,15 @@ def orthogonalize(
     values pushed into roughly [0.7, 1.2], which trains as well as exact orthogonalisation): ``steps``
     times the same (a, b, c), or, given one (a, b, c) per iteration (:data:`POLAR_EXPRESS`), each once."""
     per_step = isinstance(coefficients[0], tuple)
-    schedule = coefficients if per_step else (coefficients,) * steps
+    schedule = cast(
+        "tuple[tuple[float, float, float], ...]", coefficients if per_step else (coefficients,) * steps
+    )
     x = g.to(dtype, copy=True)
     tall = g.size(0) > g.size(1)
     if tall:  # iterate on the wide orientation: the Gram matrix x x^T is then the smaller one
         x = x.T
     x.div_((x.norm() * safety).clamp(min=eps))  # spectral norm <= Frobenius norm <= 1
-    for a, b, c in schedule:  # type: ignore[misc]
+    for a, b, c in schedule:
         gram = x @ x.T
         poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)  # b A + c A^2
         x = torch.addmm(x, poly, x, beta=a)  # a X + (b A + c A^2) X
