@@ -169,24 +169,24 @@ class ModelConfig:
     )
     value_embeds: int = _f(
         0,
-        "value embeddings (modded-nanogpt record #12, Oct 2024): N extra embedding tables whose rows are "
+        "value embeddings (modded-nanogpt records 'value embeddings' and 'U-net pattern value embeddings', Nov-Dec 2024): N extra embedding tables whose rows are "
         "mixed into attention's values, table i in layer i and in layer num_layers - N + i, by two learned "
         "scalars per layer (v = a v + b ve); 0: off. At most num_layers / 2",
         ge=0,
     )
     skip_connections: bool = _f(
         False,
-        "U-net skips (modded-nanogpt record #11, Oct 2024): the output of block i of the first half is "
+        "U-net skips (modded-nanogpt record 'U-net pattern skip connections', Nov 2024): the output of block i of the first half is "
         "added, times a learned scalar, to the input of its mirror block in the second half",
     )
     x0_mix: bool = _f(
         False,
-        "learned residual scalars (modded-nanogpt record #12; nanochat's resid/x0 lambdas): each block's "
+        "learned residual scalars (modded-nanogpt record 'value and embedding skip connections', Oct 2024; nanochat's resid/x0 lambdas): each block's "
         "input is a x + b x0, x0 the embedding output, a = 1 and b = 0.1 at init",
     )
     window_pattern: str = _f(
         "",
-        "sliding attention windows per layer (modded-nanogpt records #16-#17 and nanochat's 'SSSL'): one "
+        "sliding attention windows per layer (modded-nanogpt's block sliding window and long/short windows, Dec 2024-Jan 2025; nanochat's 'SSSL'): one "
         "letter per layer, repeated over the layers, 'S' a short window (model.short_window tokens), 'L' "
         "the whole context; the last layer is always 'L'. Empty: every layer 'L'",
         allow_empty=True,
