@@ -11,6 +11,7 @@ Two measurements, both on one thread per process:
   evaluation windows and the wall time of ``Trainer.train``.
 
     python benches/ablate_speedrun.py cost [--rounds 12]
+    python benches/ablate_speedrun.py parts [--rounds 12]    (forward+backward and optimizer step apart)
     python benches/ablate_speedrun.py race [--steps 300] [--seeds 1 2] [--arms base ve ...]
 
 Results: ``benches/results/speedrun_ablation.json`` (each mode its own key).
@@ -128,6 +129,50 @@ def cost(rounds: int) -> dict[str, Any]:
     return {"rounds": rounds, "threads": 1, "load": round(_load(), 2), "arms": out}
 
 
+def parts(rounds: int) -> dict[str, Any]:
+    """The two halves of a step timed apart (less noise than whole steps on a loaded machine): forward +
+    backward for the model switches, the optimizer step alone (random gradients) for the Muon ones."""
+    from gptrs.training.optim import build_optimizer
+    from gptrs.training.precision import resolve_precision
+
+    torch.set_num_threads(1)
+    x = torch.randint(0, 4096, (16, 256), generator=torch.Generator().manual_seed(0))
+    precision = resolve_precision(True, "cpu")
+    fwd: dict[str, Any] = {}
+    for name in ("base", "value_embeds", "skips+x0", "windows"):
+        model = _build(arm_config(name, 10, 0), 4096).train()
+
+        def f(model: torch.nn.Module = model) -> None:
+            with precision.autocast():
+                _, loss = model(x, x)
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+
+        f()
+        fwd[name] = f
+    opt: dict[str, Any] = {}
+    for name in ("base", "polar_express", "normuon"):
+        cfg = arm_config(name, 10, 0)
+        model = _build(cfg, 4096)
+        optimizer = build_optimizer(model, cfg.training, torch.device("cpu"))
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        optimizer.step()
+        opt[name] = optimizer.step
+    out: dict[str, Any] = {"rounds": rounds, "threads": 1}
+    for part, fns, n in (("forward_backward", fwd, rounds), ("optimizer_step", opt, 4 * rounds)):
+        times = common.alternate(fns, n)
+        out[part] = {
+            k: {
+                "median_s": round(common.median(t), 4),
+                "ratio_to_base": round(common.paired_ratio(t, times["base"]), 3),
+            }
+            for k, t in times.items()
+        }
+    out["load"] = round(_load(), 2)
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- race
 
 
@@ -199,18 +244,21 @@ def race(steps: int, seeds: list[int], arms: list[str], processes: int) -> dict[
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("mode", choices=("cost", "race"))
+    p.add_argument("mode", choices=("cost", "parts", "race"))
     p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--processes", type=int, default=2)
     a = p.parse_args(argv)
-    out = cost(a.rounds) if a.mode == "cost" else race(a.steps, a.seeds, a.arms, a.processes)
+    if a.mode == "race":
+        out = race(a.steps, a.seeds, a.arms, a.processes)
+    else:
+        out = cost(a.rounds) if a.mode == "cost" else parts(a.rounds)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results[a.mode] = {**out, "machine": common.machine_info(), "command": " ".join(sys.argv)}
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-    print(json.dumps(out if a.mode == "cost" else out["summary"], indent=1))
+    print(json.dumps(out["summary"] if a.mode == "race" else out, indent=1))
     return 0
 
 
