@@ -105,6 +105,17 @@ def test_every_switch_parameter_learns_and_changes_the_output(arch: str, switche
     assert before is not None and after is not None and not torch.allclose(before, after)
 
 
+def test_gradient_checkpointing_gives_the_same_gradients() -> None:
+    grads = []
+    for ckpt in (False, True):
+        m = tiny("nanochat", SWITCHES[-1], gradient_checkpointing=ckpt).train()
+        x = prompts(2, CTX)
+        m(x, x)[1].backward()  # type: ignore[union-attr]
+        grads.append({n: p.grad for n, p in m.named_parameters()})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, msg=name)
+
+
 @pytest.mark.parametrize("prompt_len, new", [(3, 6), (CTX, 5), (CTX + 4, 7)])
 @ARCHS
 @EACH
