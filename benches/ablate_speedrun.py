@@ -222,24 +222,23 @@ def race(steps: int, seeds: list[int], arms: list[str], processes: int) -> dict[
     jobs = [(a, steps, s) for s in seeds for a in arms]
     with mp.get_context("spawn").Pool(processes) as pool:
         rows = pool.map(_train_arm, jobs, chunksize=1)
+    return {"steps": steps, "processes": processes, "threads": 1, "runs": rows}
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per arm: mean and spread (max - min) of held-out bits/byte over seeds, mean wall seconds."""
     summary = {}
-    for a in arms:
-        mine = [r for r in rows if r["arm"] == a]
+    for arm in dict.fromkeys(r["arm"] for r in rows):
+        mine = [r for r in rows if r["arm"] == arm]
         bpb = [r["bpb"] for r in mine]
         wall = [r["wall_s"] for r in mine]
-        summary[a] = {
+        summary[arm] = {
+            "seeds": [r["seed"] for r in mine],
             "bpb_mean": round(sum(bpb) / len(bpb), 4),
             "bpb_spread": round(max(bpb) - min(bpb), 4),
             "wall_s_mean": round(sum(wall) / len(wall), 1),
         }
-    return {
-        "steps": steps,
-        "seeds": seeds,
-        "processes": processes,
-        "threads": 1,
-        "runs": rows,
-        "summary": summary,
-    }
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,7 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         out = cost(a.rounds) if a.mode == "cost" else parts(a.rounds)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results[a.mode] = {**out, "machine": common.machine_info(), "command": " ".join(sys.argv)}
+    commands = [" ".join(sys.argv)]
+    earlier = results.get("race", {})
+    if a.mode == "race" and earlier.get("steps") == a.steps:  # more seeds or arms for the same race: merge
+        fresh = {(r["arm"], r["seed"]) for r in out["runs"]}
+        out["runs"] = [r for r in earlier["runs"] if (r["arm"], r["seed"]) not in fresh] + out["runs"]
+        commands = earlier.get("commands", []) + commands
+    if a.mode == "race":
+        out["summary"] = summarize(out["runs"])
+    results[a.mode] = {**out, "machine": common.machine_info(), "commands": commands}
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(out["summary"] if a.mode == "race" else out, indent=1))
     return 0
