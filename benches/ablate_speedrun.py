@@ -12,7 +12,7 @@ Two measurements, both on one thread per process:
 
     python benches/ablate_speedrun.py cost [--rounds 12]
     python benches/ablate_speedrun.py parts [--rounds 12]    (forward+backward and optimizer step apart)
-    python benches/ablate_speedrun.py race [--steps 300] [--seeds 1 2] [--arms base ve ...]
+    python benches/ablate_speedrun.py race [--steps 300] [--seeds 1 2] [--arms base ve ...] [--key race]
 
 Results: ``benches/results/speedrun_ablation.json`` (each mode its own key).
 """
@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--key", default=None, help="results key (default: the mode), e.g. a race at other steps")
     a = p.parse_args(argv)
     if a.mode == "race":
         out = race(a.steps, a.seeds, a.arms, a.processes)
@@ -256,14 +257,15 @@ def main(argv: list[str] | None = None) -> int:
         out = cost(a.rounds) if a.mode == "cost" else parts(a.rounds)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     commands = [" ".join(sys.argv)]
-    earlier = results.get("race", {})
+    key = a.key or a.mode
+    earlier = results.get(key, {})
     if a.mode == "race" and earlier.get("steps") == a.steps:  # more seeds or arms for the same race: merge
         fresh = {(r["arm"], r["seed"]) for r in out["runs"]}
         out["runs"] = [r for r in earlier["runs"] if (r["arm"], r["seed"]) not in fresh] + out["runs"]
         commands = earlier.get("commands", []) + commands
     if a.mode == "race":
         out["summary"] = summarize(out["runs"])
-    results[a.mode] = {**out, "machine": common.machine_info(), "commands": commands}
+    results[key] = {**out, "machine": common.machine_info(), "commands": commands}
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(out["summary"] if a.mode == "race" else out, indent=1))
     return 0
