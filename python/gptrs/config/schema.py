@@ -160,6 +160,35 @@ class ModelConfig:
         None,
         "torch.compile the model: null = on CUDA only (one-time compile, faster steps); true/false forces",
     )
+    value_embeds: int = _f(
+        0,
+        "value embeddings (modded-nanogpt records 'value embeddings' and 'U-net pattern value embeddings', Nov-Dec 2024): N extra embedding tables whose rows are "
+        "mixed into attention's values, table i in layer i and in layer num_layers - N + i, by two learned "
+        "scalars per layer (v = a v + b ve); 0: off. At most num_layers / 2",
+        ge=0,
+    )
+    skip_connections: bool = _f(
+        False,
+        "U-net skips (modded-nanogpt record 'U-net pattern skip connections', Nov 2024): the output of block i of the first half is "
+        "added, times a learned scalar, to the input of its mirror block in the second half",
+    )
+    x0_mix: bool = _f(
+        False,
+        "learned residual scalars (modded-nanogpt record 'value and embedding skip connections', Oct 2024; nanochat's resid/x0 lambdas): each block's "
+        "input is a x + b x0, x0 the embedding output, a = 1 and b = 0.1 at init",
+    )
+    window_pattern: str = _f(
+        "",
+        "sliding attention windows per layer (modded-nanogpt's block sliding window and long/short windows, Dec 2024-Jan 2025; nanochat's 'SSSL'): one "
+        "letter per layer, repeated over the layers, 'S' a short window (model.short_window tokens), 'L' "
+        "the whole context; the last layer is always 'L'. Empty: every layer 'L'",
+        allow_empty=True,
+    )
+    short_window: int | None = _f(
+        None,
+        "tokens an 'S' layer of model.window_pattern sees (itself included); null: max_seq_len // 2",
+        ge=1,
+    )
 
 
 def resolve_model(mc: ModelConfig) -> ModelConfig:
@@ -230,6 +259,17 @@ class TrainingConfig:
     )
     sample_tokens: int = _f(200, "tokens generated as a sample at the end of training", ge=0)
     sample_prompt: str = _f("def ", "prompt for the end-of-training sample", allow_empty=True)
+    muon_ns: str = _f(
+        "quintic",
+        "optimizer muon: orthogonalisation by 'quintic' (Newton-Schulz: one fixed polynomial, 5 steps) or "
+        "'polar_express' (Polar Express: a tuned polynomial per step; modded-nanogpt record of Sep 2025)",
+        choices=("quintic", "polar_express"),
+    )
+    normuon: bool = _f(
+        False,
+        "optimizer muon: NorMuon per-neuron normalisation of the orthogonalised update (second-moment EMA "
+        "with beta2 per row; modded-nanogpt record of Oct 2025, nanochat)",
+    )
 
 
 @dataclass
@@ -264,7 +304,9 @@ def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
 
 def count_parameters(config: Config, vocab_size: int | None = None) -> int:
     """Parameters of the model `config` builds, from its resolved switches; embedding rows as the model takes
-    them: model.vocab_size when set, else `vocab_size` (the loaded tokenizer's), else tokenizer.vocab_size."""
+    them: model.vocab_size when set, else `vocab_size` (the loaded tokenizer's), else tokenizer.vocab_size.
+    The speedrun switches add: value_embeds N tables of V * kv_heads * head_dim and two scalars in each of
+    the 2N layers using them; skip_connections one scalar per skip (num_layers // 2); x0_mix two per block."""
     m = resolve_model(config.model)
     vocab = m.vocab_size or vocab_size or config.tokenizer.vocab_size
     d, ff, b, hd = m.embed_dim, m.ff_dim, int(bool(m.bias)), m.embed_dim // m.heads
@@ -281,7 +323,9 @@ def count_parameters(config: Config, vocab_size: int | None = None) -> int:
     )  # fmt: skip
     embeddings = vocab * d + (m.max_seq_len * d if m.positions == "learned" else 0)
     head = 0 if m.tie_embeddings else vocab * d
-    return embeddings + head + m.num_layers * block + norm * (1 + int(bool(m.embed_norm)))
+    speedrun = m.value_embeds * (vocab * m.kv_heads * hd + 4)  # tables, and (a, b) in two layers per table
+    speedrun += (m.num_layers // 2 if m.skip_connections else 0) + (2 * m.num_layers if m.x0_mix else 0)
+    return embeddings + head + m.num_layers * block + norm * (1 + int(bool(m.embed_norm))) + speedrun
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -32,6 +32,15 @@ from gptrs.model.rotary import apply_rotary
 RMS_EPS = 1e-6  # transformers' NanoChatConfig.rms_norm_eps, so exported models compute the same
 
 
+def value_embed_table(cfg: ModelConfig, layer_idx: int) -> int | None:
+    """Which of the ``model.value_embeds`` tables layer ``layer_idx`` mixes into its values (None: none):
+    table i in layer i and in layer num_layers - N + i, as modded-nanogpt (the first and last N layers)."""
+    n, last = cfg.value_embeds, cfg.num_layers - cfg.value_embeds
+    if layer_idx < n:
+        return layer_idx
+    return layer_idx - last if n and layer_idx >= last else None
+
+
 def rms_norm(x: Tensor) -> Tensor:
     """RMSNorm without a learned scale: x / sqrt(mean(x^2) + eps) over the last dimension."""
     return F.rms_norm(x, (x.size(-1),), eps=RMS_EPS)
@@ -60,6 +69,9 @@ class CausalSelfAttention(nn.Module):
         self.qk_norm = bool(cfg.qk_norm)
         self.flash = cfg.attention == "sdpa"  # else the explicit reference math
         self.layer_idx = layer_idx  # this layer's slot in a KV cache
+        # model.value_embeds: v = a v + b ve, (a, b) learned, 0.5 each at first (modded-nanogpt)
+        self.ve_table = value_embed_table(cfg, layer_idx)
+        self.ve_lambdas = nn.Parameter(torch.full((2,), 0.5)) if self.ve_table is not None else None
 
     def forward(
         self,
@@ -67,9 +79,16 @@ class CausalSelfAttention(nn.Module):
         rope: tuple[Tensor, Tensor] | None = None,
         attn_mask: Tensor | None = None,
         kv_cache: KVCache | None = None,
+        ve: Tensor | None = None,
     ) -> Tensor:
+        """``ve`` (B, T, kv_heads * head_dim): this layer's value embedding of the tokens, if it has one."""
         B, T, _ = x.size()
         qkv = self.c_attn(x)
+        if ve is not None:
+            assert self.ve_lambdas is not None
+            qk, v = qkv.split((self.qkv_split[0] + self.qkv_split[1], self.qkv_split[2]), dim=2)
+            a, b = self.ve_lambdas.to(v.dtype)
+            qkv = torch.cat((qk, a * v + b * ve.to(v.dtype)), -1)
         dropout_p = self.dropout if self.training else 0.0
         whole = self.flash and attn_mask is None and kv_cache is None  # a whole causal sequence
         if whole and rope is None and not self.qk_norm:

@@ -15,6 +15,10 @@ The switches (each a ``model.*`` key; ``python -m gptrs.config --describe`` says
     bias, tie_embeddings, logit_softcap, kv_heads (grouped-query attention), dropout
     init            GPT-2's N(0, 0.02)                | nanochat's fan-in scaled, zero residual projections
 
+and the speedrun's (modded-nanogpt; off by default, none exports; docs/speedrun.md): ``value_embeds`` (extra
+tables mixed into attention's values), ``skip_connections`` (U-net skips from the first half of the blocks to
+the second), ``x0_mix`` (each block's input a x + b x0, x0 the embedding output).
+
 Parameter names follow GPT-2 / nanoGPT (``transformer.h.0.attn.c_attn.weight`` ...). Attention is in
 ``attention.py``, the KV cache in ``kv_cache.py``, decoding in ``generation.py``, save/load in
 ``serialization.py``, the Hugging Face mapping in ``hf.py``; the device-specific fast paths in ``kernels/``,
@@ -88,8 +92,9 @@ class Block(nn.Module):
         rope: tuple[Tensor, Tensor] | None = None,
         attn_mask: Tensor | None = None,
         kv_cache: KVCache | None = None,
+        ve: Tensor | None = None,
     ) -> Tensor:
-        x = x + self.attn(self.ln_1(x), rope, attn_mask, kv_cache)
+        x = x + self.attn(self.ln_1(x), rope, attn_mask, kv_cache, ve)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -105,6 +110,31 @@ class Trunk(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.h = nn.ModuleList([Block(cfg, i) for i in range(cfg.num_layers)])
         self.ln_f = make_norm(cfg)
+        # The speedrun switches (model.value_embeds, skip_connections, x0_mix); absent when off, so the
+        # parameters of the GPT-2 and nanochat recipes stay what they were.
+        kv_dim = (cfg.kv_heads or cfg.heads) * (cfg.embed_dim // cfg.heads)
+        self.value_embeds = (
+            nn.ModuleList([nn.Embedding(cfg.vocab_size, kv_dim) for _ in range(cfg.value_embeds)])
+            if cfg.value_embeds
+            else None
+        )
+        self.skip_weights = nn.Parameter(torch.ones(cfg.num_layers // 2)) if cfg.skip_connections else None
+        self.resid_lambdas = nn.Parameter(torch.ones(cfg.num_layers)) if cfg.x0_mix else None
+        self.x0_lambdas = nn.Parameter(torch.full((cfg.num_layers,), 0.1)) if cfg.x0_mix else None
+
+
+def layer_windows(cfg: ModelConfig) -> list[int]:
+    """The tokens each layer attends to (itself included): ``model.window_pattern`` repeated over the layers,
+    'S' ``model.short_window`` (null: max_seq_len // 2), 'L' and the last layer ``max_seq_len``."""
+    pattern, W = cfg.window_pattern.upper(), cfg.max_seq_len
+    if set(pattern) - {"S", "L"}:
+        raise ConfigError(f"model.window_pattern must be letters S and L, got {cfg.window_pattern!r}")
+    if not pattern:
+        return [W] * cfg.num_layers
+    short = min(W, cfg.short_window or max(1, W // 2))
+    windows = [short if pattern[i % len(pattern)] == "S" else W for i in range(cfg.num_layers)]
+    windows[-1] = W  # the last layer sees the whole context (nanochat)
+    return windows
 
 
 def resolve_vocab(mc: ModelConfig, vocab_size: int | None) -> int:
@@ -154,12 +184,19 @@ class GPT(nn.Module):
         check_model(config)
         cfg = resolve_model(config)
         assert cfg.vocab_size is not None
+        if 2 * cfg.value_embeds > cfg.num_layers:
+            raise ConfigError(
+                f"model.value_embeds={cfg.value_embeds} needs at least {2 * cfg.value_embeds} layers "
+                f"(each table serves one of the first and one of the last layers); "
+                f"model.num_layers is {cfg.num_layers}"
+            )
         if pad_token_id is not None and not 0 <= pad_token_id < cfg.vocab_size:
             raise ConfigError(
                 f"pad_token_id {pad_token_id} is outside the vocabulary (size {cfg.vocab_size})"
             )
         self._cfg = cfg
         self.pad_token_id = pad_token_id
+        self.layer_windows = layer_windows(cfg)  # tokens each layer attends to (model.window_pattern)
         self.gradient_checkpointing = cfg.gradient_checkpointing
         # Under autocast keep the residual stream in bf16/fp16 (measured 5-10% faster per training step on
         # CPU for the GPT-2 recipe); the RMSNorm recipe was tuned with an fp32 residual and keeps it.
@@ -199,6 +236,7 @@ class GPT(nn.Module):
             for name, p in self.named_parameters():
                 if name.endswith("c_proj.weight"):
                     nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self._cfg.num_layers))
+            self._reset_scalars()
             return
         splits = {id(m.c_attn): m.qkv_split for m in self.modules() if isinstance(m, CausalSelfAttention)}
         for m in self.modules():
@@ -218,6 +256,19 @@ class GPT(nn.Module):
             assert isinstance(block, Block)
             nn.init.zeros_(block.attn.c_proj.weight)
             nn.init.zeros_(block.mlp.c_proj.weight)
+        self._reset_scalars()
+
+    def _reset_scalars(self) -> None:
+        """The speedrun switches' learned scalars: value-embedding mixes (0.5, 0.5), skip weights 1,
+        residual 1 and x0 0.1 (the values of modded-nanogpt and nanochat)."""
+        t = self.transformer
+        for block in t.h:
+            assert isinstance(block, Block)
+            if block.attn.ve_lambdas is not None:
+                block.attn.ve_lambdas.fill_(0.5)
+        for p, value in ((t.skip_weights, 1.0), (t.resid_lambdas, 1.0), (t.x0_lambdas, 0.1)):
+            if p is not None:
+                p.fill_(value)
 
     # ------------------------------------------------------------------ construction
 
@@ -316,17 +367,38 @@ class GPT(nn.Module):
             padded = valid is not None and not bool(valid.all())
             pos = row_positions(valid if padded else None, T, device)
             attn_mask = causal_mask(pos, pos, W, valid if padded else None) if padded or T > W else None
+        masks = {W: attn_mask}  # by window: a shorter one (model.window_pattern) masks older keys too
+        for w in set(self.layer_windows) - {W}:
+            if kv_cache is not None:
+                masks[w] = kv_cache.window_mask(w)
+            else:
+                masks[w] = causal_mask(pos, pos, w, valid if padded else None) if padded or T > w else None
         x = self._embed(input_ids, pos)
         rope = None
         if self.rotary is not None:
             top = None if kv_cache is not None and kv_cache.static else past + T  # static: tables grown ahead
             rope = self.rotary.at(pos, device, self._compute_dtype(x), top)
         checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        for block in self.transformer.h:
+        t = self.transformer
+        x0 = x
+        ves = [table(input_ids) for table in t.value_embeds] if t.value_embeds is not None else []
+        skips: list[Tensor] = []  # model.skip_connections: outputs of the first half, the last on top
+        n_skip = 0 if t.skip_weights is None else t.skip_weights.numel()
+        L = len(t.h)
+        for i, block in enumerate(t.h):
+            assert isinstance(block, Block)
+            if t.resid_lambdas is not None and t.x0_lambdas is not None:
+                x = t.resid_lambdas[i].to(x.dtype) * x + t.x0_lambdas[i].to(x.dtype) * x0
+            if t.skip_weights is not None and i >= L - n_skip:  # the mirror of block L - 1 - i
+                x = x + t.skip_weights[i - (L - n_skip)].to(x.dtype) * skips.pop()
+            ve = ves[block.attn.ve_table] if block.attn.ve_table is not None else None
+            mask = masks[self.layer_windows[i]]
             if checkpointing:
-                x = checkpoint(block, x, rope, attn_mask, None, use_reentrant=False)
+                x = checkpoint(block, x, rope, mask, None, ve, use_reentrant=False)
             else:
-                x = block(x, rope, attn_mask, kv_cache)
+                x = block(x, rope, mask, kv_cache, ve)
+            if i < n_skip:
+                skips.append(x)
         if kv_cache is not None:
             kv_cache.end()
         return self.transformer.ln_f(x)
@@ -367,7 +439,12 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
             n -= sum(e.weight.numel() for e in (self.transformer.wte, self.transformer.wpe) if e is not None)
+            n -= self._value_embed_numel()
         return n
+
+    def _value_embed_numel(self) -> int:
+        tables = self.transformer.value_embeds
+        return 0 if tables is None else sum(p.numel() for p in tables.parameters())
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs per token (forward + backward): 6N + 12 * L * d * T (PaLM appendix B, nanoGPT).
@@ -383,6 +460,7 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         if not c.tie_embeddings:
             n -= self.transformer.wte.weight.numel()
+        n -= self._value_embed_numel()  # lookups too
         return 6 * n + 12 * c.num_layers * c.embed_dim * T
 
     def optimizer_groups(self, weight_decay: float) -> list[dict[str, Any]]:

@@ -37,6 +37,13 @@ GPT2_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new"}  # ours -> GPT-2's 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which our model uses
 
+# The speedrun switches (docs/speedrun.md): neither class has them.
+_SPEEDRUN: dict[str, tuple[Any, str]] = {
+    "value_embeds": (lambda v: not v, "0"),
+    "skip_connections": (lambda v: not v, "false"),
+    "x0_mix": (lambda v: not v, "false"),
+    "window_pattern": (lambda v: "S" not in v.upper(), "no 'S' (one window for every layer)"),
+}
 # What each class can express: switch -> (test on the resolved value, what the class needs). The target is
 # chosen by model.positions; any other switch that fails its test is refused by name.
 _NEEDS: dict[str, dict[str, tuple[Any, str]]] = {
@@ -47,6 +54,7 @@ _NEEDS: dict[str, dict[str, tuple[Any, str]]] = {
         "activation": (lambda v: v in GPT2_ACTIVATIONS, "'gelu' or 'gelu_tanh'"),
         "tie_embeddings": (lambda v: v, "true"),
         "logit_softcap": (lambda v: not v, "0"),
+        **_SPEEDRUN,
     },
     "nanochat": {
         "norm": (lambda v: v == "rmsnorm", "'rmsnorm'"),
@@ -54,6 +62,7 @@ _NEEDS: dict[str, dict[str, tuple[Any, str]]] = {
         "qk_norm": (lambda v: v, "true"),
         "activation": (lambda v: v == "relu2", "'relu2'"),
         "bias": (lambda v: not v, "false"),
+        **_SPEEDRUN,
     },
 }
 _CLASS = {"gpt2": "GPT2LMHeadModel", "nanochat": "NanoChatForCausalLM"}

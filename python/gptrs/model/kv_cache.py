@@ -79,6 +79,9 @@ class KVCache:
         self._T = 0
         self._valid: Tensor | None = None  # (B, T) which new tokens are real; None: all
         self._slots: Tensor | None = None  # static/T=1: (B,) the slot each row writes
+        # What window_mask needs: ("ordered", q_pos, k_pos, key_valid) for keys in time order (causal_mask's
+        # arguments), or ("ring", q_pos (B, 1), used slots) for keys read from the ring's slots.
+        self._plan: tuple = ()
 
     @property
     def batch_size(self) -> int:
@@ -122,18 +125,21 @@ class KVCache:
         W = self.window
         if self.static:  # one token per row, every shape fixed, nothing read back to the host
             self._slots = self.lengths % W
+            self._plan = ("ring", self.lengths[:, None], W)
             filled = torch.arange(W, device=device) < (self.lengths + 1).clamp(max=W)[:, None]
             return self.lengths[:, None], filled[:, None, None, :]
         if self.max_len == 0:  # a fresh cache: attend to the new keys only
             padded = valid is not None and not bool(valid.all())
             pos = row_positions(valid if padded else None, T, device)
             self._valid = valid if padded else None
+            self._plan = ("ordered", pos, pos, self._valid)
             if not padded and T <= W:
                 return pos, None
             return pos, causal_mask(pos, pos, W, valid if padded else None)
         if T == 1 and valid is None:  # the decoding hot loop
             end = min(self.max_len + 1, W)
             self._slots = self.lengths % W
+            self._plan = ("ring", self.lengths[:, None], end)
             mask = None
             if not self.uniform:
                 mask = (torch.arange(end, device=device) < (self.lengths + 1).clamp(max=W)[:, None])[
@@ -149,7 +155,24 @@ class KVCache:
         slot_valid = slots[None] < self.lengths[:, None]
         new_valid = valid if valid is not None else torch.ones(pos.shape, dtype=torch.bool, device=device)
         k_pos = torch.cat((slot_pos.expand(pos.size(0), -1), pos), 1)
-        return pos, causal_mask(pos, k_pos, W, torch.cat((slot_valid, new_valid), 1))
+        key_valid = torch.cat((slot_valid, new_valid), 1)
+        self._plan = ("ordered", pos, k_pos, key_valid)
+        return pos, causal_mask(pos, k_pos, W, key_valid)
+
+    def window_mask(self, window: int) -> Tensor | None:
+        """The mask of the pass in progress (after :meth:`begin`) for a layer that sees only the last
+        ``window`` (< the cache's window) tokens (``model.window_pattern``): the cache keeps the longest
+        window of every layer, and such a layer masks the older slots. None: no key is out of reach."""
+        if self._plan[0] == "ordered":
+            _, q_pos, k_pos, key_valid = self._plan
+            if key_valid is None and q_pos.size(-1) <= window:
+                return None
+            return causal_mask(q_pos, k_pos, window, key_valid)
+        _, q, used = self._plan  # q (B, 1): each row's new token, at its slot of the ring
+        W = self.window
+        slots = torch.arange(used, device=q.device)
+        k_pos = q - (q - slots) % W  # the position each slot holds once the new token is written
+        return ((slots < (q + 1).clamp(max=W)) & (k_pos > q - window))[:, None, None, :]
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store one layer's new keys/values (B, kv_heads, T, head_dim) and return the keys/values the pass
@@ -220,7 +243,7 @@ class KVCache:
         else:
             self.lengths.add_(self._valid.sum(1))
             self.sync()
-        self._T, self._valid, self._slots = 0, None, None
+        self._T, self._valid, self._slots, self._plan = 0, None, None, ()
 
     # ------------------------------------------------------------------ rows
 

@@ -23,7 +23,7 @@ import functools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -31,6 +31,18 @@ from torch import nn
 from gptrs.training.precision import cpu_supports_bf16
 
 OPTIMIZERS = ("adamw", "muon")
+MUON_NS = ("quintic", "polar_express")  # training.muon_ns
+# Polar Express (Amsel et al. 2025, arXiv 2505.16932; modded-nanogpt and nanochat since late 2025): one
+# (a, b, c) per iteration, each the odd quintic that best pushes the singular values still in range to 1,
+# for inputs scaled by POLAR_EXPRESS_SAFETY over their Frobenius norm. Five iterations.
+POLAR_EXPRESS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+POLAR_EXPRESS_SAFETY = 1.02
 
 
 def apply_lr(optimizer: torch.optim.Optimizer | MuonAdamW, lr: float) -> None:
@@ -69,17 +81,26 @@ def _native_cpu_bf16() -> bool:
 
 
 def orthogonalize(
-    g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float, dtype: torch.dtype
+    g: torch.Tensor,
+    coefficients: tuple[float, float, float] | tuple[tuple[float, float, float], ...],
+    steps: int,
+    eps: float,
+    dtype: torch.dtype,
+    safety: float = 1.0,
 ) -> torch.Tensor:
     """Approximately U V^T of ``g = U S V^T`` by the quintic Newton-Schulz iteration of Muon (singular
-    values pushed into roughly [0.7, 1.2], which trains as well as exact orthogonalisation)."""
-    a, b, c = coefficients
+    values pushed into roughly [0.7, 1.2], which trains as well as exact orthogonalisation): ``steps``
+    times the same (a, b, c), or, given one (a, b, c) per iteration (:data:`POLAR_EXPRESS`), each once."""
+    per_step = isinstance(coefficients[0], tuple)
+    schedule = cast(
+        "tuple[tuple[float, float, float], ...]", coefficients if per_step else (coefficients,) * steps
+    )
     x = g.to(dtype, copy=True)
     tall = g.size(0) > g.size(1)
     if tall:  # iterate on the wide orientation: the Gram matrix x x^T is then the smaller one
         x = x.T
-    x.div_(x.norm().clamp(min=eps))  # spectral norm <= Frobenius norm <= 1
-    for _ in range(steps):
+    x.div_((x.norm() * safety).clamp(min=eps))  # spectral norm <= Frobenius norm <= 1
+    for a, b, c in schedule:
         gram = x @ x.T
         poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)  # b A + c A^2
         x = torch.addmm(x, poly, x, beta=a)  # a X + (b A + c A^2) X
@@ -92,7 +113,13 @@ class Muon(torch.optim.Muon):
     slower than fp32 (0.16 s against 0.01 s per 512 x 128 matrix on one thread): on the small preset that
     is 1.5 s of optimizer per 2 s training step. The update rule is torch's: Nesterov momentum
     (``buf.lerp_(g, 1 - m)``, update ``g.lerp(buf, m)``), decoupled weight decay, and the step scaled by
-    sqrt(max(1, fan_out / fan_in)) (Keller Jordan's original adjustment, torch's default)."""
+    sqrt(max(1, fan_out / fan_in)) (Keller Jordan's original adjustment, torch's default).
+
+    Two switches per group (the speedrun's, docs/speedrun.md): ``polar_express`` orthogonalises with the
+    :data:`POLAR_EXPRESS` schedule instead of the fixed quintic; ``normuon_beta2`` (a float; None: off)
+    applies NorMuon (Li et al. 2025, arXiv 2510.05491; modded-nanogpt record of Oct 2025, nanochat):
+    each output neuron's (row's, or column's for a wide matrix) update is divided by the root of an EMA of
+    its mean square, then the whole update rescaled to its norm before, so every neuron moves alike."""
 
     force_ns_dtype: torch.dtype | None = None  # tests set bf16 to compare with torch's Muon
     # Matrices that are several stacked side by side, by id: the rows of each part (a fused q/k/v
@@ -131,16 +158,42 @@ class Muon(torch.optim.Muon):
                 update = grad.lerp(buf, m) if group["nesterov"] else buf
                 dtype = self.ns_dtype(p.device)
                 p.mul_(1 - lr * wd)
+                polar = group.get("polar_express", False)
+                beta2 = group.get("normuon_beta2")
                 start = 0
-                for rows in self.row_splits.get(id(p), (p.size(0),)):
+                for i, rows in enumerate(self.row_splits.get(id(p), (p.size(0),))):
                     part = update[start : start + rows]
                     ortho = orthogonalize(
-                        part, group["ns_coefficients"], group["ns_steps"], group["eps"], dtype
+                        part,
+                        POLAR_EXPRESS if polar else group["ns_coefficients"],
+                        group["ns_steps"],
+                        group["eps"],
+                        dtype,
+                        POLAR_EXPRESS_SAFETY if polar else 1.0,
                     )
+                    if beta2 is not None:
+                        ortho = _normuon(ortho, state, f"normuon_v{i}", beta2)
                     scale = math.sqrt(max(1.0, rows / p.size(1)))
                     p[start : start + rows].add_(ortho.to(p.dtype), alpha=-lr * scale)
                     start += rows
         return loss
+
+
+def _normuon(u: torch.Tensor, state: dict[str, Any], key: str, beta2: float) -> torch.Tensor:
+    """NorMuon's per-neuron normalisation of an orthogonalised update ``u`` (nanochat's formulation): the
+    mean square of each row (of each column when ``u`` is wide) is averaged over steps in ``state[key]``, the
+    update divided by its root, and the result rescaled to the Frobenius norm ``u`` had."""
+    dim = -1 if u.size(0) >= u.size(1) else -2
+    u32 = u.float()
+    v_mean = u32.square().mean(dim=dim, keepdim=True)
+    if key not in state:
+        state[key] = torch.zeros_like(v_mean)
+    buf = state[key]
+    buf.lerp_(v_mean, 1 - beta2)
+    step = buf.clamp_min(1e-10).rsqrt()
+    norm_before = (v_mean.sum() * u.size(dim)).sqrt()
+    norm_after = ((v_mean * step.square()).sum() * u.size(dim)).sqrt()
+    return (u32 * (step * (norm_before / norm_after.clamp_min(1e-10)))).to(u.dtype)
 
 
 class MuonAdamW:
@@ -212,13 +265,16 @@ def build_optimizer(
     muon_lr: float = 0.02,
     muon_momentum: float = 0.95,
     muon_weight_decay: float = 0.0,
+    muon_ns: str = "quintic",
+    normuon: bool = False,
 ) -> torch.optim.Optimizer | MuonAdamW:
     """The optimizer for ``model``; drive its rate with :func:`apply_lr` (peak ``lr``).
 
     ``adamw``: AdamW on everything, ``weight_decay`` on the hidden matrices only (``model.optimizer_groups``
     when the model defines it), the embeddings at ``embedding_lr`` (default ``lr``).
     ``muon``: Muon (``muon_lr``, ``muon_momentum``, Nesterov, ``muon_weight_decay``) on the hidden
-    matrices, AdamW on the rest (see the module docstring). Learning rates are peak values.
+    matrices, AdamW on the rest (see the module docstring). Learning rates are peak values. ``muon_ns``
+    'polar_express' and ``normuon`` are the speedrun's Muon variants (:class:`Muon`).
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"training.optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
@@ -242,8 +298,15 @@ def build_optimizer(
         raise ValueError(f"training.muon_lr must be > 0, got {muon_lr!r}")
     if not parts["hidden"]:
         raise ValueError("training.optimizer=muon: the model has no 2-D hidden weight matrices for Muon")
+    if muon_ns not in MUON_NS:
+        raise ValueError(f"training.muon_ns must be one of {', '.join(MUON_NS)}, got {muon_ns!r}")
+    hidden: dict[str, Any] = {"params": parts["hidden"], "lr_scale": muon_lr / lr, "kind": "hidden"}
+    if muon_ns == "polar_express":
+        hidden["polar_express"] = True
+    if normuon:
+        hidden["normuon_beta2"] = betas[1]  # nanochat's 0.95, our beta2 default
     muon = Muon(
-        [{"params": parts["hidden"], "lr_scale": muon_lr / lr, "kind": "hidden"}],
+        [hidden],
         lr=muon_lr,
         momentum=muon_momentum,
         nesterov=True,

@@ -39,6 +39,8 @@ def build_optimizer(model: nn.Module, tc: TrainingConfig, device: torch.device) 
             muon_lr=tc.muon_lr,
             muon_momentum=tc.muon_momentum,
             muon_weight_decay=tc.weight_decay,
+            muon_ns=tc.muon_ns,
+            normuon=tc.normuon,
         )
         return cast(torch.optim.Optimizer, built)
     return _adamw(model, tc, device)
