@@ -193,7 +193,8 @@ class ModelConfig:
 
 def resolve_model(mc: ModelConfig) -> ModelConfig:
     """A copy of ``mc`` with every switch concrete: nulls take ``ARCH_DEFAULTS[mc.arch]``, ``kv_heads``
-    takes ``heads`` and ``rope_theta`` 10000. ``vocab_size`` and ``compile`` stay as they are."""
+    takes ``heads``, ``rope_theta`` 10000 and ``short_window`` half the context. ``vocab_size`` and
+    ``compile`` stay as they are."""
     if mc.arch not in ARCH_DEFAULTS:  # validation says so first, with a "did you mean"
         raise ValueError(f"model.arch: {mc.arch!r} is not one of {', '.join(ARCH_DEFAULTS)}")
     fill = {k: v for k, v in ARCH_DEFAULTS[mc.arch].items() if getattr(mc, k) is None}
@@ -201,6 +202,8 @@ def resolve_model(mc: ModelConfig) -> ModelConfig:
         fill["kv_heads"] = mc.heads
     if mc.rope_theta is None:
         fill["rope_theta"] = ROPE_THETA
+    if mc.short_window is None:
+        fill["short_window"] = max(1, mc.max_seq_len // 2)
     return dataclasses.replace(mc, **fill)
 
 
