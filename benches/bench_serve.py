@@ -102,9 +102,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def transformers_cli() -> str | None:
+    """The ``transformers`` command beside this interpreter (a virtualenv not activated), else on PATH."""
+    beside = Path(sys.executable).parent / "transformers"
+    return str(beside) if beside.is_file() else shutil.which("transformers")
+
+
 def transformers_missing() -> str | None:
     """Why ``transformers serve`` cannot run here, or None."""
-    if shutil.which("transformers") is None:
+    if transformers_cli() is None:
         return "the `transformers` command is not installed"
     missing = [m for m in ("accelerate", "fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
     if missing:
@@ -132,7 +138,7 @@ def server(kind: str, run: Path, hf: Path, threads: int) -> Iterator[tuple[str, 
         ]
     else:
         cmd = [
-            shutil.which("transformers") or "transformers",
+            transformers_cli() or "transformers",
             "serve",
             str(hf),
             "--port",

@@ -104,10 +104,13 @@ class Engine:
     """Owns the model on one thread. ``start()`` it, ``submit`` requests, ``stop()`` it (``drain=True``
     finishes the requests already admitted or queued; ``False`` ends them with finish_reason 'cancelled')."""
 
-    def __init__(self, model: Any, *, max_batch: int = 32, max_queue: int = 256) -> None:
+    def __init__(
+        self, model: Any, *, max_batch: int = 32, max_queue: int = 256, threads: int | None = None
+    ) -> None:
         if max_batch < 1 or max_queue < 0:
             raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch}, {max_queue}")
         self.model = model
+        self.threads = threads  # torch's intra-op threads, set from the engine's thread (None: as it is)
         self.max_batch = max_batch
         self.max_queue = max_queue
         self._waiting: deque[Stream] = deque()
@@ -332,6 +335,8 @@ class Engine:
         self._rows, self._cache, self._last = [], None, None
 
     def _run(self) -> None:
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
         with torch.inference_mode():
             while True:
                 with self._cond:
