@@ -93,26 +93,28 @@ class CausalSelfAttention(nn.Module):
         whole = self.flash and attn_mask is None and kv_cache is None  # a whole causal sequence
         if whole and rope is None and not self.qk_norm:
             y = kernels.causal_attention(qkv, self.heads, self.kv_heads, dropout_p)
-            return self.resid_dropout(self.c_proj(y))
-        q, k, v = qkv.split(self.qkv_split, dim=2)
-        q = q.view(B, T, self.heads, self.head_dim)
-        k = k.view(B, T, self.kv_heads, self.head_dim)
+            return self._out(y)
+        q, k, v = qkv.view(B, T, -1, self.head_dim).split((self.heads, self.kv_heads, self.kv_heads), dim=2)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if self.qk_norm:  # (.to: under autocast the norm answers in fp32; attention runs in v's dtype)
             q, k = rms_norm(q).to(v.dtype), rms_norm(k).to(v.dtype)
         if whole:  # the fused kernels take q, k, v side by side again
-            y = kernels.causal_attention(torch.cat((q.flatten(2), k.flatten(2), v), -1), self.heads,
-                                         self.kv_heads, dropout_p)  # fmt: skip
-            return self.resid_dropout(self.c_proj(y))
-        # (B, T, heads, head_dim) -> (B, heads, T, head_dim)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)
-        v = v.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+            y = kernels.causal_attention(torch.cat((q, k, v), 2).flatten(2), self.heads, self.kv_heads,
+                                         dropout_p)  # fmt: skip
+            return self._out(y)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, head_dim)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # every key the new queries may see
         y = self._attend(q, k, v, attn_mask, dropout_p)
         y = y.transpose(1, 2).reshape(B, T, -1)  # re-assemble the heads side by side
-        return self.resid_dropout(self.c_proj(y))
+        return self._out(y)
+
+    def _out(self, y: Tensor) -> Tensor:
+        """The output projection back into the residual stream (and dropout, in training only: a module
+        call in eval is pure overhead, ~5% of a small model's decode step)."""
+        y = self.c_proj(y)
+        return self.resid_dropout(y) if self.training else y
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, dropout_p: float) -> Tensor:
         """softmax(q k^T / sqrt(head_dim) + mask) v for q (B, heads, T_q, d) against k, v (B, kv_heads, T_k,

@@ -73,7 +73,8 @@ class MLP(nn.Module):
             x = F.relu(x).square()
         else:  # = F.gelu, faster for a decode step's rows
             x = kernels.gelu(x, GELU_APPROXIMATE[str(self.activation)])
-        return self.dropout(self.c_proj(x))
+        x = self.c_proj(x)
+        return self.dropout(x) if self.training else x  # eval: skip the (identity) module call
 
 
 class Block(nn.Module):
@@ -415,7 +416,7 @@ class GPT(nn.Module):
             # Embeddings come out in fp32 (the parameters' dtype); without this cast the residual stream
             # stays fp32 and every norm, add and matmul input pays a conversion.
             x = x.to(torch.get_autocast_dtype(x.device.type))
-        return t.drop(x)
+        return t.drop(x) if self.training else x
 
     def _compute_dtype(self, x: Tensor) -> torch.dtype:
         """The dtype the projections produce: the autocast dtype under autocast, else the weights'."""

@@ -79,6 +79,8 @@ class KVCache:
         self._T = 0
         self._valid: Tensor | None = None  # (B, T) which new tokens are real; None: all
         self._slots: Tensor | None = None  # static/T=1: (B,) the slot each row writes
+        self._views: list[tuple[Tensor, Tensor]] = []  # per-layer views of k, v (see _layer)
+        self._views_of: Tensor | None = None
         # What window_mask needs: ("ordered", q_pos, k_pos, key_valid) for keys in time order (causal_mask's
         # arguments), or ("ring", q_pos (B, 1), used slots) for keys read from the ring's slots.
         self._plan: tuple = ()
@@ -181,7 +183,7 @@ class KVCache:
             assert not self.static, "a static cache must be allocated before its first pass"
             self.allocate(k.dtype, k.device)
         assert self.k is not None and self.v is not None and self.lengths is not None
-        kb, vb = self.k[layer], self.v[layer]
+        kb, vb = self._layer(layer)
         W, T = self.window, self._T
         if self.static or (T == 1 and self._valid is None and self.max_len > 0):
             assert self._slots is not None
@@ -207,6 +209,14 @@ class KVCache:
         self._store(kb, k)
         self._store(vb, v)
         return k_all, v_all
+
+    def _layer(self, layer: int) -> tuple[Tensor, Tensor]:
+        """One layer's (k, v) buffers, views made once per allocation (a decode step asks for every layer)."""
+        if self._views_of is not self.k:
+            assert self.k is not None and self.v is not None
+            self._views = list(zip(self.k.unbind(0), self.v.unbind(0), strict=True))
+            self._views_of = self.k
+        return self._views[layer]
 
     def _store(self, buf: Tensor, new: Tensor) -> None:
         """Write the last ``window`` real tokens of each row of ``new`` (B, kv_heads, T, head_dim) into their
