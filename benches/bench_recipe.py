@@ -36,6 +36,7 @@ import itertools
 import math
 import multiprocessing as mp
 import os
+import re
 import shlex
 import statistics
 import sys
@@ -367,11 +368,12 @@ def chart(out: dict[str, Any], quick: bool) -> Path | None:
     ax.set_xlabel("training minutes (each run's own, one thread)")
     ax.set_ylabel("held-out bits per byte (band: min-max of seeds)", fontsize=9)
     corpus = out["protocol"]["corpus"].rsplit("/", 1)[-1]
-    ax.set_title(f"recipe race, {corpus}, {out['protocol']['seeds']} seed(s) per arm", fontsize=10)
+    name, seeds = out.get("name", "recipe"), out["protocol"]["seeds"]
+    ax.set_title(f"{name} race, {corpus}, {seeds} seed(s) per arm", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = common.results_path("recipe", quick, ".png")
+    path = common.results_path(out.get("name", "recipe"), quick, ".png")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -420,10 +422,12 @@ def run(
     protocol: Protocol | None = None,
     goal_time: float = 0.5,
     goal_gain: float = 0.05,
+    name: str = "recipe",
 ) -> dict[str, Any]:
     """The race (``quick``: ``QUICK``, one seed, small validation windows: it checks that the race runs)."""
     p = protocol or (QUICK if quick else Protocol())
     out = race(list(arms or DEFAULT_ARMS), p)
+    out["name"] = name
     runs = [r for arm in out["arms"].values() for r in arm["runs"]]
     out["precision"] = ", ".join(sorted({r["precision"] for r in runs}))
     summarize(out, goal_time, goal_gain)
@@ -456,6 +460,11 @@ def main(argv: list[str] | None = None) -> int:
         "--goal-time", type=float, default=0.5, help="goal: reach the baseline's final in this fraction"
     )
     ap.add_argument("--goal-gain", type=float, default=0.05, help="goal: this much lower bpb at equal time")
+    ap.add_argument(
+        "--name",
+        default="recipe",
+        help="results are written to benches/results/NAME.json and NAME.png (default: recipe)",
+    )
     args = ap.parse_args(argv)
     base = QUICK if args.quick else Protocol()
     given = {
@@ -477,9 +486,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_recipe: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    out = run(args.quick, arms, p, args.goal_time, args.goal_gain)
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", args.name):
+        print(f"bench_recipe: --name {args.name!r}: letters, digits, '_' and '-' only", file=sys.stderr)
+        return 2
+    out = run(args.quick, arms, p, args.goal_time, args.goal_gain, args.name)
     out["seconds"] = round(time.perf_counter() - t0, 1)
-    path = common.write_results("recipe", out, args.quick)
+    path = common.write_results(args.name, out, args.quick)
     print_table(out)
     print(f"results: {path}")
     return 0

@@ -481,6 +481,33 @@ def test_engine_queue_bound_and_stop() -> None:
     asyncio.run(body())
 
 
+@pytest.mark.parametrize("interval", [0.0, 60.0])
+def test_stream_interval_hands_tokens_over_together(interval: float) -> None:
+    """With a long interval a row's first token comes alone and the rest in one hand-over at its end; with
+    0 every token is handed over as it is made (the reader may still collect several at once). Same tokens
+    either way."""
+    from conftest import tiny_gpt
+    from gptrs.serve.engine import Engine, Request
+
+    model = tiny_gpt()
+
+    async def body() -> list[list[int]]:
+        engine = Engine(model, stream_interval=interval).start()
+        try:
+            stream = engine.submit(Request([1, 2, 3], 12, temperature=0.0))
+            out = [b async for b in stream.batches()]
+            assert stream.finish_reason == "length"
+            return out
+        finally:
+            engine.stop(drain=True)
+
+    batches = asyncio.run(body())
+    expected = model.generate(torch.tensor([[1, 2, 3]]), 12, temperature=0.0)[0, 3:].tolist()
+    assert [t for b in batches for t in b] == expected
+    if interval > 0:
+        assert [len(b) for b in batches] == [1, 11]
+
+
 # ----------------------------------------------------------------------------------------------- text
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from conftest import tiny_gpt
 from gptrs.model import static_decode
-from gptrs.model.sampling import filter_logits, sample_with_noise
+from gptrs.model.sampling import filter_logits, sample_with_uniform
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -126,15 +126,15 @@ def test_on_device_sampler_stays_in_the_filtered_set(
         kth = logits.sort(1, descending=True).values[:, k - 1 : k]
         assert not (allowed & (logits < kth)).any()
     for _ in range(20):
-        token = sample_with_noise(logits, torch.rand(6, 12, generator=g), temperature, k, p)
+        token = sample_with_uniform(logits, torch.rand(6, 1, generator=g), temperature, k, p)
         assert bool(allowed[torch.arange(6), token].all())
 
 
 def test_on_device_sampler_follows_the_distribution() -> None:
-    """Exponential-race sampling draws token i with probability p_i (a loose check over many draws)."""
+    """Inverse-CDF sampling draws token i with probability p_i (a loose check over many draws)."""
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
     g = torch.Generator().manual_seed(0)
-    noise = torch.rand(20000, 4, generator=g)
-    draws = sample_with_noise(logits.expand(20000, -1), noise, 1.0)
+    u = torch.rand(20000, 1, generator=g)
+    draws = sample_with_uniform(logits.expand(20000, -1), u, 1.0)
     freq = torch.bincount(draws, minlength=4).float() / 20000
     torch.testing.assert_close(freq, torch.softmax(logits[0], 0), atol=0.015, rtol=0)

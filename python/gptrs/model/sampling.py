@@ -1,8 +1,14 @@
 """Sampling: the parameters of a generation request and how one token per row is picked from logits.
 
-``sample_next_token`` is the eager path's pick (``torch.multinomial``); :func:`filter_logits` (temperature,
-top-k, top-p) is shared with the static decode step (``static_decode.py``), which picks on the device with
-noise drawn outside its captured graph (:func:`sample_with_noise`).
+Every path picks the same way: :func:`filter_logits` (temperature, top-k, top-p), then
+:func:`sample_with_uniform`, the inverse of the distribution's CDF at one uniform number per row drawn from
+the request's generator. The eager loop (:func:`sample_next_token`), the static decode step
+(``static_decode.py``, the numbers drawn outside its captured graph) and the server's batch
+(``serve/engine.py``, one number per seeded request from its own generator) therefore draw the same token
+from the same seed. Why not ``torch.multinomial`` or Gumbel noise: the server needs a generator per seeded
+row, and one multinomial call per row cost more than the model's whole step at 32 rows (4.3 against 3.5 ms,
+nanochat-small, one thread); a vocab-wide noise row per request still cost 1.8 ms; one number per row and a
+batched cumsum cost 0.3 ms.
 """
 
 from __future__ import annotations
@@ -91,25 +97,30 @@ def sample_next_token(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Pick one token per row from logits (B, vocab). Temperature 0 is greedy (argmax; top-k/p unused);
-    else a draw from the softmax of :func:`filter_logits` (``torch.multinomial``)."""
+    else a draw from the softmax of :func:`filter_logits` by :func:`sample_with_uniform`, one uniform number
+    per row from ``generator`` (the global one when None)."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    probs = F.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+    u = torch.rand((logits.size(0), 1), generator=generator, device=logits.device)
+    return sample_with_uniform(logits, u, temperature, top_k, top_p)
 
 
-def sample_with_noise(
+def sample_with_uniform(
     logits: torch.Tensor,
-    noise: torch.Tensor,
+    u: torch.Tensor,
     temperature: float,
     top_k: int | None = None,
     top_p: float | None = None,
 ) -> torch.Tensor:
-    """A draw from the same distribution as :func:`sample_next_token`, given ``noise`` (B, vocab) uniform
-    in [0, 1) drawn beforehand: ``argmax(p / E)`` with ``E = -log(noise)`` exponential (the Gumbel-max
-    trick in the exponential form), so the step itself has no random op and can be captured in a graph
-    while the caller's generator makes the noise. Temperature 0 is greedy (the noise is unused)."""
+    """A draw from the softmax of :func:`filter_logits`, given ``u`` (B, 1) uniform in [0, 1) drawn
+    beforehand: the first token whose cumulative probability exceeds ``u`` times the total (the total, not 1,
+    so float rounding in the sum cannot push the draw past the end; a token of probability 0 adds nothing to
+    the sum, so it is never the first to exceed it). No random op and no host sync, so a captured step can
+    run it while the caller's generator makes ``u``. Temperature 0 is greedy (``u`` unused)."""
     if temperature == 0:
         return logits.argmax(dim=-1)
     probs = F.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
-    return (probs / -noise.log()).argmax(dim=-1)
+    cdf = probs.cumsum(dim=-1)
+    token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)
+    # u * total rounds up to the total once in ~2^24 draws: take the most likely token then, not index V.
+    return torch.where(token < probs.size(-1), token, probs.argmax(dim=-1))

@@ -6,7 +6,7 @@ with a static KV cache (``KVCache(static=True)``), which has no Python-side stat
 to the next: its buffers are preallocated, each row's length (its write slot and position) is a device tensor
 updated in place, and so are the last tokens and the finished flags; attention covers all ``max_seq_len``
 slots under a mask that hides the unused ones, and the next token is picked on the device (greedy, or a draw from the temperature/top-k/top-p
-distribution given noise made outside the step: ``sampling.sample_with_noise``). Such a step can be
+distribution given uniform numbers drawn outside the step: ``sampling.sample_with_uniform``). Such a step can be
 captured by ``torch.cuda.graph`` once per batch size and sampling setup and then replayed: one launch per
 token. Rows that have finished keep producing the fill id without any host-side branch; the host checks
 whether every row is done every :data:`SYNC_EVERY` steps only.
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from gptrs.model.sampling import SamplingParams, sample_with_noise
+from gptrs.model.sampling import SamplingParams, sample_with_uniform
 
 if TYPE_CHECKING:
     from gptrs.model.gpt import GPT
@@ -71,7 +71,7 @@ class StaticDecoder:
         self.tokens = torch.zeros(B, dtype=torch.long, device=device)  # the last token of each row
         self.finished = torch.zeros(B, dtype=torch.bool, device=device)
         sampling = params.temperature > 0
-        self.noise = torch.rand(B, cfg.vocab_size, device=device) if sampling else None
+        self.uniform = torch.rand(B, 1, device=device) if sampling else None
         self.graph: Any = None
         self._run = self._step
         if COMPILE_STEP:
@@ -84,10 +84,10 @@ class StaticDecoder:
     def _pick(self, logits: Tensor) -> Tensor:
         """The next token of every row, on the device: greedy or sampled, the fill id for finished rows."""
         p = self.params
-        if self.noise is None:
+        if self.uniform is None:
             token = logits.argmax(dim=-1)
         else:
-            token = sample_with_noise(logits, self.noise, p.temperature, p.top_k, p.top_p)
+            token = sample_with_uniform(logits, self.uniform, p.temperature, p.top_k, p.top_p)
         if p.eos_token_id is not None:
             if self.fill_id is not None:
                 token = token.masked_fill(self.finished, self.fill_id)
@@ -119,9 +119,9 @@ class StaticDecoder:
 
     # ------------------------------------------------------------------ driving it
 
-    def _draw_noise(self, generator: torch.Generator | None) -> None:
-        if self.noise is not None:  # outside the graph: the caller's generator, one kernel
-            self.noise.uniform_(generator=generator)
+    def _draw_uniform(self, generator: torch.Generator | None) -> None:
+        if self.uniform is not None:  # outside the graph: the caller's generator, one kernel
+            self.uniform.uniform_(generator=generator)
 
     def start(self, prompt: Tensor, mask: Tensor | None, generator: torch.Generator | None) -> Tensor:
         """Prefill with ``prompt`` (B, T) (left padded where ``mask`` (B, T) is False) and return the first
@@ -138,13 +138,13 @@ class StaticDecoder:
             "KV cache reallocated under a graph"
         )
         self.finished.zero_()
-        self._draw_noise(generator)
+        self._draw_uniform(generator)
         self.tokens.copy_(self._pick(self.model.logits(h[:, -1])))
         return self.tokens
 
     def step(self, generator: torch.Generator | None) -> Tensor:
         """The next token of every row (the graph's replay on CUDA, the same step run eagerly elsewhere)."""
-        self._draw_noise(generator)
+        self._draw_uniform(generator)
         if self.graph is not None:
             self.graph.replay()
         else:

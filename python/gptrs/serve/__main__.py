@@ -88,6 +88,14 @@ def build_parser(prog: str = TAG) -> argparse.ArgumentParser:
         "loop, tokenizing and streaming keep a core of their own)",
     )
     p.add_argument(
+        "--stream-interval",
+        type=float,
+        default=0.02,
+        metavar="S",
+        help="a stream's tokens are sent at most every S seconds, several to an event (its first token and "
+        "its end at once; default 0.02; 0: each token as it is made)",
+    )
+    p.add_argument(
         "--drain-seconds",
         type=float,
         default=30.0,
@@ -115,8 +123,8 @@ def serve(args: argparse.Namespace) -> int:
 
     for name in ("max_batch", "max_tokens", "max_prompt_tokens", "max_body_bytes"):
         _positive("--" + name.replace("_", "-"), getattr(args, name))
-    if args.max_queue < 0 or args.drain_seconds < 0:
-        raise GptrsError("--max-queue and --drain-seconds must be >= 0")
+    if args.max_queue < 0 or args.drain_seconds < 0 or not args.stream_interval >= 0:
+        raise GptrsError("--max-queue, --drain-seconds and --stream-interval must be >= 0")
     if not 0 <= args.port < 65536:
         raise GptrsError(f"--port must be in [0, 65535], got {args.port}")
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
@@ -145,7 +153,13 @@ def serve(args: argparse.Namespace) -> int:
     # 1 intra-op thread against 2: 575-684 against 314-322 new tokens/s for 1 client, 2,980-3,280 against
     # 2,688-2,758 for 32 (benches/bench_serve.py's load, alternated).
     threads = args.threads or (max(1, len(os.sched_getaffinity(0)) - 1) if device.type == "cpu" else None)
-    engine = Engine(model, max_batch=args.max_batch, max_queue=args.max_queue, threads=threads).start()
+    engine = Engine(
+        model,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        threads=threads,
+        stream_interval=args.stream_interval,
+    ).start()
     state = ServeState(
         engine=engine,
         model_id=model_id,

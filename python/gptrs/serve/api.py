@@ -21,6 +21,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gptrs.serve.engine import Engine, EngineStopped, QueueFull, Stream
 from gptrs.serve.engine import Request as EngineRequest
@@ -333,33 +334,43 @@ def _sse(obj: object) -> bytes:
     return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n".encode()
 
 
+class _Guard:
+    """The API key and the draining check before any ``/v1/`` route. A plain ASGI middleware: starlette's
+    ``@app.middleware("http")`` (BaseHTTPMiddleware) passes every streamed event through a task and a
+    memory stream of its own, a cost paid per SSE event."""
+
+    def __init__(self, app: ASGIApp, state: ServeState) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            refusal = self._refusal(dict(scope["headers"]).get(b"authorization", b""))
+            if refusal is not None:
+                await error_response(refusal)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _refusal(self, given: bytes) -> ApiError | None:
+        key = self.state.api_key
+        if key is not None and not hmac.compare_digest(given, f"Bearer {key}".encode()):
+            return ApiError(
+                401,
+                "missing or wrong API key (Authorization: Bearer KEY)",
+                kind="authentication_error",
+                code="invalid_api_key",
+            )
+        if self.state.draining:
+            return ApiError(503, "the server is shutting down", kind="server_error")
+        return None
+
+
 def create_app(state: ServeState) -> FastAPI:
     app = FastAPI(title="gptrs.serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.serve = state
     state.created = state.created or int(time.time())
     page = resources.files("gptrs.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Callable[[Request], Any]) -> Response:
-        path = request.url.path
-        if state.api_key is not None and path.startswith("/v1/"):
-            given = request.headers.get("authorization", "")
-            expected = f"Bearer {state.api_key}"
-            if not hmac.compare_digest(given.encode(), expected.encode()):
-                return error_response(
-                    ApiError(
-                        401,
-                        "missing or wrong API key (Authorization: Bearer KEY)",
-                        kind="authentication_error",
-                        code="invalid_api_key",
-                    )
-                )
-        if state.draining and path.startswith("/v1/"):
-            return error_response(ApiError(503, "the server is shutting down", kind="server_error"))
-        try:
-            return await call_next(request)
-        except ApiError as e:  # raised outside a route (never expected; kept for safety)
-            return error_response(e)
+    app.add_middleware(_Guard, state=state)
 
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, e: ApiError) -> JSONResponse:
