@@ -4,7 +4,9 @@
 The model is the quick-start recipe (``nanochat-small``), trained briefly on the built-in corpus and
 exported with ``gptrs.export --format hf``; both servers load it from disk on the CPU. For 1, 8 and 32
 concurrent clients, each client sends streaming ``/v1/completions`` requests (a short prompt, 64 new tokens,
-temperature 1, a seed per request) back to back. The servers take turns, the order reversed every round.
+temperature 1, a seed per request) back to back: 64 requests per round with 1 and 8 clients, 3 per client
+(96) with 32, so that every cell measures a steady state (requests leaving and joining a running batch), not
+one burst of a few hundred milliseconds. The servers take turns, the order reversed every round.
 
 Reported per server and client count: new tokens/s (all clients together), time to first token (p50),
 request latency (p50, p99) and how many answers came back complete (a finish_reason, and 64 tokens or
@@ -47,6 +49,7 @@ if __package__ in (None, ""):
 from benches import common
 
 NEW_TOKENS = 64
+REQUESTS = 64  # per round and cell (at least 3 per client)
 CLIENTS = (1, 8, 32)
 SERVERS = ("gptrs", "transformers", "transformers-cb")
 GOALS = {"32 clients >= 3x": (32, 3.0), "1 client >= 1x": (1, 1.0)}
@@ -306,7 +309,7 @@ def run(quick: bool = False, rounds: int | None = None) -> dict[str, Any]:
             for r in range(rounds):
                 for c in clients:
                     for k in kinds if r % 2 == 0 else reversed(kinds):
-                        per_client = 1 if quick else max(1, 32 // c)
+                        per_client = 1 if quick else max(3, REQUESTS // c)
                         measured[k][c].append(load(urls[k], models[k], c, per_client, 1000 * r))
         for k in kinds:
             out["servers"][k] = {str(c): summarize(measured[k][c]) for c in clients}

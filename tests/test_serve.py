@@ -397,12 +397,16 @@ def test_bad_flags_are_one_line_and_exit_2(tmp_path: Path) -> None:
     for args in (
         ["--model-path", str(tmp_path / "none")],
         ["--model-path", str(tmp_path), "--max-batch", "0"],
+        ["--model-path", str(tmp_path), "--stream-interval", "-1"],
+        ["--model-path", str(tmp_path), "--stream-interval", "nan"],
     ):
         done = subprocess.run(
             [sys.executable, "-m", "gptrs.serve", *args], env=env(), capture_output=True, text=True
         )
         assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
         assert done.stderr.startswith("gptrs-serve: error: ")
+        flag = next((a for a in args[2:] if a.startswith("--")), "--model-path")
+        assert flag in done.stderr, done.stderr
 
 
 # ----------------------------------------------------------------------------------------------- the engine

@@ -90,10 +90,10 @@ def build_parser(prog: str = TAG) -> argparse.ArgumentParser:
     p.add_argument(
         "--stream-interval",
         type=float,
-        default=0.02,
+        default=0.05,
         metavar="S",
         help="a stream's tokens are sent at most every S seconds, several to an event (its first token and "
-        "its end at once; default 0.02; 0: each token as it is made)",
+        "its end at once; default 0.05; 0: each token as it is made)",
     )
     p.add_argument(
         "--drain-seconds",
@@ -123,8 +123,10 @@ def serve(args: argparse.Namespace) -> int:
 
     for name in ("max_batch", "max_tokens", "max_prompt_tokens", "max_body_bytes"):
         _positive("--" + name.replace("_", "-"), getattr(args, name))
-    if args.max_queue < 0 or args.drain_seconds < 0 or not args.stream_interval >= 0:
-        raise GptrsError("--max-queue, --drain-seconds and --stream-interval must be >= 0")
+    for flag in ("max_queue", "drain_seconds", "stream_interval"):
+        value = getattr(args, flag)
+        if not value >= 0:  # NaN too
+            raise GptrsError(f"--{flag.replace('_', '-')} must be >= 0, got {value}")
     if not 0 <= args.port < 65536:
         raise GptrsError(f"--port must be in [0, 65535], got {args.port}")
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None

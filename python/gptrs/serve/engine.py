@@ -119,7 +119,7 @@ class Engine:
         max_batch: int = 32,
         max_queue: int = 256,
         threads: int | None = None,
-        stream_interval: float = 0.02,
+        stream_interval: float = 0.05,
     ) -> None:
         if max_batch < 1 or max_queue < 0:
             raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch}, {max_queue}")
