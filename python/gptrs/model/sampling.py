@@ -89,6 +89,13 @@ def filter_logits(
     return logits
 
 
+def greedy(logits: torch.Tensor) -> torch.Tensor:
+    """The most likely token of each row (the first one on a tie, as ``argmax``). ``max(dim).indices``
+    rather than ``argmax``: on the CPU ``argmax`` over a (32, 4096) batch of logits took 3x as long (190
+    against 65 us, one thread), a twentieth of a 32-row decode step of nanochat-small."""
+    return logits.max(dim=-1).indices
+
+
 def sample_next_token(
     logits: torch.Tensor,
     temperature: float = 1.0,
@@ -100,7 +107,7 @@ def sample_next_token(
     else a draw from the softmax of :func:`filter_logits` by :func:`sample_with_uniform`, one uniform number
     per row from ``generator`` (the global one when None)."""
     if temperature == 0:
-        return logits.argmax(dim=-1)
+        return greedy(logits)
     u = torch.rand((logits.size(0), 1), generator=generator, device=logits.device)
     return sample_with_uniform(logits, u, temperature, top_k, top_p)
 
@@ -118,9 +125,12 @@ def sample_with_uniform(
     the sum, so it is never the first to exceed it). No random op and no host sync, so a captured step can
     run it while the caller's generator makes ``u``. Temperature 0 is greedy (``u`` unused)."""
     if temperature == 0:
-        return logits.argmax(dim=-1)
+        return greedy(logits)
     probs = F.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
     cdf = probs.cumsum(dim=-1)
-    token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)
-    # u * total rounds up to the total once in ~2^24 draws: take the most likely token then, not index V.
-    return torch.where(token < probs.size(-1), token, probs.argmax(dim=-1))
+    total = cdf[:, -1:]
+    token = torch.searchsorted(cdf, u * total, right=True)
+    # u * total rounds up to the total once in ~2^24 draws, which would give index V: the last token with a
+    # probability above 0 (the first to reach the total; the sum never decreases) is the draw then.
+    last = torch.searchsorted(cdf, total)
+    return torch.minimum(token, last).squeeze(-1)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from gptrs.model.sampling import SamplingParams, sample_with_uniform
+from gptrs.model.sampling import SamplingParams, greedy, sample_with_uniform
 
 if TYPE_CHECKING:
     from gptrs.model.gpt import GPT
@@ -85,7 +85,7 @@ class StaticDecoder:
         """The next token of every row, on the device: greedy or sampled, the fill id for finished rows."""
         p = self.params
         if self.uniform is None:
-            token = logits.argmax(dim=-1)
+            token = greedy(logits)
         else:
             token = sample_with_uniform(logits, self.uniform, p.temperature, p.top_k, p.top_p)
         if p.eos_token_id is not None:

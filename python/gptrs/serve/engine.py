@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from gptrs.model import KVCache
-from gptrs.model.sampling import sample_with_uniform
+from gptrs.model.sampling import greedy, sample_with_uniform
 
 log = logging.getLogger("gptrs.serve")
 
@@ -302,12 +302,15 @@ class Engine:
         filtered and drawn together (``sample_with_uniform``); a seeded row's uniform number comes from its
         own generator, exactly what ``sample_next_token`` draws for it alone, so a seeded request's text
         does not depend on its company (nor on the path: generate, the static step or here)."""
-        out = logits.argmax(dim=-1)  # the greedy rows' pick
         groups: dict[tuple[float, int | None, float | None], list[int]] = {}
         for i, row in enumerate(rows):
             r = row.stream.request
             if r.temperature > 0:
                 groups.setdefault((r.temperature, r.top_k, r.top_p), []).append(i)
+        if sum(map(len, groups.values())) < len(rows):
+            out = greedy(logits)  # the greedy rows' pick
+        else:  # every row samples: every entry is written below
+            out = torch.empty(len(rows), dtype=torch.long, device=logits.device)
         for (temperature, top_k, top_p), idx in groups.items():
             u = torch.rand((len(idx), 1), device=logits.device)  # the unseeded rows' numbers
             for j, i in enumerate(idx):
