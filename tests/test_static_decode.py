@@ -132,12 +132,12 @@ def test_on_device_sampler_stays_in_the_filtered_set(
 
 @pytest.mark.parametrize("k", [None, 1, 3])
 def test_sampler_at_the_top_of_the_uniform_range(k: int | None) -> None:
-    """u just below 1 times the total can round up to the total: the draw is then still a token of the
-    filtered set (the last one with any probability), never index V or a filtered token."""
+    """u just below 1 times the total can round up to the total (u = 1 below stands for that case): the draw
+    is then still a token of the filtered set, never index V or a filtered token."""
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(200, 12, generator=g) * 3
     allowed = filter_logits(logits, 1.0, k) > float("-inf")
-    token = sample_with_uniform(logits, torch.full((200, 1), 1 - 2**-24), 1.0, k)
+    token = sample_with_uniform(logits, torch.ones(200, 1), 1.0, k)
     assert bool((token < 12).all()) and bool(allowed[torch.arange(200), token].all())
 
 
