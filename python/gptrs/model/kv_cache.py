@@ -268,6 +268,21 @@ class KVCache:
                 out.sync()
         return out
 
+    def put(self, slots: Tensor, other: KVCache, rows: Tensor) -> None:
+        """Copy rows ``rows`` of ``other`` into rows ``slots`` of this cache, in place: the buffers stay where
+        they are, so a static cache under a captured step takes requests this way (the server's slots)."""
+        if other.k is None or other.v is None or other.lengths is None:
+            raise ValueError("KVCache.put: the cache to copy from holds no tokens (run a prefill first)")
+        if self.k is None or self.v is None or self.lengths is None:
+            raise ValueError("KVCache.put: allocate this cache first")
+        slots = slots.to(self.k.device)
+        rows = rows.to(other.k.device)
+        self.k[:, slots] = other.k.index_select(1, rows).to(self.k.device, self.k.dtype)
+        self.v[:, slots] = other.v.index_select(1, rows).to(self.v.device, self.v.dtype)
+        self.lengths[slots] = other.lengths.index_select(0, rows).to(self.lengths.device)
+        if not self.static:
+            self.sync()
+
     @staticmethod
     def merge(caches: list[KVCache]) -> KVCache:
         """One cache holding the rows of ``caches`` one after the other: a request joins a running batch.

@@ -128,9 +128,37 @@ def sample_with_uniform(
         return greedy(logits)
     probs = F.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
     cdf = probs.cumsum(dim=-1)
-    total = cdf[:, -1:]
+    total = cdf[:, -1:].contiguous()
     token = torch.searchsorted(cdf, u * total, right=True)
     # u * total rounds up to the total once in ~2^24 draws, which would give index V: the last token with a
     # probability above 0 (the first to reach the total; the sum never decreases) is the draw then.
     last = torch.searchsorted(cdf, total)
     return torch.minimum(token, last).squeeze(-1)
+
+
+def sample_rows(
+    logits: torch.Tensor,
+    u: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    greedy_rows: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`sample_with_uniform` with every setting a per-row tensor, for a captured step whose rows are
+    different requests (the server's): ``temperature`` (B, 1) > 0, ``top_k`` (B, 1) (vocab: no limit),
+    ``top_p`` (B, 1) (above 1: no limit), ``greedy_rows`` (B,) bool. Row for row the same arithmetic as
+    :func:`filter_logits` and :func:`sample_with_uniform`, so a row draws the token it would alone."""
+    x = logits.float() / temperature
+    V = x.size(-1)
+    ordered = torch.sort(x, dim=-1, descending=True).values
+    kth = ordered.gather(1, (top_k - 1).clamp(0, V - 1))
+    x = x.masked_fill(x < kth, float("-inf"))
+    sorted_x, order = torch.sort(x, dim=-1, descending=True)
+    probs = F.softmax(sorted_x, dim=-1)
+    drop = probs.cumsum(dim=-1) - probs >= top_p
+    x = torch.full_like(x, float("-inf")).scatter(-1, order, sorted_x.masked_fill(drop, float("-inf")))
+    probs = F.softmax(x, dim=-1)
+    cdf = probs.cumsum(dim=-1)
+    total = cdf[:, -1:].contiguous()
+    token = torch.minimum(torch.searchsorted(cdf, u * total, right=True), torch.searchsorted(cdf, total))
+    return torch.where(greedy_rows, greedy(logits), token.squeeze(-1))

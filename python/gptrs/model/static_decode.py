@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from gptrs.model.sampling import SamplingParams, greedy, sample_with_uniform
+from gptrs.model.sampling import SamplingParams, greedy, sample_rows, sample_with_uniform
 
 if TYPE_CHECKING:
     from gptrs.model.gpt import GPT
@@ -100,22 +100,8 @@ class StaticDecoder:
         self.tokens.copy_(self._pick(self.model.logits(h[:, -1])))
 
     def _capture(self) -> None:
-        """Warm the step up on a side stream (cuBLAS handles, workspaces), then capture it. The warm-up
-        writes cache slots 0 and 1 of an empty cache, which every prefill overwrites."""
         assert self.cache.lengths is not None
-        state = [t.clone() for t in (self.tokens, self.cache.lengths, self.finished)]
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._run()
-        torch.cuda.current_stream().wait_stream(stream)
-        for t, saved in zip((self.tokens, self.cache.lengths, self.finished), state, strict=True):
-            t.copy_(saved)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._run()
-        self.graph = graph
+        self.graph = capture(self._run, (self.tokens, self.cache.lengths, self.finished))
 
     # ------------------------------------------------------------------ driving it
 
@@ -145,6 +131,112 @@ class StaticDecoder:
     def step(self, generator: torch.Generator | None) -> Tensor:
         """The next token of every row (the graph's replay on CUDA, the same step run eagerly elsewhere)."""
         self._draw_uniform(generator)
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._run()
+        return self.tokens
+
+
+def capture(step: Any, state: tuple[Tensor, ...]) -> Any:
+    """``step`` captured as a CUDA graph. It is warmed up first on a side stream (cuBLAS handles,
+    workspaces); ``state``, the tensors the warm-up changes that matter (last tokens, cache lengths, flags),
+    is put back afterwards. The warm-up also writes cache slots 0 and 1 of empty rows, which every prefill
+    overwrites."""
+    saved = [t.clone() for t in state]
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    for t, s in zip(state, saved, strict=True):
+        t.copy_(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph
+
+
+class SlotDecoder:
+    """The server's static batch: ``slots`` rows, each a request of its own or free, decoded together by one
+    step with every shape fixed (captured as a CUDA graph on CUDA, run eagerly elsewhere).
+
+    A request is :meth:`put` into a free slot after its prefill (an ordinary pass in a cache of its own,
+    whose rows are copied into the static cache: ``KVCache.put``), with its sampling settings as per-row
+    tensors (``sampling.sample_rows``), and :meth:`free`-d when it ends. Every :meth:`step` decodes all the
+    slots, free ones too (their tokens are ignored, and their cache rows are emptied again inside the step,
+    so they never run past a position table); the caller hands it one uniform number per slot, drawn
+    outside the graph by each request's own generator."""
+
+    def __init__(self, model: GPT, slots: int, device: torch.device) -> None:
+        cfg = model.config
+        assert cfg.vocab_size is not None
+        self.model, self.slots = model, slots
+        self.cache = model.new_kv_cache(slots, static=True)
+        self.cache.allocate(_compute_dtype(model, device), device)
+        self.max_positions = cfg.max_seq_len  # as StaticDecoder: rotary tables grown ahead, once
+        if model.rotary is not None:
+            self.max_positions = max(8 * cfg.max_seq_len, 4096)
+            model.rotary.table(self.max_positions, device)
+        V = int(cfg.vocab_size)
+        self.tokens = torch.zeros(slots, dtype=torch.long, device=device)
+        self.uniform = torch.zeros(slots, 1, device=device)
+        self.temperature = torch.ones(slots, 1, device=device)
+        self.top_k = torch.full((slots, 1), V, dtype=torch.long, device=device)
+        self.top_p = torch.full((slots, 1), 2.0, device=device)  # above 1: keeps every token
+        self.greedy_rows = torch.ones(slots, dtype=torch.bool, device=device)
+        self.active = torch.zeros(slots, dtype=torch.long, device=device)
+        self.vocab_size = V
+        self.graph: Any = None
+        self._run = torch.compile(self._step, dynamic=False) if COMPILE_STEP else self._step
+        if device.type == "cuda" and os.environ.get(DISABLE_ENV) != "1":
+            assert self.cache.lengths is not None
+            self.graph = capture(self._run, (self.tokens, self.cache.lengths))
+
+    def _step(self) -> None:
+        h = self.model.hidden_states(self.tokens[:, None], kv_cache=self.cache)
+        logits = self.model.logits(h[:, -1])
+        picked = sample_rows(logits, self.uniform, self.temperature, self.top_k, self.top_p, self.greedy_rows)
+        self.tokens.copy_(picked)
+        assert self.cache.lengths is not None
+        self.cache.lengths.mul_(self.active)  # free slots stay empty
+
+    def put(
+        self,
+        slots: list[int],
+        cache: Any,
+        rows: list[int],
+        first: Tensor,
+        settings: list[tuple[float, int | None, float | None]],
+    ) -> None:
+        """Requests join: rows ``rows`` of the prefilled ``cache`` go to ``slots``, with their first tokens
+        and their (temperature, top_k, top_p) (temperature 0: greedy)."""
+        device = self.tokens.device
+        index = torch.tensor(slots, dtype=torch.long, device=device)
+        self.cache.put(index, cache, torch.tensor(rows, dtype=torch.long))
+        self.tokens[index] = first.to(device)
+        t, k, p = zip(*settings, strict=True)
+        self.greedy_rows[index] = torch.tensor([x == 0 for x in t], device=device)
+        self.temperature[index] = torch.tensor([[x if x > 0 else 1.0] for x in t], device=device)
+        self.top_k[index] = torch.tensor(
+            [[min(x or self.vocab_size, self.vocab_size)] for x in k], device=device
+        )
+        self.top_p[index] = torch.tensor([[x if x is not None and x < 1 else 2.0] for x in p], device=device)
+        self.active[index] = 1
+
+    def free(self, slots: list[int]) -> None:
+        """Requests leave: their slots are emptied."""
+        if slots:
+            index = torch.tensor(slots, dtype=torch.long, device=self.tokens.device)
+            self.active[index] = 0
+            assert self.cache.lengths is not None
+            self.cache.lengths[index] = 0
+
+    def step(self, uniform: Tensor) -> Tensor:
+        """The next token of every slot ((slots,), overwritten by the next step), given ``uniform``
+        (slots, 1) in [0, 1)."""
+        self.uniform.copy_(uniform)
         if self.graph is not None:
             self.graph.replay()
         else:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -29,7 +30,7 @@ from typing import Any
 
 import torch
 
-from gptrs.model import KVCache
+from gptrs.model import KVCache, static_decode
 from gptrs.model.sampling import greedy, sample_with_uniform
 
 log = logging.getLogger("gptrs.serve")
@@ -105,6 +106,7 @@ class _Row:
     generator: torch.Generator | None = None  # its own sampling RNG (None: the global one)
     produced: int = 0
     pending: list[int] = field(default_factory=list)  # made, not yet handed over
+    slot: int = -1  # its row of the static batch (static mode)
     flushed: float = -math.inf  # when its tokens were last handed over (never: the first goes at once)
 
 
@@ -120,6 +122,7 @@ class Engine:
         max_queue: int = 256,
         threads: int | None = None,
         stream_interval: float = 0.05,
+        static: bool | None = None,
     ) -> None:
         if max_batch < 1 or max_queue < 0:
             raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch}, {max_queue}")
@@ -141,6 +144,12 @@ class Engine:
         self._cache: KVCache | None = None  # the batch's KV cache, rows in the order of self._rows
         self._outbox: list[tuple[Stream, Any]] = []  # (stream, [tokens] or _END) made since the last _send
         self._last: torch.Tensor | None = None  # each row's last token, the input of the next step
+        # Static mode (the default on CUDA): the batch is max_batch slots of one static cache, and each step
+        # is one replay of a CUDA graph (static_decode.SlotDecoder); eager mode merges and selects caches.
+        if static is None:
+            static = self.device.type == "cuda" and os.environ.get(static_decode.DISABLE_ENV) != "1"
+        self._decoder = static_decode.SlotDecoder(model, max_batch, self.device) if static else None
+        self._free_slots = list(range(max_batch))[::-1]
         self.steps = 0  # decode steps taken, all rows at once
         self.prefills = 0  # prefill calls (several arriving prompts share one)
         self.tokens_out = 0
@@ -248,6 +257,8 @@ class Engine:
             limit = r.max_tokens
             if self.positions == "learned":  # a row may not hold more than the context
                 limit = min(limit, int(self.model.config.max_seq_len) - len(r.prompt_ids))
+            if self._decoder is not None:  # nor, in a static batch, more positions than its tables have
+                limit = min(limit, self._decoder.max_positions - len(r.prompt_ids))
             if stream.cancelled.is_set() or limit < 1:
                 self._finish(stream, "cancelled" if stream.cancelled.is_set() else "length")
                 continue
@@ -328,6 +339,13 @@ class Engine:
         """Keep only these rows of the batch, and of its cache: finished requests leave."""
         if len(keep) == len(self._rows):
             return
+        if self._decoder is not None:
+            kept = set(keep)
+            gone = [row.slot for i, row in enumerate(self._rows) if i not in kept]
+            self._decoder.free(gone)
+            self._free_slots.extend(gone)
+            self._rows = [self._rows[i] for i in keep]
+            return
         self._rows = [self._rows[i] for i in keep]
         if not keep:
             self._cache = self._last = None
@@ -337,7 +355,17 @@ class Engine:
         self._cache, self._last = self._cache.select(index), self._last[index]
 
     def _join(self, rows: list[_Row], cache: KVCache, first: torch.Tensor) -> None:
-        """Prefilled rows join the batch: their cache rows and last tokens go after the running ones."""
+        """Prefilled rows join the batch: their cache rows and last tokens go after the running ones (static
+        mode: into free slots)."""
+        if self._decoder is not None:
+            for row in rows:
+                row.slot = self._free_slots.pop()
+            settings = [
+                (r.stream.request.temperature, r.stream.request.top_k, r.stream.request.top_p) for r in rows
+            ]
+            self._decoder.put([r.slot for r in rows], cache, list(range(len(rows))), first, settings)
+            self._rows.extend(rows)
+            return
         self._cache = cache if self._cache is None else KVCache.merge([self._cache, cache])
         self._last = first if self._last is None else torch.cat([self._last, first])
         self._rows.extend(rows)
@@ -347,12 +375,26 @@ class Engine:
         self._drop([i for i, row in enumerate(self._rows) if not self._cancelled(row)])
         if not self._rows:
             return
-        assert self._last is not None
-        logits, _ = self.model(self._last[:, None], kv_cache=self._cache)
-        self._last = self._pick(logits[:, -1], self._rows)
-        tokens = self._last.tolist()
+        if self._decoder is not None:
+            tokens = self._static_step()
+        else:
+            assert self._last is not None
+            logits, _ = self.model(self._last[:, None], kv_cache=self._cache)
+            self._last = self._pick(logits[:, -1], self._rows)
+            tokens = self._last.tolist()
         self._drop([i for i, row in enumerate(self._rows) if self._deliver(row, tokens[i])])
         self.steps += 1
+
+    def _static_step(self) -> list[int]:
+        """One replay for every slot; each row's uniform number from its own generator (or the global one),
+        drawn here, outside the graph. The running rows' tokens, in their order."""
+        assert self._decoder is not None
+        u = torch.rand((self.max_batch, 1), device=self.device)
+        for row in self._rows:
+            if row.generator is not None:
+                u[row.slot].uniform_(generator=row.generator)
+        every = self._decoder.step(u).tolist()
+        return [every[row.slot] for row in self._rows]
 
     def _cancelled(self, row: _Row) -> bool:
         if row.stream.cancelled.is_set():
@@ -366,6 +408,9 @@ class Engine:
         log.exception("decode step failed; ending the %d running requests", len(self._rows))
         for row in self._rows:
             self._finish(row, "error", f"{type(e).__name__}: {e}")
+        if self._decoder is not None:
+            self._decoder.free([row.slot for row in self._rows])
+            self._free_slots = list(range(self.max_batch))[::-1]
         self._rows, self._cache, self._last = [], None, None
 
     def _run(self) -> None:
