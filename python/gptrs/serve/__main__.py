@@ -184,7 +184,7 @@ def serve(args: argparse.Namespace) -> int:
         )
     log.info(
         "model %s (%s, %s positions, context %d, vocab %d) on %s; limits: batch %d, queue %d, max_tokens %d, "
-        "prompt %d tokens, body %d bytes%s",
+        "prompt %d tokens, body %d bytes%s; decoding: %s",
         model_id,
         cfg.arch,
         "learned" if learned else "rotary",
@@ -197,7 +197,9 @@ def serve(args: argparse.Namespace) -> int:
         limits.max_prompt_tokens,
         limits.max_body_bytes,
         ", API key required" if api_key else "",
-    )
+        "static slots, CUDA graph" if engine.static and device.type == "cuda" else
+        "static slots" if engine.static else "eager batch",
+    )  # fmt: skip
     config = uvicorn.Config(
         app,
         host=args.host,

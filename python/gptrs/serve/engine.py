@@ -162,6 +162,11 @@ class Engine:
         return self
 
     @property
+    def static(self) -> bool:
+        """Whether the batch is static slots (a CUDA graph on CUDA) rather than an eager batch."""
+        return self._decoder is not None
+
+    @property
     def load(self) -> tuple[int, int]:
         """(rows decoding, requests waiting)."""
         with self._cond:
