@@ -52,6 +52,19 @@ def tiny_gpt(
     return model
 
 
+def left_padded(lengths: list[int], seed: int, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random prompts of the given lengths (ids 1..vocab-1), left padded with 0 to the longest, and their
+    attention mask."""
+    g = torch.Generator().manual_seed(seed)
+    T = max(lengths)
+    ids = torch.randint(1, vocab_size, (len(lengths), T), generator=g)
+    mask = torch.ones(len(lengths), T, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        mask[row, : T - n] = 0
+        ids[row, : T - n] = 0
+    return ids, mask
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Run a module on one intra-op thread (tiny models run fastest so, and CI machines are shared);

@@ -15,7 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import tiny_gpt
+from conftest import left_padded, tiny_gpt
 from gptrs.config import Config, ModelConfig, count_parameters, resolve_model
 from gptrs.data import RandomBatches
 from gptrs.errors import ConfigError
@@ -154,13 +154,7 @@ def test_cached_logits_equal_one_full_forward(arch: str, switches: dict) -> None
 )
 def test_static_decode_equals_eager(lengths: list[int], new: int, arch: str, seed: int) -> None:
     m = tiny(arch, SWITCHES[-1]).eval()
-    g = torch.Generator().manual_seed(seed)
-    T = max(lengths)
-    ids = torch.randint(1, V, (len(lengths), T), generator=g)
-    mask = torch.ones(len(lengths), T, dtype=torch.long)
-    for row, n in enumerate(lengths):
-        mask[row, : T - n] = 0
-        ids[row, : T - n] = 0
+    ids, mask = left_padded(lengths, seed, V)
     eager = m.generate(ids, new, temperature=0.0, attention_mask=mask, static_cache=False)
     static = m.generate(ids, new, temperature=0.0, attention_mask=mask, static_cache=True)
     assert torch.equal(static, eager)

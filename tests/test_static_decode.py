@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import tiny_gpt
+from conftest import left_padded, tiny_gpt
 from gptrs.model import static_decode
 from gptrs.model.sampling import filter_logits, sample_with_uniform
 
@@ -21,15 +21,7 @@ ROTARY = tiny_gpt(3, weight_std=2.0, vocab_size=V, max_seq_len=CTX, pad_token_id
 
 
 def _batch(lengths: list[int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded prompts of the given lengths, and their attention mask."""
-    g = torch.Generator().manual_seed(seed)
-    T = max(lengths)
-    ids = torch.randint(1, V, (len(lengths), T), generator=g)
-    mask = torch.ones(len(lengths), T, dtype=torch.long)
-    for row, n in enumerate(lengths):
-        mask[row, : T - n] = 0
-        ids[row, : T - n] = 0
-    return ids, mask
+    return left_padded(lengths, seed, V)
 
 
 @settings(max_examples=25, deadline=None)
