@@ -421,13 +421,21 @@ def test_output_alone_equals_beside_31_others(
     are then prefilled together, left padded) and leave it at different steps; each one's tokens are those
     `model.generate` makes for it alone: greedy ones, and seeded samples (each request draws from its own
     generator, with its own temperature, top-k, top-p). ``static``: the batch is the static slots the
-    engine uses on CUDA (a CUDA graph there; here the same step run eagerly)."""
+    engine uses on CUDA (a CUDA graph there; here the same step run eagerly). The third model has the
+    speedrun switches, the bigram hash embedding's per-row last token among them."""
 
+    from conftest import tiny_gpt
     from gptrs.generate import load_for_inference
     from gptrs.serve.engine import Engine, Request
 
-    for run in (nanochat_run, gpt2_run):
-        model, _, _ = load_for_inference(str(run), torch.device("cpu"), None)
+    speedrun = tiny_gpt(3, weight_std=2.0, perturb=0.1, arch="nanochat", vocab_size=320, num_layers=4,
+                        max_seq_len=64, value_embeds=1, skip_connections=True, x0_mix=True,
+                        window_pattern="SL", short_window=8, bigram_buckets=97).eval()  # fmt: skip
+    for run in (nanochat_run, gpt2_run, None):
+        if run is None:
+            model, name = speedrun, "speedrun switches"
+        else:
+            model, name = load_for_inference(str(run), torch.device("cpu"), None)[0], run.name
         g = torch.Generator().manual_seed(0)
         prompts = [
             torch.randint(0, 300, (int(n),), generator=g).tolist()
@@ -461,7 +469,7 @@ def test_output_alone_equals_beside_31_others(
             alone = model.generate(torch.tensor([prompts[i]]), budgets[i], **sampling[i])[
                 0, len(prompts[i]) :
             ]
-            assert batched[i] == alone.tolist(), f"{run.name} request {i}"
+            assert batched[i] == alone.tolist(), f"{name} request {i}"
 
 
 def test_engine_queue_bound_and_stop() -> None:

@@ -20,6 +20,7 @@ from gptrs.config import Config, ModelConfig, count_parameters, resolve_model
 from gptrs.data import RandomBatches
 from gptrs.errors import ConfigError
 from gptrs.model import GPT, hf
+from gptrs.model.kv_cache import previous_tokens
 from gptrs.training import Trainer, TrainingInterrupted
 from gptrs.training.muon import POLAR_EXPRESS, POLAR_EXPRESS_SAFETY, _normuon, build_optimizer, orthogonalize
 
@@ -32,7 +33,15 @@ SWITCHES = [
     dict(skip_connections=True),
     dict(x0_mix=True),
     dict(window_pattern="SL", short_window=3),
-    dict(value_embeds=1, skip_connections=True, x0_mix=True, window_pattern="SSL", short_window=4),
+    dict(bigram_buckets=11),
+    dict(
+        value_embeds=1,
+        skip_connections=True,
+        x0_mix=True,
+        window_pattern="SSL",
+        short_window=4,
+        bigram_buckets=37,
+    ),
 ]
 ARCHS = pytest.mark.parametrize("arch", ["gpt2", "nanochat"])
 EACH = pytest.mark.parametrize("switches", SWITCHES, ids=lambda kw: "+".join(kw))
@@ -62,14 +71,15 @@ def prompts(b: int, t: int, seed: int = 1) -> torch.Tensor:
     skip=st.booleans(),
     x0=st.booleans(),
     kv_heads=st.sampled_from([1, 2, 4]),
+    bigram=st.sampled_from([0, 2, 97]),
 )
 def test_count_parameters_matches_the_model(
-    arch: str, layers: int, value_embeds: int, skip: bool, x0: bool, kv_heads: int
+    arch: str, layers: int, value_embeds: int, skip: bool, x0: bool, kv_heads: int, bigram: int
 ) -> None:
     cfg = Config()
     m = cfg.model
     m.arch, m.embed_dim, m.ff_dim, m.num_layers, m.heads, m.kv_heads = arch, 32, 64, layers, 4, kv_heads
-    m.value_embeds, m.skip_connections, m.x0_mix = value_embeds, skip, x0
+    m.value_embeds, m.skip_connections, m.x0_mix, m.bigram_buckets = value_embeds, skip, x0, bigram
     if 2 * value_embeds > layers:
         with pytest.raises(ConfigError, match=f"model.value_embeds={value_embeds} needs"):
             GPT.from_config(cfg, vocab_size=V)
@@ -88,7 +98,7 @@ def test_every_switch_parameter_learns_and_changes_the_output(arch: str, switche
     new = [
         (n, p)
         for n, p in m.named_parameters()
-        if "value_embeds" in n or n.endswith(("lambdas", "skip_weights"))
+        if "value_embeds" in n or "bigram" in n or n.endswith(("lambdas", "skip_weights"))
     ]
     if set(switches) <= {"window_pattern", "short_window"}:
         assert not new  # windows add no parameters; test_short_windows_limit_what_a_layer_sees covers them
@@ -160,6 +170,49 @@ def test_static_decode_equals_eager(lengths: list[int], new: int, arch: str, see
     assert torch.equal(static, eager)
 
 
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), B=st.integers(1, 3), T=st.integers(1, 12))
+def test_previous_tokens_skip_padding_and_carry_over_passes(data: st.DataObject, B: int, T: int) -> None:
+    """Fed in passes (each with any padding pattern), each real token's previous token is the last real one
+    before it in its row, across passes; -1 for a row's first."""
+    ids = torch.tensor(data.draw(st.lists(st.lists(st.integers(0, 99), min_size=T, max_size=T), min_size=B,
+                                          max_size=B)))  # fmt: skip
+    valid = torch.tensor(data.draw(st.lists(st.lists(st.booleans(), min_size=T, max_size=T), min_size=B,
+                                            max_size=B)))  # fmt: skip
+    cuts = sorted(data.draw(st.sets(st.integers(1, T - 1), max_size=3))) if T > 1 else []
+    last = None
+    got = torch.full((B, T), -7)
+    for a, b in zip([0, *cuts], [*cuts, T], strict=True):
+        prev, last = previous_tokens(ids[:, a:b], valid[:, a:b], last)
+        got[:, a:b] = prev
+    for r in range(B):
+        seen = -1
+        for t in range(T):
+            if valid[r, t]:
+                assert got[r, t] == seen
+                seen = int(ids[r, t])
+        assert last is not None and last[r] == seen
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "nanochat"])
+def test_bigram_row_reads_the_same_alone_or_left_padded(arch: str) -> None:
+    m = tiny(arch, dict(bigram_buckets=11)).eval()
+    ids, mask = left_padded([3, 9, 12], seed=5, vocab_size=V)
+    with torch.no_grad():
+        batch, _ = m(ids, attention_mask=mask)
+        for r, n in enumerate(mask.sum(1).tolist()):
+            alone, _ = m(ids[r : r + 1, CTX - n :])
+            torch.testing.assert_close(batch[r, CTX - n :], alone[0], atol=1e-5, rtol=1e-5)  # type: ignore[index]
+
+
+def test_bigram_table_starts_at_zero_and_a_bucket_of_one_is_refused() -> None:
+    m = GPT(V, 32, 64, 2, 4, CTX, arch="nanochat", bigram_buckets=5)
+    emb = m.transformer.bigram_embed
+    assert emb is not None and not emb.weight.any()
+    with pytest.raises(ConfigError, match=r"model\.bigram_buckets must be 0"):
+        GPT(V, 32, 64, 2, 4, CTX, arch="nanochat", bigram_buckets=1)
+
+
 @EACH
 def test_save_load_round_trip(tmp_path: Path, switches: dict) -> None:
     m = tiny("nanochat", switches)
@@ -177,7 +230,13 @@ def test_save_load_round_trip(tmp_path: Path, switches: dict) -> None:
 
 @pytest.mark.parametrize(
     "option, value",
-    [("value_embeds", 1), ("skip_connections", True), ("x0_mix", True), ("window_pattern", "SSSL")],
+    [
+        ("value_embeds", 1),
+        ("skip_connections", True),
+        ("x0_mix", True),
+        ("window_pattern", "SSSL"),
+        ("bigram_buckets", 64),
+    ],
 )
 @ARCHS
 def test_export_refuses_each_switch_by_name(arch: str, option: str, value: object) -> None:
@@ -274,7 +333,7 @@ def _losses(run_dir: Path) -> list[float]:
 
 @pytest.mark.parametrize(
     "switches, training",
-    [(SWITCHES[-1], {}), ({}, dict(muon_ns="polar_express", normuon=True))],
+    [(SWITCHES[-1], {}), ({}, dict(muon_ns="polar_express", normuon=True, warmdown_ratio=0.5))],
     ids=["model-switches", "muon-switches"],
 )
 def test_resume_is_bitwise_identical(tmp_path: Path, switches: dict, training: dict) -> None:

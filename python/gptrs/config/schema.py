@@ -177,6 +177,14 @@ class ModelConfig:
         "learned residual scalars (modded-nanogpt record 'value and embedding skip connections', Oct 2024; nanochat's resid/x0 lambdas): each block's "
         "input is a x + b x0, x0 the embedding output, a = 1 and b = 0.1 at init",
     )
+    bigram_buckets: int = _f(
+        0,
+        "bigram hash embedding (modded-nanogpt record 'Bigram Hash Embedding', Jan 2026): a table of N rows "
+        "looked up by a hash of (previous token, token), zero at init, added times a learned scalar per "
+        "layer (0.1 at init) to each block's input; a row's first token (no previous one) gets row N - 1. "
+        "0: off; else at least 2 (modded-nanogpt: 5 x vocab)",
+        ge=0,
+    )
     window_pattern: str = _f(
         "",
         "sliding attention windows per layer (modded-nanogpt's block sliding window and long/short windows, Dec 2024-Jan 2025; nanochat's 'SSSL'): one "
@@ -224,8 +232,20 @@ class TrainingConfig:
     learning_rate: float = _f(
         3e-3, "peak learning rate after warmup (AdamW's; with optimizer muon: of the LM head)", gt=0
     )
-    min_lr: float = _f(3e-4, "floor of the cosine decay (other optimizer groups follow in proportion)", ge=0)
+    min_lr: float = _f(
+        3e-4,
+        "floor of the decay, reached at the last step (other optimizer groups follow in proportion)",
+        ge=0,
+    )
     warmup_steps: int = _f(100, "linear warmup steps; must be < max_steps", ge=0)
+    warmdown_ratio: float | None = _f(
+        None,
+        "null: after warmup the rate follows a cosine down to min_lr at the last step. A fraction r in "
+        "(0, 1]: the rate stays at its peak, then goes linearly to min_lr over the last r of the steps "
+        "(modded-nanogpt's cooldown_frac, nanochat's warmdown_ratio)",
+        gt=0,
+        le=1,
+    )
     weight_decay: float = _f(
         0.1,
         "decoupled weight decay of the hidden weight matrices (AdamW's, or Muon's with optimizer muon); "
@@ -309,7 +329,8 @@ def count_parameters(config: Config, vocab_size: int | None = None) -> int:
     """Parameters of the model `config` builds, from its resolved switches; embedding rows as the model takes
     them: model.vocab_size when set, else `vocab_size` (the loaded tokenizer's), else tokenizer.vocab_size.
     The speedrun switches add: value_embeds N tables of V * kv_heads * head_dim and two scalars in each of
-    the 2N layers using them; skip_connections one scalar per skip (num_layers // 2); x0_mix two per block."""
+    the 2N layers using them; skip_connections one scalar per skip (num_layers // 2); x0_mix two per block;
+    bigram_buckets N rows of embed_dim and one scalar per block."""
     m = resolve_model(config.model)
     vocab = m.vocab_size or vocab_size or config.tokenizer.vocab_size
     d, ff, b, hd = m.embed_dim, m.ff_dim, int(bool(m.bias)), m.embed_dim // m.heads
@@ -328,6 +349,7 @@ def count_parameters(config: Config, vocab_size: int | None = None) -> int:
     head = 0 if m.tie_embeddings else vocab * d
     speedrun = m.value_embeds * (vocab * m.kv_heads * hd + 4)  # tables, and (a, b) in two layers per table
     speedrun += (m.num_layers // 2 if m.skip_connections else 0) + (2 * m.num_layers if m.x0_mix else 0)
+    speedrun += (m.bigram_buckets * d + m.num_layers) if m.bigram_buckets else 0  # table, a scalar per layer
     return embeddings + head + m.num_layers * block + norm * (1 + int(bool(m.embed_norm))) + speedrun
 
 

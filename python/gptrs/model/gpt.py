@@ -17,7 +17,8 @@ The switches (each a ``model.*`` key; ``python -m gptrs.config --describe`` says
 
 and the speedrun's (modded-nanogpt; off by default, none exports; docs/speedrun.md): ``value_embeds`` (extra
 tables mixed into attention's values), ``skip_connections`` (U-net skips from the first half of the blocks to
-the second), ``x0_mix`` (each block's input a x + b x0, x0 the embedding output).
+the second), ``x0_mix`` (each block's input a x + b x0, x0 the embedding output), ``bigram_buckets`` (a
+hashed (previous token, token) table added to each block's input).
 
 Parameter names follow GPT-2 / nanoGPT (``transformer.h.0.attn.c_attn.weight`` ...). Attention is in
 ``attention.py``, the KV cache in ``kv_cache.py``, decoding in ``generation.py``, save/load in
@@ -44,7 +45,7 @@ from gptrs.model import generation, kernels, serialization
 from gptrs.model.attention import RMS_EPS, CausalSelfAttention
 from gptrs.model.kernels import IGNORE_INDEX, Linear, RowHead, lm_head_loss
 from gptrs.model.kernels.softcap_loss import lm_head_softcap_cross_entropy, softcap
-from gptrs.model.kv_cache import KVCache, causal_mask, row_positions
+from gptrs.model.kv_cache import KVCache, causal_mask, previous_tokens, row_positions
 from gptrs.model.rotary import RotaryTables
 
 GELU_APPROXIMATE = {"gelu": "none", "gelu_tanh": "tanh"}  # model.activation -> F.gelu(approximate=...)
@@ -122,6 +123,17 @@ class Trunk(nn.Module):
         self.skip_weights = nn.Parameter(torch.ones(cfg.num_layers // 2)) if cfg.skip_connections else None
         self.resid_lambdas = nn.Parameter(torch.ones(cfg.num_layers)) if cfg.x0_mix else None
         self.x0_lambdas = nn.Parameter(torch.full((cfg.num_layers,), 0.1)) if cfg.x0_mix else None
+        n = cfg.bigram_buckets
+        self.bigram_embed = nn.Embedding(n, cfg.embed_dim) if n else None
+        self.bigram_lambdas = nn.Parameter(torch.full((cfg.num_layers,), 0.1)) if n else None
+
+
+def bigram_hash(prev: Tensor, tokens: Tensor, buckets: int) -> Tensor:
+    """The bigram hash embedding's row for each (previous token, token) (``model.bigram_buckets``): two
+    multiplications by large odd constants, XORed, spread pairs over rows 0 .. buckets - 2 (modded-nanogpt's
+    hash); a token with no previous one (prev -1, a row's first) gets the reserved last row."""
+    h = torch.bitwise_xor(36313 * tokens, 27191 * prev.clamp(min=0)) % (buckets - 1)
+    return torch.where(prev < 0, buckets - 1, h)
 
 
 def layer_windows(cfg: ModelConfig) -> list[int]:
@@ -191,6 +203,8 @@ class GPT(nn.Module):
                 f"(each table serves one of the first and one of the last layers); "
                 f"model.num_layers is {cfg.num_layers}"
             )
+        if cfg.bigram_buckets == 1:
+            raise ConfigError("model.bigram_buckets must be 0 (off) or at least 2, got 1")
         if pad_token_id is not None and not 0 <= pad_token_id < cfg.vocab_size:
             raise ConfigError(
                 f"pad_token_id {pad_token_id} is outside the vocabulary (size {cfg.vocab_size})"
@@ -261,13 +275,17 @@ class GPT(nn.Module):
 
     def _reset_scalars(self) -> None:
         """The speedrun switches' learned scalars: value-embedding mixes (0.5, 0.5), skip weights 1,
-        residual 1 and x0 0.1 (the values of modded-nanogpt and nanochat)."""
+        residual 1, x0 0.1 and bigram 0.1 (the values of modded-nanogpt and nanochat), and the bigram table
+        zero (modded-nanogpt: the block inputs start as without it, the scalars carry its first gradients)."""
         t = self.transformer
+        if t.bigram_embed is not None:
+            nn.init.zeros_(t.bigram_embed.weight)
         for block in t.h:
             assert isinstance(block, Block)
             if block.attn.ve_lambdas is not None:
                 block.attn.ve_lambdas.fill_(0.5)
-        for p, value in ((t.skip_weights, 1.0), (t.resid_lambdas, 1.0), (t.x0_lambdas, 0.1)):
+        for p, value in ((t.skip_weights, 1.0), (t.resid_lambdas, 1.0), (t.x0_lambdas, 0.1),
+                         (t.bigram_lambdas, 0.1)):  # fmt: skip
             if p is not None:
                 p.fill_(value)
 
@@ -383,6 +401,13 @@ class GPT(nn.Module):
         t = self.transformer
         x0 = x
         ves = [table(input_ids) for table in t.value_embeds] if t.value_embeds is not None else []
+        xb = None  # model.bigram_buckets: the hashed (previous token, token) embedding
+        if t.bigram_embed is not None and t.bigram_lambdas is not None:
+            if kv_cache is not None:
+                prev = kv_cache.previous_tokens(input_ids, valid)
+            else:
+                prev = previous_tokens(input_ids, valid if padded else None, None)[0]
+            xb = t.bigram_embed(bigram_hash(prev, input_ids, t.bigram_embed.num_embeddings))
         skips: list[Tensor] = []  # model.skip_connections: outputs of the first half, the last on top
         n_skip = 0 if t.skip_weights is None else t.skip_weights.numel()
         L = len(t.h)
@@ -390,6 +415,8 @@ class GPT(nn.Module):
             assert isinstance(block, Block)
             if t.resid_lambdas is not None and t.x0_lambdas is not None:
                 x = t.resid_lambdas[i].to(x.dtype) * x + t.x0_lambdas[i].to(x.dtype) * x0
+            if xb is not None and t.bigram_lambdas is not None:
+                x = x + t.bigram_lambdas[i].to(x.dtype) * xb.to(x.dtype)
             if t.skip_weights is not None and i >= L - n_skip:  # the mirror of block L - 1 - i
                 x = x + t.skip_weights[i - (L - n_skip)].to(x.dtype) * skips.pop()
             ve = ves[block.attn.ve_table] if block.attn.ve_table is not None else None
@@ -444,8 +471,10 @@ class GPT(nn.Module):
         return n
 
     def _value_embed_numel(self) -> int:
-        tables = self.transformer.value_embeds
-        return 0 if tables is None else sum(p.numel() for p in tables.parameters())
+        """Parameters of the speedrun's lookup tables (value embeddings, the bigram hash embedding)."""
+        t = self.transformer
+        n = 0 if t.value_embeds is None else sum(p.numel() for p in t.value_embeds.parameters())
+        return n + (0 if t.bigram_embed is None else t.bigram_embed.weight.numel())
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs per token (forward + backward): 6N + 12 * L * d * T (PaLM appendix B, nanoGPT).

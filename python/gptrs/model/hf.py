@@ -42,6 +42,7 @@ _SPEEDRUN: dict[str, tuple[Any, str]] = {
     "value_embeds": (lambda v: not v, "0"),
     "skip_connections": (lambda v: not v, "false"),
     "x0_mix": (lambda v: not v, "false"),
+    "bigram_buckets": (lambda v: not v, "0"),
     "window_pattern": (lambda v: "S" not in v.upper(), "no 'S' (one window for every layer)"),
 }
 # What each class can express: switch -> (test on the resolved value, what the class needs). The target is

@@ -54,6 +54,24 @@ def row_positions(valid: Tensor | None, T: int, device: torch.device, start: Ten
     return pos if start is None else pos + start[:, None]
 
 
+def previous_tokens(input_ids: Tensor, valid: Tensor | None, last: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Each token's previous real token in its row (B, T), and each row's last real token (B,): what the
+    bigram hash embedding (``model.bigram_buckets``) looks up. ``last`` (B,) is each row's token before
+    this pass (-1, or None for all: the row starts here); a token with none before it gets -1. Padding
+    (``valid`` False) is skipped wherever it is, so a row reads the same alone or padded in a batch."""
+    B, T = input_ids.shape
+    if last is None:
+        last = torch.full((B,), -1, dtype=input_ids.dtype, device=input_ids.device)
+    if valid is None:
+        return torch.cat((last[:, None], input_ids[:, :-1]), 1), input_ids[:, -1]
+    col = torch.where(valid, torch.arange(T, device=input_ids.device), -1)
+    before = torch.cat((col.new_full((B, 1), -1), col[:, :-1]), 1).cummax(1).values  # latest real column
+    prev = torch.where(before >= 0, input_ids.gather(1, before.clamp(min=0)), last[:, None])
+    end = col.max(1).values
+    new_last = torch.where(end >= 0, input_ids.gather(1, end.clamp(min=0)[:, None])[:, 0], last)
+    return prev, new_last
+
+
 class KVCache:
     """Keys and values of ``num_layers`` layers for ``batch_size`` rows of up to ``window`` tokens each."""
 
@@ -73,6 +91,7 @@ class KVCache:
         self.k: Tensor | None = None
         self.v: Tensor | None = None
         self.lengths: Tensor | None = None  # (B,) real tokens per row, on the cache's device
+        self.last_token: Tensor | None = None  # (B,) each row's last token, -1: none (model.bigram_buckets)
         self.max_len = 0  # host copy of lengths.max() (eager mode)
         self.uniform = True  # every row has the same length: no mask is needed (eager mode)
         # The plan of the pass in progress (begin -> update per layer -> end).
@@ -96,11 +115,15 @@ class KVCache:
         self.v = torch.zeros(self.shape, dtype=dtype, device=device)
         if self.lengths is None or self.lengths.device != device:
             self.lengths = torch.zeros(self.shape[1], dtype=torch.long, device=device)
+        if self.last_token is None or self.last_token.device != device:
+            self.last_token = torch.full((self.shape[1],), -1, dtype=torch.long, device=device)
 
     def reset(self) -> None:
         """Forget every row's tokens (the buffers are kept and reused)."""
         if self.lengths is not None:
             self.lengths.zero_()
+        if self.last_token is not None:
+            self.last_token.fill_(-1)
         self.max_len, self.uniform = 0, True
 
     def sync(self) -> None:
@@ -160,6 +183,15 @@ class KVCache:
         key_valid = torch.cat((slot_valid, new_valid), 1)
         self._plan = ("ordered", pos, k_pos, key_valid)
         return pos, causal_mask(pos, k_pos, W, key_valid)
+
+    def previous_tokens(self, input_ids: Tensor, valid: Tensor | None) -> Tensor:
+        """The pass's new tokens' previous tokens (see :func:`previous_tokens`), the cached ones included;
+        remembers each row's last token for the next pass (in place: a captured step keeps its buffer)."""
+        if self.last_token is None or self.last_token.device != input_ids.device:
+            self.last_token = torch.full((self.shape[1],), -1, dtype=torch.long, device=input_ids.device)
+        prev, last = previous_tokens(input_ids, valid, self.last_token)
+        self.last_token.copy_(last)
+        return prev
 
     def window_mask(self, window: int) -> Tensor | None:
         """The mask of the pass in progress (after :meth:`begin`) for a layer that sees only the last
@@ -264,6 +296,8 @@ class KVCache:
             idx = rows.to(self.k.device)
             out.k, out.v = self.k.index_select(1, idx), self.v.index_select(1, idx)
             out.lengths = self.lengths.index_select(0, idx)
+            if self.last_token is not None:
+                out.last_token = self.last_token.index_select(0, idx.to(self.last_token.device))
             if len(rows):
                 out.sync()
         return out
@@ -280,6 +314,10 @@ class KVCache:
         self.k[:, slots] = other.k.index_select(1, rows).to(self.k.device, self.k.dtype)
         self.v[:, slots] = other.v.index_select(1, rows).to(self.v.device, self.v.dtype)
         self.lengths[slots] = other.lengths.index_select(0, rows).to(self.lengths.device)
+        if other.last_token is not None:
+            if self.last_token is None:
+                self.last_token = torch.full_like(self.lengths, -1)
+            self.last_token[slots] = other.last_token.index_select(0, rows).to(self.last_token.device)
         if not self.static:
             self.sync()
 
@@ -297,6 +335,10 @@ class KVCache:
         out.k = torch.cat(ks, 1)  # type: ignore[arg-type]
         out.v = torch.cat(vs, 1)  # type: ignore[arg-type]
         out.lengths = torch.cat(ls)  # type: ignore[arg-type]
+        if any(c.last_token is not None for c in caches):
+            out.last_token = torch.cat(
+                [c.last_token if c.last_token is not None else torch.full_like(c.lengths, -1) for c in caches]  # type: ignore[arg-type]
+            )
         out.sync()
         return out
 

@@ -392,7 +392,10 @@ class Trainer:
         if bytes_per_token is not None:
             self.data_stats["val_bytes_per_token"] = bytes_per_token
         max_steps = total_steps(tc, train_loader)
-        schedule = WarmupCosine(tc.learning_rate, tc.min_lr, min(tc.warmup_steps, max_steps), max_steps)
+        warmdown = None if tc.warmdown_ratio is None else max(1, round(tc.warmdown_ratio * max_steps))
+        schedule = WarmupCosine(
+            tc.learning_rate, tc.min_lr, min(tc.warmup_steps, max_steps), max_steps, warmdown
+        )
         if self.checkpoint_dir is not None and self.is_main:
             for action in ckpt.recover(self.checkpoint_dir):
                 log.info("checkpoints: %s", action)
