@@ -22,6 +22,7 @@ from gptrs.errors import ConfigError
 from gptrs.model import GPT, hf
 from gptrs.model.kv_cache import previous_tokens
 from gptrs.training import Trainer, TrainingInterrupted
+from gptrs.training.batch_schedule import batch_rows_at
 from gptrs.training.muon import POLAR_EXPRESS, POLAR_EXPRESS_SAFETY, _normuon, build_optimizer, orthogonalize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -333,7 +334,10 @@ def _losses(run_dir: Path) -> list[float]:
 
 @pytest.mark.parametrize(
     "switches, training",
-    [(SWITCHES[-1], {}), ({}, dict(muon_ns="polar_express", normuon=True, warmdown_ratio=0.5))],
+    [
+        (SWITCHES[-1], {}),
+        ({}, dict(muon_ns="polar_express", normuon=True, warmdown_ratio=0.5, batch_size_schedule=[2, 3, 4])),
+    ],
     ids=["model-switches", "muon-switches"],
 )
 def test_resume_is_bitwise_identical(tmp_path: Path, switches: dict, training: dict) -> None:
@@ -421,3 +425,44 @@ def test_muon_switches_change_the_step_and_their_state_round_trips() -> None:
         ValueError, match=r"training\.muon_ns must be one of quintic, polar_express, got 'cubic'"
     ):
         build_optimizer(base, optimizer="muon", lr=1e-2, muon_ns="cubic")
+
+
+# ---------------------------------------------------------------------------------------------- schedules
+
+
+@settings(max_examples=100, deadline=None)
+@given(schedule=st.lists(st.integers(1, 64), min_size=1, max_size=5), max_steps=st.integers(1, 500))
+def test_batch_schedule_stages_are_equal_and_in_order(schedule: list[int], max_steps: int) -> None:
+    got = [batch_rows_at(k, schedule, max_steps) for k in range(max_steps)]
+    stages = [k * len(schedule) // max_steps for k in range(max_steps)]  # the stage of each step
+    assert got == [schedule[i] for i in stages]
+    counts = [stages.count(i) for i in range(len(schedule))]
+    if max_steps >= len(schedule):
+        assert max(counts) - min(counts) <= 1  # equal stages, every one used
+    assert batch_rows_at(max_steps + 5, schedule, max_steps) == schedule[-1]
+    assert batch_rows_at(3, [], max_steps) is None
+
+
+def test_batch_schedule_trains_on_the_first_rows(tmp_path: Path) -> None:
+    """Tokens counted are the stage's rows, and the model trained equals one fed those rows itself."""
+    cfg = _config({}, batch_size_schedule=[1, 3], max_steps=4, warmup_steps=0)
+    data = torch.randint(0, V, (3000,), generator=torch.Generator().manual_seed(0)).numpy().astype("uint16")
+    torch.manual_seed(0)
+    scheduled = GPT.from_config(cfg, vocab_size=V)
+    out = Trainer(scheduled, None, cfg, "cpu", run_dir=tmp_path / "a").train(
+        RandomBatches(data, 4, 16, seed=7)
+    )
+    assert out["tokens"] == (1 + 1 + 3 + 3) * 16
+
+    class Sliced:  # the same batches cut by hand, the schedule off
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            for k, (x, y) in enumerate(RandomBatches(data, 4, 16, seed=7)):
+                rows = 1 if k < 2 else 3
+                yield x[:rows], y[:rows]
+
+    cfg.training.batch_size_schedule = []
+    torch.manual_seed(0)
+    by_hand = GPT.from_config(cfg, vocab_size=V)
+    Trainer(by_hand, None, cfg, "cpu", run_dir=tmp_path / "b").train(Sliced())
+    for (name, a), b in zip(scheduled.state_dict().items(), by_hand.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

@@ -218,6 +218,14 @@ def resolve_model(mc: ModelConfig) -> ModelConfig:
 @dataclass
 class TrainingConfig:
     batch_size: int = _f(16, "sequences per micro-batch (per process)", ge=1)
+    batch_size_schedule: list[int] = _f(  # noqa: RUF009
+        [],
+        "a batch-size schedule (modded-nanogpt record 'Batch size schedule', Nov 2025): the run's steps in "
+        "equal stages, stage i training on the first [i] sequences of each micro-batch (at most "
+        "batch_size), e.g. [8, 12, 16]: small batches while the gradient is still clear, cheaper steps. "
+        "Empty: batch_size throughout",
+        ge=1,
+    )
     gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step", ge=1)
     max_steps: int = _f(2000, "optimizer steps to train for", ge=1)
     epochs: int | None = _f(

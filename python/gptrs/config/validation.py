@@ -27,11 +27,17 @@ from gptrs.config.schema import (
 )
 
 _NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
-_NAMES |= {list: "a list of strings", dict: "a mapping of strings to strings"}  # list[str], dict[str, str]
+_NAMES |= {dict: "a mapping of strings to strings"}  # dict[str, str]
+_PLURALS = {str: "strings", int: "integers"}  # list[str], list[int]
 
 
 def _expected(hint: Any) -> str:
-    return " or ".join(_NAMES[typing.get_origin(t) or t] for t in options(hint))
+    def name(t: Any) -> str:
+        if typing.get_origin(t) is list:
+            return f"a list of {_PLURALS[typing.get_args(t)[0]]}"
+        return _NAMES[typing.get_origin(t) or t]
+
+    return " or ".join(name(t) for t in options(hint))
 
 
 def _choices_problem(key: str, value: Any, choices: Sequence[Any]) -> Problem:
@@ -92,6 +98,10 @@ def check_field(key: str, value: Any, meta: Mapping[str, Any]) -> None:
         if low or high:
             op = (">=" if "ge" in meta else ">") if low else ("<=" if "le" in meta else "<")
             raise Problem(key, f"must be {op} {_num(lo if low else hi)}, got {show(value)}")
+    if isinstance(value, list) and not all(isinstance(v, str) for v in value):  # list[int]: each in bounds
+        for i, v in enumerate(value):
+            check_field(f"{key}[{i}]", v, meta)
+        return
     if isinstance(value, list):
         strings = [(f"{key}[{i}]", s) for i, s in enumerate(value)]
     elif isinstance(value, dict):
@@ -230,6 +240,9 @@ def check_relations(cfg: Config) -> None:
     warmup = f"{t.warmup_steps} must be less than training.max_steps ({t.max_steps})"
     warm = t.epochs is not None or t.warmup_steps < t.max_steps
     _rule(warm, "training.warmup_steps", warmup, "training.max_steps")
+    for i, rows in enumerate(t.batch_size_schedule):
+        more = f"{rows} is more than training.batch_size ({t.batch_size})"
+        _rule(rows <= t.batch_size, f"training.batch_size_schedule[{i}]", more, "training.batch_size")
     min_lr = f"{show(t.min_lr)} is greater than training.learning_rate ({show(t.learning_rate)})"
     _rule(t.min_lr <= t.learning_rate, "training.min_lr", min_lr, "training.learning_rate")
     prompt = "must not be empty when training.sample_tokens > 0 (set it to 0 to skip the sample)"

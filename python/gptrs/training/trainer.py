@@ -40,6 +40,7 @@ from gptrs.files import METRICS_FILE
 from gptrs.host_memory import tune_host_allocator
 from gptrs.training import checkpoint as ckpt
 from gptrs.training import state
+from gptrs.training.batch_schedule import batch_rows_at
 from gptrs.training.compile import Pause, compile_model, should_compile
 from gptrs.training.distributed import all_reduce_mean, any_rank, barrier, joined_dist_info, resolve_device
 from gptrs.training.losses import evaluate, loss_of, split_batch, to_device
@@ -231,9 +232,12 @@ class Trainer:
         accum = tc.gradient_accumulation_steps
         apply_lr(run.optimizer, lr)  # every group at lr times its lr_scale (Muon's, the embeddings')
         step_loss = torch.zeros((), device=self.device)
+        rows = batch_rows_at(c.step, tc.batch_size_schedule, run.max_steps)
         for micro in range(accum):
             faults.point("step", step=c.step)
             x, y = split_batch(run.stream.next())
+            if rows is not None:  # training.batch_size_schedule: this stage's first rows
+                x, y = x[:rows], y[:rows]
             x, y = to_device(x, self.device), to_device(y, self.device)
             run.seq_len = x.shape[-1]
             sync = micro == accum - 1 or not self.dist.is_distributed
