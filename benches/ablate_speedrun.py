@@ -41,6 +41,9 @@ ARMS: dict[str, list[str]] = {
     "windows": ["model.window_pattern=SSL", "model.short_window=64"],
     "polar_express": ["training.muon_ns=polar_express"],
     "normuon": ["training.normuon=true"],
+    "bigram": ["model.bigram_buckets=20480"],
+    "warmdown": ["training.warmdown_ratio=0.5"],
+    "batch_schedule": ["training.batch_size_schedule=[8,12,16]"],
 }
 ARMS["all"] = [o for k, v in ARMS.items() if k != "base" for o in v]
 RESULTS = common.results_dir() / "speedrun_ablation.json"
