@@ -280,6 +280,11 @@ def test_bad_config_message(tmp_path: Path, text: str, expected: str) -> None:
     assert "\n" not in str(info.value)
 
 
+PRESET_NAMES = [
+    f"{recipe}{size}" for recipe in ("", "nanochat-", "speedrun-") for size in ("small", "default", "large")
+]
+
+
 def test_bad_config_table_is_large_enough() -> None:
     assert len(BAD_CONFIGS) >= 20
     assert len({c[0] for c in BAD_CONFIGS}) == len(BAD_CONFIGS)
@@ -746,7 +751,7 @@ def test_presets_state_their_counts() -> None:
     small = load_config(CONFIGS / "small.yaml")
     assert small.data.source == "stdlib"  # trains on a fresh machine with no download
     assert small.model.max_seq_len * small.training.batch_size * small.training.max_steps <= 16e6
-    for name in ("small", "default", "large", "nanochat-small", "nanochat-default", "nanochat-large"):
+    for name in PRESET_NAMES:
         first = (CONFIGS / f"{name}.yaml").read_text(encoding="utf-8").splitlines()[0]
         n = count_parameters(load_config(CONFIGS / f"{name}.yaml"))
         assert first.startswith(f"# {name}: {n:,} parameters"), first
@@ -761,14 +766,14 @@ def test_defaults_are_the_small_preset() -> None:
 
 def test_presets_load_by_name_from_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # no configs/ here: the presets come from the package
-    for name in ("small", "default", "large", "nanochat-small", "nanochat-default", "nanochat-large"):
+    for name in PRESET_NAMES:
         assert load_config(name) == load_config(CONFIGS / f"{name}.yaml")
         assert (CONFIGS / f"{name}.yaml").resolve() == (PRESETS_DIR / f"{name}.yaml").resolve()
     (tmp_path / "small").write_text("model:\n  num_layers: 2\n", encoding="utf-8")
     assert load_config("small").model.num_layers == 2  # a file of that name wins over the preset
     with pytest.raises(ConfigError) as info:
         load_config("tiny")
-    presets = "default, large, nanochat-default, nanochat-large, nanochat-small, small"
+    presets = ", ".join(sorted(PRESET_NAMES))
     assert str(info.value) == f"tiny: no such file, nor a preset ({presets})"
 
 
@@ -779,10 +784,13 @@ def test_cli_list_shows_the_presets() -> None:
     assert names == [  # smallest first
         "small",
         "nanochat-small",
+        "speedrun-small",
         "default",
         "nanochat-default",
+        "speedrun-default",
         "large",
         "nanochat-large",
+        "speedrun-large",
     ]
     for line in r.stdout.splitlines():
         name, count = line.split()[:2]

@@ -112,7 +112,12 @@ def test_estimate_grows_with_every_size() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["small", "default", "large", "nanochat-small", "nanochat-default", "nanochat-large"]
+    "name",
+    [
+        f"{recipe}{size}"
+        for recipe in ("", "nanochat-", "speedrun-")
+        for size in ("small", "default", "large")
+    ],
 )
 def test_presets_pass_validation_and_fit_a_big_gpu(name: str) -> None:
     cfg = load_config(name)  # validation ran check_absolute

@@ -1,5 +1,6 @@
 """DistributedDataParallel: 2 processes under torchrun (gloo, CPU) train like 1 process on the same global batch,
-for the GPT-2 recipe (AdamW) and the modern one (nanochat, Muon + AdamW).
+for the GPT-2 recipe (AdamW), the modern one (nanochat, Muon + AdamW) and the modern one with the speedrun
+switches (value embeddings, skips, x0 mixing, bigram hash embedding, NorMuon, warmdown).
 
 This file is also the worker torchrun starts (``python tests/test_ddp.py RUN_DIR ACCUM ARCH``).
 """
@@ -38,9 +39,12 @@ def config(batch_size: int, accum: int, arch: str = "gpt2") -> Config:
     t.batch_size, t.gradient_accumulation_steps, t.max_steps, t.warmup_steps = batch_size, accum, STEPS, 1
     t.learning_rate, t.log_interval, t.eval_interval, t.save_interval = 1e-2, 1, STEPS, 100
     t.mixed_precision, t.peak_flops = False, 1e11
-    if arch == "nanochat":  # the nanochat-small recipe's optimizer, at this size
+    if arch in ("nanochat", "speedrun"):  # the nanochat-small recipe's optimizer, at this size
         m.arch, m.bias, m.activation = "nanochat", False, "relu2"
         t.optimizer, t.muon_lr, t.embedding_lr, t.weight_decay = "muon", 0.04, 0.3, 0.0
+    if arch == "speedrun":  # and the speedrun-small preset's switches (docs/speedrun.md)
+        m.value_embeds, m.skip_connections, m.x0_mix, m.bigram_buckets = 1, True, True, 37
+        t.normuon, t.warmdown_ratio = True, 0.6
     return cfg
 
 
@@ -56,7 +60,7 @@ def val_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def model(arch: str = "gpt2") -> GPT | NanoChat:
-    if arch == "nanochat":
+    if arch != "gpt2":
         torch.manual_seed(0)
         return build_model(config(1, 1, arch), vocab_size=V)
     return tiny_gpt(0, vocab_size=V, embed_dim=D, ff_dim=FF, num_layers=L, heads=H, max_seq_len=T)
@@ -113,7 +117,7 @@ def train_losses(run_dir: Path) -> list[float]:
     return [rec["loss"] for rec in read_metrics(run_dir / "metrics.jsonl") if rec["kind"] == "train"]
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "nanochat"])
+@pytest.mark.parametrize("arch", ["gpt2", "nanochat", "speedrun"])
 def test_two_processes_match_one(tmp_path: Path, arch: str) -> None:
     """2 ranks x 2 micro-batches of 2 rows (gradients synced on the second only) == 1 process x 8 rows.
 

@@ -45,7 +45,8 @@ def build_parser(prog: str = TAG) -> argparse.ArgumentParser:
         "--config",
         metavar="PATH|PRESET",
         help="YAML config file or preset name: small, default, large (GPT-2 recipe), nanochat-small, "
-        f"nanochat-default, nanochat-large (modern recipe) (default: '{DEFAULT_PRESET}'; with --resume, "
+        "nanochat-default, nanochat-large (modern recipe), speedrun-small, speedrun-default, speedrun-large "
+        f"(modern recipe + speedrun switches) (default: '{DEFAULT_PRESET}'; with --resume, "
         "the run's own config.yaml)",
     )
     p.add_argument(

@@ -389,8 +389,9 @@ def _rows(section: str) -> list[tuple[str, str, str, str]]:
 _DOC_INTRO = """\
 A run is configured by one YAML file with four sections: `data`, `tokenizer`, `model` and `training`.
 Every key is optional and takes the default below when left out. The presets `small`, `default` and
-`large` (GPT-2 recipe) and `nanochat-small`, `nanochat-default` and `nanochat-large` (the modern recipe:
-`model.arch: nanochat`, `training.optimizer: muon`) ship with the package (`python -m gptrs.config --list`;
+`large` (GPT-2 recipe), `nanochat-small`, `nanochat-default` and `nanochat-large` (the modern recipe:
+`model.arch: nanochat`, `training.optimizer: muon`) and `speedrun-small`, `-default`, `-large` (the modern
+recipe with the speedrun switches of docs/speedrun.md) ship with the package (`python -m gptrs.config --list`;
 `--config small` picks one from anywhere, and `configs/` in the repository links to them). A file is checked
 when it is loaded; a problem stops the run with one line naming the file and the key, e.g.
 `configs/x.yaml: model.heads: 5 does not divide model.embed_dim (128)`.
