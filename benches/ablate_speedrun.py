@@ -9,7 +9,7 @@ Two measurements, both on one thread per process:
   books, seeds, two runs side by side on one thread each, mean and spread of bits/byte against training
   time): this mode only names the arms for it.
 
-    python benches/ablate_speedrun.py cost [--rounds 12]
+    python benches/ablate_speedrun.py cost [--rounds 12] [--arms base bigram batch32 speedrun]
     python benches/ablate_speedrun.py parts [--rounds 12]    (forward+backward and optimizer step apart)
     python benches/ablate_speedrun.py race [--arms base all ...] [bench_recipe options: --steps, --seeds ...]
 
@@ -45,7 +45,21 @@ ARMS: dict[str, list[str]] = {
     "warmdown": ["training.warmdown_ratio=0.5"],
     "batch_schedule": ["training.batch_size_schedule=[8,12,16]"],
 }
-ARMS["all"] = [o for k, v in ARMS.items() if k != "base" for o in v]
+ARMS["all"] = [
+    o for k, v in ARMS.items() if k not in ("base", "bigram", "warmdown", "batch_schedule") for o in v
+]
+ARMS["batch32"] = ["training.batch_size=32", "training.max_steps=1000"]
+# The speedrun-small preset as overrides of nanochat-small (what the race's 'speedrun' arm trains).
+ARMS["speedrun"] = [
+    *ARMS["batch32"],
+    *(
+        "model.value_embeds=1",
+        "model.skip_connections=true",
+        "model.x0_mix=true",
+        "model.bigram_buckets=20480",
+    ),
+    *("training.normuon=true", "training.warmdown_ratio=0.5"),
+]
 RESULTS = common.results_dir() / "speedrun_ablation.json"
 PRESET = "nanochat-small"
 
@@ -73,7 +87,7 @@ def _build(cfg: Config, vocab: int) -> torch.nn.Module:
 # ----------------------------------------------------------------------------------------------- cost
 
 
-def cost(rounds: int) -> dict[str, Any]:
+def cost(rounds: int, arms: list[str]) -> dict[str, Any]:
     from gptrs.data import RandomBatches
     from gptrs.training.optim import build_optimizer
     from gptrs.training.precision import resolve_precision
@@ -82,11 +96,13 @@ def cost(rounds: int) -> dict[str, Any]:
     bundle = data_bundle()
     vocab = bundle.tokenizer.get_vocab_size()
     steps: dict[str, Any] = {}
-    for name in ARMS:
+    tokens: dict[str, int] = {}
+    for name in ["base", *(a for a in arms if a != "base")]:
         cfg = arm_config(name, 10, 0)
         model = _build(cfg, vocab).train()
         opt = build_optimizer(model, cfg.training, torch.device("cpu"))
-        batches = iter(RandomBatches(bundle.train_tokens, 16, cfg.model.max_seq_len, seed=0))
+        rows = cfg.training.batch_size  # the arm's own batch (batch32, speedrun: 32 rows)
+        batches = iter(RandomBatches(bundle.train_tokens, rows, cfg.model.max_seq_len, seed=0))
         precision = resolve_precision(cfg.training.mixed_precision, "cpu")
         params = [p for p in model.parameters() if p.requires_grad]
 
@@ -102,12 +118,15 @@ def cost(rounds: int) -> dict[str, Any]:
         for _ in range(3):  # warm-up: kernel choices, optimizer state
             step()
         steps[name] = step
+        tokens[name] = rows * cfg.model.max_seq_len
     times = common.alternate(steps, rounds)
     base = times["base"]
     out = {
         name: {
             "median_s": round(common.median(t), 4),
             "ratio_to_base": round(common.paired_ratio(t, base), 3),
+            # per token: what matters when arms train the same tokens in different batches
+            "per_token_ratio_to_base": round(common.paired_ratio(t, base) * tokens["base"] / tokens[name], 3),
         }
         for name, t in times.items()
     }
@@ -175,9 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         return bench_recipe.main([*specs, *rest])
     if rest:
         p.error(f"unrecognized arguments: {' '.join(rest)}")
-    out = cost(a.rounds) if a.mode == "cost" else parts(a.rounds)
+    out = cost(a.rounds, a.arms) if a.mode == "cost" else parts(a.rounds)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results[a.mode] = {**out, "machine": common.machine_info(), "commands": [" ".join(sys.argv)]}
+    key = a.mode if a.arms == list(ARMS) or a.mode != "cost" else f"cost {' '.join(a.arms)}"
+    results[key] = {**out, "machine": common.machine_info(), "commands": [" ".join(sys.argv)]}
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(out, indent=1))
     return 0
