@@ -49,7 +49,7 @@ ARMS["all"] = [
     o for k, v in ARMS.items() if k not in ("base", "bigram", "warmdown", "batch_schedule") for o in v
 ]
 ARMS["batch32"] = ["training.batch_size=32", "training.max_steps=1000"]
-# The speedrun-small preset as overrides of nanochat-small (what the race's 'speedrun' arm trains).
+# Every switch together with twice the batch for half the steps: the race's "speedrun" arm (docs/speedrun.md).
 ARMS["speedrun"] = [
     *ARMS["batch32"],
     *(

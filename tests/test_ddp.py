@@ -42,7 +42,7 @@ def config(batch_size: int, accum: int, arch: str = "gpt2") -> Config:
     if arch in ("nanochat", "speedrun"):  # the nanochat-small recipe's optimizer, at this size
         m.arch, m.bias, m.activation = "nanochat", False, "relu2"
         t.optimizer, t.muon_lr, t.embedding_lr, t.weight_decay = "muon", 0.04, 0.3, 0.0
-    if arch == "speedrun":  # and the speedrun-small preset's switches (docs/speedrun.md)
+    if arch == "speedrun":  # and the speedrun switches (docs/speedrun.md)
         m.value_embeds, m.skip_connections, m.x0_mix, m.bigram_buckets = 1, True, True, 37
         t.normuon, t.warmdown_ratio = True, 0.6
     return cfg
@@ -140,6 +140,13 @@ def test_two_processes_match_one(tmp_path: Path, arch: str) -> None:
         x, y = a[name], b[name]
         if name.endswith("attn.c_attn.bias"):  # the key bias has a true gradient of 0 (see test_trainer)
             x, y = torch.cat([x[:D], x[2 * D :]]), torch.cat([y[:D], y[2 * D :]])
+        if "value_embeds" in name or "bigram_embed" in name:
+            # Adam scales a table entry's step by the root of its own squared-gradient average, so entries
+            # that saw only a few tiny gradients (these tables start behind zero-initialised projections)
+            # show reduction-order rounding more: up to 1.6e-3 measured (AMX Xeon), on few entries. A
+            # gradient left unsynced would move them by embedding-lr-sized steps (0.3).
+            torch.testing.assert_close(x, y, rtol=1e-3, atol=5e-3, msg=name)
+            continue
         torch.testing.assert_close(x, y, rtol=1e-3, atol=1e-4, msg=name)  # an lr-sized (1e-2) step would show
     # rank 0 alone wrote files: one metrics log, one set of checkpoints, no stray temp dirs
     assert sorted(p.name for p in (ddp / "checkpoints").iterdir()) == ["best", "last"]
