@@ -466,3 +466,12 @@ def test_batch_schedule_trains_on_the_first_rows(tmp_path: Path) -> None:
     Trainer(by_hand, None, cfg, "cpu", run_dir=tmp_path / "b").train(Sliced())
     for (name, a), b in zip(scheduled.state_dict().items(), by_hand.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_closing_lines_offer_export_only_where_it_works(tmp_path: Path) -> None:
+    from gptrs.config import load_config
+    from gptrs.train import next_steps
+
+    plain = "\n".join(next_steps(tmp_path, 10, load_config("nanochat-small")))
+    assert "-m gptrs.export" in plain
+    assert "-m gptrs.export" not in "\n".join(next_steps(tmp_path, 10, load_config("speedrun-small")))

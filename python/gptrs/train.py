@@ -282,11 +282,19 @@ def next_steps(run_dir: Path, step: int, cfg: Config) -> list[str]:
     files = [f"checkpoints in {run_dir / CHECKPOINTS_DIR}"] + [
         name for name in (METRICS_FILE, LOSS_PLOT_FILE) if (run_dir / name).is_file()
     ]
+    from gptrs.config import resolve_model
+    from gptrs.model import hf as hf_export
+
+    try:  # a model with a switch no transformers class computes gets no export line (it would be refused)
+        hf_export.target(resolve_model(cfg.model))
+        export = [f"  {py} -m gptrs.export --model-path {d} --format hf --out {hf}   # for transformers"]
+    except hf_export.ExportError:
+        export = []
     return [
         f"run directory: {run_dir} ({', '.join(files)})",
         "next:",
         f"  {py} -m gptrs.generate --model-path {d} --prompt {prompt} --max-new-tokens 100   # sample",
-        f"  {py} -m gptrs.export --model-path {d} --format hf --out {hf}   # for transformers",
+        *export,
         f"  {py} -m gptrs.train --out {d} --resume --set training.max_steps={2 * max(step, 1)}   # train on",
     ]
 
