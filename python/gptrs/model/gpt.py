@@ -467,10 +467,10 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
             n -= sum(e.weight.numel() for e in (self.transformer.wte, self.transformer.wpe) if e is not None)
-            n -= self._value_embed_numel()
+            n -= self._lookup_table_numel()
         return n
 
-    def _value_embed_numel(self) -> int:
+    def _lookup_table_numel(self) -> int:
         """Parameters of the speedrun's lookup tables (value embeddings, the bigram hash embedding)."""
         t = self.transformer
         n = 0 if t.value_embeds is None else sum(p.numel() for p in t.value_embeds.parameters())
@@ -490,7 +490,7 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         if not c.tie_embeddings:
             n -= self.transformer.wte.weight.numel()
-        n -= self._value_embed_numel()  # lookups too
+        n -= self._lookup_table_numel()  # lookups too
         return 6 * n + 12 * c.num_layers * c.embed_dim * T
 
     def optimizer_groups(self, weight_decay: float) -> list[dict[str, Any]]:
